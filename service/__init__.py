@@ -1,0 +1,1 @@
+"""The MamTra TTS service: CLI, engine and HTTP/WebSocket API."""

@@ -1,0 +1,59 @@
+"""The ``mamtra`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from model.checkpoint import read_config
+    from model.config import preset
+    from model.plan import memory_plan, parse_dtype
+
+    config = read_config(args.checkpoint)[0] if args.checkpoint else preset(args.preset)
+    plan = memory_plan(config, context=args.context, streams=args.streams, dtype=parse_dtype(args.dtype),
+                       ssm_dtype=parse_dtype(args.ssm_dtype))
+    plan = {"preset": None if args.checkpoint else args.preset, **plan}
+    print(json.dumps(plan))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    print("mamtra serve: the streaming service is not built yet (issue 5)", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from model.config import PRESETS
+
+    parser = argparse.ArgumentParser(prog="mamtra", description="MamTra streaming TTS")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="memory plan (weights and per-stream state) as JSON")
+    src = plan.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="mamtra-1:3", choices=sorted(PRESETS))
+    src.add_argument("--checkpoint", help="a checkpoint directory instead of a preset")
+    plan.add_argument("--context", type=int, default=4096, help="tokens of context per stream")
+    plan.add_argument("--streams", type=int, default=1, help="concurrent streams")
+    plan.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="weights and KV cache")
+    plan.add_argument("--ssm-dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="Mamba SSM state")
+    plan.set_defaults(func=_cmd_plan)
+
+    serve = sub.add_parser("serve", help="run the HTTP/WebSocket service")
+    serve.set_defaults(func=_cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as e:
+        print(f"mamtra {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
