@@ -1,0 +1,131 @@
+"""Prometheus metrics of the service: names, types, help texts, and the per-app registry that holds them.
+
+Every name has the ``mamtra_`` prefix and a unit suffix. The Grafana dashboard and the autoscaler in ``helm/`` query
+these names; a test checks that every name they use is exported here (``METRIC_NAMES``).
+
+One ``Metrics`` object per app (no module-level singletons), with its own ``CollectorRegistry``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Latency buckets from 10 ms to 30 s: time to first audio is judged against ~50-300 ms anchors.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+GAP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
+STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+OUTCOMES = ("completed", "cancelled", "disconnected", "timeout", "rejected", "error")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        # Latency and streaming health
+        self.time_to_first_audio = Histogram(
+            "mamtra_time_to_first_audio_seconds", "Request arrival to the first audio chunk handed to the client",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.inter_chunk_gap = Histogram(
+            "mamtra_inter_chunk_gap_seconds", "Wall time between consecutive audio chunks of one request",
+            buckets=GAP_BUCKETS, registry=r)
+        self.underruns = Counter(
+            "mamtra_underruns_total", "Moments when audio delivered so far fell behind wall time since the first chunk",
+            registry=r)
+        self.real_time_factor = Histogram(
+            "mamtra_real_time_factor", "Generation wall time divided by audio duration, per request (< 1 is faster "
+            "than real time)", buckets=RTF_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "mamtra_queue_wait_seconds", "Time a request waited for a state slot", buckets=LATENCY_BUCKETS, registry=r)
+        self.request_duration = Histogram(
+            "mamtra_request_duration_seconds", "Request arrival to its last audio chunk", buckets=LATENCY_BUCKETS,
+            registry=r)
+        # Load
+        self.requests_running = Gauge("mamtra_requests_running", "Requests holding a state slot", registry=r)
+        self.requests_waiting = Gauge("mamtra_requests_waiting", "Requests queued for a state slot", registry=r)
+        self.requests = Counter("mamtra_requests_total", "Finished requests by outcome", ["outcome"], registry=r)
+        self.state_slots_used = Gauge("mamtra_state_slots_used", "State-pool slots in use", registry=r)
+        self.state_slots_total = Gauge("mamtra_state_slots_total", "State-pool slots", registry=r)
+        self.state_bytes = Gauge("mamtra_state_bytes", "Bytes preallocated by the state pool", registry=r)
+        self.state_bytes_per_stream = Gauge("mamtra_state_bytes_per_stream", "State-pool bytes per slot", registry=r)
+        # Work done
+        self.audio_seconds = Counter("mamtra_audio_seconds_total", "Seconds of audio generated", registry=r)
+        self.speech_tokens = Counter("mamtra_speech_tokens_total", "Speech tokens generated", registry=r)
+        self.decode_batch_size = Histogram("mamtra_decode_batch_size", "Streams per decode step",
+                                           buckets=BATCH_BUCKETS, registry=r)
+        self.step_seconds = Histogram("mamtra_step_seconds", "Engine step wall time by kind", ["kind"],
+                                      buckets=STEP_BUCKETS, registry=r)
+        # Memory
+        self.gpu_memory_allocated = Gauge("mamtra_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated",
+                                          registry=r)
+        self.gpu_memory_reserved = Gauge("mamtra_gpu_memory_reserved_bytes", "torch.cuda.memory_reserved", registry=r)
+        self.gpu_memory_peak = Gauge("mamtra_gpu_memory_peak_bytes", "torch.cuda.max_memory_allocated", registry=r)
+        self.gpu_device_memory_used = Gauge("mamtra_gpu_device_memory_used_bytes", "Device-wide memory used, all processes "
+                                            "(NVML when importable, else cudaMemGetInfo)",
+                                            registry=r)
+        self.gpu_device_memory_total = Gauge("mamtra_gpu_device_memory_total_bytes", "Device memory total",
+                                             registry=r)
+        self.process_resident_memory = Gauge("mamtra_process_resident_memory_bytes", "Resident memory of this process",
+                                             registry=r)
+        self.ready = Gauge("mamtra_ready", "1 when the service accepts requests", registry=r)
+        for outcome in OUTCOMES:
+            self.requests.labels(outcome=outcome)
+
+    def refresh_memory(self) -> None:
+        """Sample memory gauges (called when /metrics is scraped, not on the hot path)."""
+        self.process_resident_memory.set(_resident_bytes())
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a hard dependency
+            return
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.gpu_memory_allocated.set(torch.cuda.memory_allocated())
+            self.gpu_memory_reserved.set(torch.cuda.memory_reserved())
+            self.gpu_memory_peak.set(torch.cuda.max_memory_allocated())
+            used, total = _device_memory(torch)
+            if total:
+                self.gpu_device_memory_used.set(used)
+                self.gpu_device_memory_total.set(total)
+
+    def render(self) -> bytes:
+        self.refresh_memory()
+        return generate_latest(self.registry)
+
+
+def _device_memory(torch) -> tuple[int, int]:
+    """(used, total) bytes of the current CUDA device, all processes included."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device()))
+        return int(info.used), int(info.total)
+    except Exception:  # no NVML library or bindings: fall back to the CUDA runtime's view
+        try:
+            free, total = torch.cuda.mem_get_info()
+            return total - free, total
+        except RuntimeError:
+            return 0, 0
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, the best portable fallback
+
+
+def metric_names() -> set[str]:
+    """Every sample-family name the service exports (histograms add _bucket/_sum/_count in PromQL)."""
+    names = set()
+    for family in Metrics().registry.collect():
+        names.add(family.name)
+        for sample in family.samples:
+            names.add(sample.name)
+    return names
