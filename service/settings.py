@@ -1,0 +1,60 @@
+"""Service settings: one pydantic-settings class, read from ``MAMTRA_*`` environment variables.
+
+Every field is listed in the README's settings table. Nothing here loads a model or probes hardware: that happens
+in the app's lifespan.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAMTRA_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Bind address")
+    port: int = Field(8000, ge=1, le=65535, description="Bind port")
+    model_dir: str | None = Field(None, description="Model directory (LM checkpoint, voices, codec); default: the "
+                                                    "bundled model")
+    device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'")
+    backend: Literal["auto", "ref", "triton"] = Field("auto", description="Mamba kernel backend")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Weights/KV dtype; auto = bf16 on "
+                                                                              "GPU, fp32 on CPU")
+    ssm_dtype: Literal["fp32", "bf16"] = Field("fp32", description="Mamba SSM state dtype")
+    max_streams: int = Field(16, ge=1, description="State-pool slots = concurrent requests generating")
+    max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond it: 429")
+    max_context: int | None = Field(None, ge=16, description="Tokens of context per slot (default: the model's)")
+    prefill_budget_tokens: int = Field(512, ge=16, description="Prompt tokens prefilled per engine step")
+    max_input_chars: int = Field(4096, ge=1, description="Longest accepted `input`")
+    request_timeout_s: float = Field(300.0, gt=0, description="Per-request wall-clock limit")
+    first_chunk_tokens: int = Field(4, ge=1, description="Speech tokens in the first audio chunk (time to first "
+                                                         "audio)")
+    chunk_tokens: int = Field(16, ge=1, description="Speech tokens in later audio chunks")
+    client_queue_chunks: int = Field(8, ge=1, description="Audio chunks buffered per request before back-pressure")
+    drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM: time for in-flight streams to finish")
+    stall_timeout_s: float = Field(10.0, gt=0, description="/readyz turns 503 if the engine loop has not ticked for "
+                                                           "this long while it has work")
+    api_key: str | None = Field(None, description="If set, require `Authorization: Bearer <key>`")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed CORS origins (JSON list or "
+                                                                      "comma-separated)")
+    ws_max_frame_bytes: int = Field(65536, ge=256, description="Largest WebSocket text frame accepted")
+    ws_max_contexts: int = Field(8, ge=1, description="Concurrent contexts per WebSocket")
+    ws_idle_timeout_s: float = Field(60.0, gt=0, description="Close a WebSocket idle for this long")
+    seed: int | None = Field(None, description="Sampling seed (reproducible output); none = random")
+    log_level: str = Field("info", description="Log level")
+    log_json: bool = Field(True, description="JSON log lines")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value):
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
