@@ -1,0 +1,451 @@
+"""The engine: scheduler + runner in a loop thread, token->audio decoding in its own thread, streams to asyncio.
+
+Threads and why:
+
+- **Engine loop thread**: plan (scheduler, under a lock) -> execute (runner, torch; no lock held, so the API can
+  admit and cancel meanwhile) -> update. One process drives one device; the loop never waits on a client.
+- **Audio thread**: speech tokens -> PCM through each request's decoder stream. Decoding is the slow part on CPU;
+  keeping it off the LM loop means the LM's steps never wait for it (decoding only lags, it never stalls others).
+- **asyncio**: the API reads ``AudioChunk``s from each handle's queue. A handle whose reader is behind by
+  ``client_queue_chunks`` chunks is paused in the scheduler (back-pressure): generation for it stops, nothing is
+  dropped and nothing buffers without bound.
+
+Word timestamps: until the pipeline provides a measured alignment, a sentence's words are placed across its audio in
+proportion to their length, and marked ``estimated``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model.lm import SpeechLM
+from model.sampling import SamplingConfig
+from service.engine.pipeline import DecoderStream, Pipeline, SentenceText
+from service.engine.runner import Runner
+from service.engine.scheduler import AdmissionError, Event, Phase, Scheduler, SchedulerConfig, Sentence
+from service.engine.types import (SAMPLE_RATE, AudioChunk, Draining, EngineAPI, InvalidRequest, NotReady, QueueFull,
+                                  StreamFailed, StreamHandle, Voice, WordTiming)
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("mamtra.engine")
+
+# A sentence is complete once its terminal punctuation is followed by whitespace (text may still be streaming in).
+_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s+")
+_END = object()  # queue sentinel
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_streams: int = 16
+    max_queue: int = 64
+    max_context: int | None = None
+    prefill_budget_tokens: int = 512
+    request_timeout_s: float = 300.0
+    first_chunk_tokens: int = 4
+    chunk_tokens: int = 16
+    client_queue_chunks: int = 8
+    stall_timeout_s: float = 10.0
+    dtype: torch.dtype = torch.float32
+    ssm_dtype: torch.dtype = torch.float32
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, device: torch.device) -> "EngineConfig":
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if settings.dtype == "auto" \
+            else dtypes[settings.dtype]
+        return cls(max_streams=settings.max_streams, max_queue=settings.max_queue, max_context=settings.max_context,
+                   prefill_budget_tokens=settings.prefill_budget_tokens,
+                   request_timeout_s=settings.request_timeout_s, first_chunk_tokens=settings.first_chunk_tokens,
+                   chunk_tokens=settings.chunk_tokens, client_queue_chunks=settings.client_queue_chunks,
+                   stall_timeout_s=settings.stall_timeout_s, dtype=dtype, ssm_dtype=dtypes[settings.ssm_dtype],
+                   sampling=SamplingConfig(seed=settings.seed))
+
+
+class _Handle(StreamHandle):
+    def __init__(self, engine: "Engine", request_id: str, voice: str, speed: float, seed: int | None) -> None:
+        self.id = request_id
+        self.voice = voice
+        self.speed = speed
+        self.seed = seed
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._buffer = ""
+        self.created = time.monotonic()
+        self.deadline = self.created + engine.config.request_timeout_s
+        self.admitted_at: float | None = None
+        self.closed = False  # no more chunks will be produced
+        self.produced = 0  # chunks posted (written by the audio thread only)
+        self.consumed = 0  # chunks read (written by the asyncio side only)
+        # Audio-thread state
+        self.decoder: DecoderStream | None = None
+        self.tokens: list[int] = []
+        self.seq = 0
+        self.samples_out = 0
+        self.sentence_start_sample = 0
+        self.tokens_emitted = 0
+
+    # --- text in -------------------------------------------------------------------------------------------------
+    def push_text(self, text: str) -> None:
+        if self.closed:
+            return
+        self._buffer += text
+        complete, rest = _split_complete(self._buffer)
+        self._buffer = rest
+        if complete:
+            self._engine._add_text(self, complete)
+
+    def flush(self) -> None:
+        text, self._buffer = self._buffer, ""
+        if text.strip() and not self.closed:
+            self._engine._add_text(self, text)
+
+    def end_input(self) -> None:
+        self.flush()
+        self._engine._end_input(self)
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self._engine._cancel(self, reason)
+
+    # --- audio out -----------------------------------------------------------------------------------------------
+    async def chunks(self) -> AsyncIterator[AudioChunk]:
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, StreamFailed):
+                raise item
+            self.consumed += 1
+            yield item
+
+    @property
+    def outstanding(self) -> int:
+        """Chunks made but not yet read by the client: the back-pressure signal."""
+        return self.produced - self.consumed
+
+    def _post(self, item) -> None:
+        """From any thread: hand an item to the asyncio side."""
+        if isinstance(item, AudioChunk):
+            self.produced += 1
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+
+def _split_complete(text: str) -> tuple[str, str]:
+    last = None
+    for m in _SENTENCE_END.finditer(text):
+        last = m
+    if last is None:
+        return "", text
+    return text[: last.end()], text[last.end():]
+
+
+class Engine(EngineAPI):
+    def __init__(self, *, model: SpeechLM, pipeline: Pipeline, config: EngineConfig, metrics: Metrics) -> None:
+        self.model = model
+        self.pipeline = pipeline
+        self.config = config
+        self.metrics = metrics
+        max_context = min(config.max_context or model.config.max_context, model.config.max_context)
+        self._max_context = max_context
+        self.scheduler = Scheduler(SchedulerConfig(
+            max_streams=config.max_streams, max_queue=config.max_queue, max_context=max_context,
+            prefill_budget_tokens=config.prefill_budget_tokens, eos_id=pipeline.eos_id))
+        self.runner: Runner | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._handles: dict[str, _Handle] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._audio = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mamtra-audio")
+        self._warm = False
+        self._draining = False
+        self._last_tick = time.monotonic()
+        self._failure: BaseException | None = None
+        metrics.state_slots_total.set(config.max_streams)
+
+    # --- EngineAPI -----------------------------------------------------------------------------------------------
+    def voices(self) -> list[Voice]:
+        return [entry.voice for entry in self.pipeline.voices.values()]
+
+    def model_ids(self) -> list[str]:
+        return [self.pipeline.model_id]
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def ready(self) -> bool:
+        if not self._warm or self._draining or self._failure is not None:
+            return False
+        if self._thread is None or not self._thread.is_alive():
+            return False
+        with self._lock:
+            busy = self.scheduler.has_work
+        return not busy or time.monotonic() - self._last_tick < self.config.stall_timeout_s
+
+    def open_stream(self, *, voice: str, speed: float = 1.0, request_id: str | None = None,
+                    seed: int | None = None) -> StreamHandle:
+        if self._draining:
+            raise Draining("the server is shutting down")
+        if not self._warm:
+            raise NotReady("the engine is warming up")
+        entry = self.pipeline.voices.get(voice)
+        if entry is None:
+            raise InvalidRequest(f"unknown voice {voice!r}", param="voice")
+        if not 0.25 <= speed <= 4.0:
+            raise InvalidRequest("speed must be between 0.25 and 4.0", param="speed")
+        handle = _Handle(self, request_id or uuid.uuid4().hex, voice, speed,
+                         seed if seed is not None else self.config.sampling.seed)
+        with self._lock:
+            try:
+                self.scheduler.add_request(handle.id, voice_ids=entry.prompt_ids)
+            except AdmissionError as e:
+                if e.reason == "queue_full":
+                    raise QueueFull("all state slots are busy and the queue is full",
+                                    retry_after_s=self._retry_after()) from None
+                raise InvalidRequest(f"request rejected: {e.reason}") from None
+            self._handles[handle.id] = handle
+            self.runner.open_request(handle.id, seed=handle.seed)
+            self.metrics.requests_waiting.set(self.scheduler.num_waiting)
+        self._wake.set()
+        return handle
+
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0, request_id: str | None = None,
+                   seed: int | None = None) -> StreamHandle:
+        if not self.pipeline.frontend.sentences(text):
+            raise InvalidRequest("input has nothing speakable", param="input")
+        handle = self.open_stream(voice=voice, speed=speed, request_id=request_id, seed=seed)
+        handle.push_text(text)
+        handle.end_input()
+        return handle
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._build_and_warm)
+        self._thread = threading.Thread(target=self._loop, name="mamtra-engine", daemon=True)
+        self._thread.start()
+        self._warm = True
+
+    async def drain(self, timeout_s: float) -> None:
+        self._draining = True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._handles:
+                    return
+            await asyncio.sleep(0.05)
+        for handle in list(self._handles.values()):
+            handle.cancel("shutdown")
+
+    async def stop(self) -> None:
+        self._draining = True
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10.0)
+        self._audio.shutdown(wait=False, cancel_futures=True)
+
+    # --- admission helpers (called from handles, asyncio thread) ---------------------------------------------------
+    def _retry_after(self) -> float:
+        # Rough: a slot frees when the oldest running request finishes; a few seconds is the typical sentence.
+        return 2.0
+
+    def _add_text(self, handle: _Handle, text: str) -> None:
+        sentences = self.pipeline.frontend.sentences(text)
+        with self._lock:
+            if self.scheduler.phase(handle.id) in (None, Phase.FINISHED):
+                return
+            for s in sentences:
+                prompt = tuple(self.pipeline.frontend.prompt_ids(s))
+                cap = min(self.pipeline.max_tokens(s), self.scheduler.max_tokens_that_fit(handle.id, len(prompt)))
+                if cap < 1:  # the front-end splits long sentences, so this needs a tiny max_context
+                    log.warning("request %s: a sentence of %d tokens cannot fit the context; skipped",
+                                handle.id, len(prompt))
+                    continue
+                self.scheduler.add_sentence(handle.id, Sentence(prompt, cap, tag=s))
+        self._wake.set()
+
+    def _end_input(self, handle: _Handle) -> None:
+        with self._lock:
+            self.scheduler.end_input(handle.id)
+            events = self.scheduler.pop_events()
+        self._dispatch(events)
+        self._wake.set()
+
+    def _cancel(self, handle: _Handle, reason: str) -> None:
+        with self._lock:
+            self.scheduler.cancel(handle.id, reason)
+            events = self.scheduler.pop_events()
+        self._dispatch(events)
+        self._wake.set()
+
+    # --- the loop ------------------------------------------------------------------------------------------------
+    def _build_and_warm(self) -> None:
+        speech = list(self.pipeline.speech_ids) + [self.pipeline.eos_id]
+        self.runner = Runner(self.model, max_streams=self.config.max_streams, max_context=self._max_context,
+                             allowed_ids=speech, sampling=self.config.sampling, dtype=self.config.dtype,
+                             ssm_dtype=self.config.ssm_dtype)
+        self.metrics.state_bytes.set(self.runner.pool.allocated_bytes()["total"])
+        self.metrics.state_bytes_per_stream.set(self.runner.pool.bytes_per_stream)
+        # Warm-up: one prefill and one decode through the real code paths (kernels compiled, caches touched).
+        from service.engine.scheduler import DecodeItem, PrefillChunk, StepPlan
+
+        voice = next(iter(self.pipeline.voices.values()))
+        ids = tuple(voice.prompt_ids) + (self.pipeline.eos_id,)
+        self.runner.open_request("warmup", seed=0)
+        self.runner.execute(StepPlan(resets=(0,), prefills=(PrefillChunk("warmup", 0, 0, ids, True),)))
+        self.runner.execute(StepPlan(decodes=(DecodeItem("warmup", 0, len(ids), self.pipeline.eos_id),)))
+        self.runner.close_request("warmup")
+        self.runner.pool.reset(0)
+        stream = self.pipeline.decoder.open(voice.voice.id, speed=1.0)
+        stream.push(list(self.pipeline.speech_ids[:4]), flush=True)
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    self._expire()
+                    for h in self._handles.values():
+                        self.scheduler.set_paused(h.id, h.outstanding >= self.config.client_queue_chunks)
+                    plan = self.scheduler.plan()
+                    events = self.scheduler.pop_events()
+                    self._publish_load()
+                self._dispatch(events)
+                self._last_tick = time.monotonic()
+                if plan.empty:
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+                    continue
+                t0 = time.perf_counter()
+                result = self.runner.execute(plan)
+                dt = time.perf_counter() - t0
+                kind = "mixed" if plan.prefills and plan.decodes else ("prefill" if plan.prefills else "decode")
+                self.metrics.step_seconds.labels(kind=kind).observe(dt)
+                if plan.decodes:
+                    self.metrics.decode_batch_size.observe(len(plan.decodes))
+                with self._lock:
+                    events = self.scheduler.update(plan, result)
+                self._dispatch(events)
+                self._last_tick = time.monotonic()
+        except BaseException as e:  # a fault of ours: fail every stream, turn unready, keep the process up
+            log.exception("engine loop failed")
+            self._failure = e
+            for handle in list(self._handles.values()):
+                handle._post(StreamFailed("internal_error", "the engine failed"))
+                handle.closed = True
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for h in list(self._handles.values()):
+            if now > h.deadline and not h.closed:
+                self.scheduler.cancel(h.id, "timeout")
+
+    def _publish_load(self) -> None:
+        self.metrics.requests_running.set(self.scheduler.num_running)
+        self.metrics.requests_waiting.set(self.scheduler.num_waiting)
+        self.metrics.state_slots_used.set(self.scheduler.num_running)
+
+    # --- events -> audio -----------------------------------------------------------------------------------------
+    def _dispatch(self, events: list[Event]) -> None:
+        for ev in events:
+            handle = self._handles.get(ev.request_id)
+            if handle is None:
+                continue
+            if ev.kind == "admitted":
+                handle.admitted_at = time.monotonic()
+                self.metrics.queue_wait.observe(handle.admitted_at - handle.created)
+            elif ev.kind == "token":
+                handle.tokens.append(ev.token)
+                handle.tokens_emitted += 1
+                need = self.config.first_chunk_tokens if handle.seq == 0 else self.config.chunk_tokens
+                if len(handle.tokens) >= need:
+                    tokens, handle.tokens = handle.tokens, []
+                    self._audio.submit(self._decode, handle, tokens, None)
+            elif ev.kind == "sentence_end":
+                tokens, handle.tokens = handle.tokens, []
+                self._audio.submit(self._decode, handle, tokens, ev.sentence.tag)
+            elif ev.kind == "finished":
+                self.metrics.speech_tokens.inc(handle.tokens_emitted)
+                with self._lock:
+                    self._handles.pop(handle.id, None)
+                    self.scheduler.forget(handle.id)
+                self.runner.close_request(handle.id)
+                if ev.reason in ("cancelled", "shutdown", "disconnected"):
+                    handle.closed = True
+                    handle._post(_END)
+                elif ev.reason == "timeout":
+                    handle.closed = True
+                    handle._post(StreamFailed("timeout", "the request ran past its time limit"))
+                else:  # completed: end after the audio thread has emitted everything queued before this
+                    self._audio.submit(self._finish_stream, handle)
+
+    def _decode(self, handle: _Handle, tokens: list[int], sentence: SentenceText | None) -> None:
+        """Audio thread: tokens -> PCM chunk (and word timings at a sentence end)."""
+        if handle.closed:
+            return
+        try:
+            if handle.decoder is None:
+                handle.decoder = self.pipeline.decoder.open(handle.voice, speed=handle.speed)
+            pcm = handle.decoder.push(tokens, flush=sentence is not None)
+        except Exception:
+            log.exception("request %s: audio decoding failed", handle.id)
+            handle.closed = True
+            handle._post(StreamFailed("internal_error", "audio decoding failed"))
+            self._cancel(handle, "error")
+            return
+        words = []
+        start_sample = handle.sentence_start_sample
+        handle.samples_out += len(pcm)
+        if sentence is not None:
+            words = _estimate_word_times(sentence.words, start_sample / SAMPLE_RATE, handle.samples_out / SAMPLE_RATE)
+            handle.sentence_start_sample = handle.samples_out
+        if len(pcm) == 0 and not words:
+            return
+        self.metrics.audio_seconds.inc(len(pcm) / SAMPLE_RATE)
+        chunk = AudioChunk(pcm=_to_int16(pcm), seq=handle.seq, words=words)
+        handle.seq += 1
+        handle._post(chunk)
+
+    def _finish_stream(self, handle: _Handle) -> None:
+        if handle.closed:
+            return
+        handle.closed = True
+        handle._post(_END)
+
+
+def _to_int16(pcm: np.ndarray) -> np.ndarray:
+    return (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def _estimate_word_times(words: tuple[str, ...], start: float, end: float) -> list[WordTiming]:
+    """Spread a sentence's words over its audio in proportion to their length (an estimate, labelled as one)."""
+    if not words:
+        return []
+    weights = np.array([len(w) + 1 for w in words], dtype=np.float64)
+    edges = start + (end - start) * np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
+    return [WordTiming(w, round(float(a), 3), round(float(b), 3), estimated=True)
+            for w, a, b in zip(words, edges[:-1], edges[1:])]
+
+
+def build_engine(settings: Settings, metrics: Metrics) -> Engine:
+    """The production engine from settings: the bundled model unless ``MAMTRA_MODEL_DIR`` points elsewhere."""
+    from service.engine.bundle import load_bundle, resolve_device
+
+    device = resolve_device(settings.device)
+    model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend)
+    config = EngineConfig.from_settings(settings, device=device)
+    model.cast_(config.dtype)
+    return Engine(model=model, pipeline=pipeline, config=config, metrics=metrics)

@@ -1,0 +1,91 @@
+"""The torch side of the engine: executes a ``StepPlan`` on the model and the state pool, returns sampled tokens.
+
+The runner owns the state pool and the per-request sampling state (generator, repetition guard); the model owns
+neither. One step = slot resets, one batched prefill of this step's prompt chunks (right-padded), one batched decode
+step of every running stream, then sampling — all under ``torch.inference_mode``. The only host syncs are reading
+the sampled token ids back, once per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model.lm import SpeechLM
+from model.sampling import SamplingConfig, sample
+from model.state import Batch, StatePool
+from service.engine.scheduler import StepPlan, StepResult
+
+
+@dataclass
+class _SamplerState:
+    generator: torch.Generator | None
+    last_token: int = -1
+    run_length: int = 0
+
+
+class Runner:
+    def __init__(self, model: SpeechLM, *, max_streams: int, max_context: int, allowed_ids: list[int],
+                 sampling: SamplingConfig, dtype: torch.dtype = torch.float32,
+                 ssm_dtype: torch.dtype = torch.float32) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.pool = StatePool(model.config, max_streams=max_streams, max_context=max_context, dtype=dtype,
+                              ssm_dtype=ssm_dtype, device=self.device)
+        self.max_context = self.pool.max_context
+        self.sampling = sampling
+        allowed = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+        allowed[torch.tensor(allowed_ids, dtype=torch.long)] = True
+        self.allowed = allowed.to(self.device)
+        self._samplers: dict[str, _SamplerState] = {}
+
+    # --- per-request sampling state ------------------------------------------------------------------------------
+    def open_request(self, request_id: str, *, seed: int | None) -> None:
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(seed)
+        self._samplers[request_id] = _SamplerState(gen)
+
+    def close_request(self, request_id: str) -> None:
+        self._samplers.pop(request_id, None)
+
+    # --- the step ------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, plan: StepPlan) -> StepResult:
+        for slot in plan.resets:
+            self.pool.reset(slot)
+        rows: list[str] = []
+        logits = []
+        if plan.prefills:
+            chunks = plan.prefills
+            t = max(len(c.token_ids) for c in chunks)
+            ids = torch.zeros(len(chunks), t, dtype=torch.long)
+            for i, c in enumerate(chunks):
+                ids[i, : len(c.token_ids)] = torch.tensor(c.token_ids)
+            batch = Batch.make([c.slot for c in chunks], [c.start for c in chunks],
+                               [len(c.token_ids) for c in chunks], max_context=self.max_context, device=self.device)
+            out = self.model.prefill(ids.to(self.device), states=self.pool.layers, batch=batch)
+            keep = [i for i, c in enumerate(chunks) if c.sample]
+            if keep:
+                logits.append(out[keep])
+                rows += [chunks[i].request_id for i in keep]
+        if plan.decodes:
+            items = plan.decodes
+            batch = Batch.make([d.slot for d in items], [d.position for d in items], [1] * len(items),
+                               max_context=self.max_context, device=self.device)
+            tokens = torch.tensor([d.token_id for d in items], dtype=torch.long, device=self.device)
+            logits.append(self.model.decode_step(tokens, states=self.pool.layers, batch=batch))
+            rows += [d.request_id for d in items]
+        if not rows:
+            return StepResult({})
+        states = [self._samplers.setdefault(r, _SamplerState(None)) for r in rows]
+        last = torch.tensor([s.last_token for s in states], device=self.device).clamp(min=0)
+        runs = torch.tensor([s.run_length for s in states], device=self.device)
+        sampled = sample(torch.cat(logits), self.sampling, allowed=self.allowed, last_token=last, run_length=runs,
+                         generators=[s.generator for s in states]).tolist()  # the step's one host sync
+        for s, tok in zip(states, sampled):
+            s.run_length = s.run_length + 1 if tok == s.last_token else 1
+            s.last_token = tok
+        return StepResult(dict(zip(rows, sampled)))

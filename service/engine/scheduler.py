@@ -1,0 +1,327 @@
+"""Continuous-batching scheduler: pure Python, no torch.
+
+It decides, before every engine step, which requests hold state slots, which prompt tokens are prefilled this step
+(under a token budget) and which running streams decode one token; after the step it consumes the sampled tokens.
+It talks to the runner only through ``StepPlan`` / ``StepResult``.
+
+Policies:
+
+- **Admission** by state capacity and queue length: a request needs one slot for its whole text (sentences are
+  appended to the same context). Every slot owns ``max_context`` positions of KV cache, preallocated, so an admitted
+  request can never run the device out of memory; when no slot is free the request waits (FIFO) and when the queue
+  is full the caller is told to come back later (429).
+- **Decode first**: every running stream that has a token to feed decodes in every step; prefill only fills the
+  remaining per-step token budget, chunked if a prompt is longer, so a new request never stalls running streams.
+- **Context restarts**: before a sentence whose prompt plus token cap would pass ``max_context``, the slot is reset
+  and the context restarts from the voice prompt (at a sentence boundary, as in training).
+- **Context format**: ``[voice][text₁][SOS][speech₁][EOS][text₂][SOS][speech₂][EOS]…`` — the EOS that ends a
+  sentence (after the last speech token, if the sentence hit its cap) is fed back at the start of the next
+  sentence's prefill.
+- **Cancellation / timeouts** free the slot before the next plan is built ("within one step").
+- **Back-pressure**: a request whose client queue is full is ``paused`` and skips decode steps until it drains.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"  # queued for a slot
+    PREFILL = "prefill"  # has prompt tokens to prefill
+    DECODE = "decode"  # generating speech tokens
+    IDLE = "idle"  # input still open, nothing buffered to say
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class Sentence:
+    prompt_ids: tuple[int, ...]  # text tokens + SOS
+    max_tokens: int  # hard cap of speech tokens for this sentence
+    tag: object = None  # opaque to the scheduler (the engine keeps the words for timestamps here)
+
+
+@dataclass(frozen=True)
+class PrefillChunk:
+    request_id: str
+    slot: int
+    start: int  # context position of token_ids[0]
+    token_ids: tuple[int, ...]
+    sample: bool  # last chunk of the prompt: sample the first speech token from its logits
+
+
+@dataclass(frozen=True)
+class DecodeItem:
+    request_id: str
+    slot: int
+    position: int
+    token_id: int
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    resets: tuple[int, ...] = ()  # slots whose recurrent state must be zeroed before this step
+    prefills: tuple[PrefillChunk, ...] = ()
+    decodes: tuple[DecodeItem, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.prefills or self.decodes)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(len(c.token_ids) for c in self.prefills)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    sampled: dict[str, int]  # request id -> sampled token (decodes and prompt-final prefill chunks)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_streams: int
+    max_queue: int
+    max_context: int
+    prefill_budget_tokens: int
+    eos_id: int
+
+    def __post_init__(self) -> None:
+        if self.max_streams < 1 or self.max_queue < 0 or self.prefill_budget_tokens < 1 or self.max_context < 2:
+            raise ValueError(f"invalid scheduler config {self}")
+
+
+@dataclass
+class Event:
+    """What happened to a request in a step, for the engine to act on."""
+
+    request_id: str
+    kind: str  # "admitted" | "token" | "sentence_end" | "finished"
+    token: int | None = None
+    sentence: Sentence | None = None
+    reason: str = ""
+
+
+@dataclass
+class _Request:
+    id: str
+    voice_ids: tuple[int, ...]
+    seq: int
+    sentences: deque[Sentence] = field(default_factory=deque)
+    input_open: bool = True
+    phase: Phase = Phase.WAITING
+    slot: int | None = None
+    context_len: int = 0
+    pending_prompt: list[int] = field(default_factory=list)  # not yet prefilled
+    pending_tokens: list[int] = field(default_factory=list)  # sampled, not yet in the context
+    current: Sentence | None = None
+    generated: int = 0  # speech tokens in the current sentence
+    needs_reset: bool = False
+    paused: bool = False
+
+
+class AdmissionError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # "queue_full" | "duplicate" | "too_long"
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self._requests: dict[str, _Request] = {}
+        self._waiting: deque[str] = deque()
+        self._free_slots = list(range(config.max_streams - 1, -1, -1))
+        self._seq = itertools.count()
+        self.events: list[Event] = []
+
+    # --- requests in ---------------------------------------------------------------------------------------------
+    def add_request(self, request_id: str, *, voice_ids: tuple[int, ...] | list[int]) -> None:
+        if request_id in self._requests:
+            raise AdmissionError("duplicate")
+        if len(self._waiting) >= self.config.max_queue + len(self._free_slots):
+            raise AdmissionError("queue_full")  # every free slot is spoken for and the queue is full
+        if len(voice_ids) + 2 > self.config.max_context:
+            raise AdmissionError("too_long")
+        self._requests[request_id] = _Request(request_id, tuple(voice_ids), next(self._seq))
+        self._waiting.append(request_id)
+
+    def add_sentence(self, request_id: str, sentence: Sentence) -> None:
+        req = self._requests[request_id]
+        if not req.input_open:
+            raise ValueError(f"request {request_id} has ended its input")
+        if len(req.voice_ids) + len(sentence.prompt_ids) + sentence.max_tokens + 2 > self.config.max_context:
+            raise ValueError(f"sentence of {len(sentence.prompt_ids)} tokens (cap {sentence.max_tokens}) cannot fit "
+                             f"a context of {self.config.max_context}")
+        req.sentences.append(sentence)
+        if req.phase == Phase.IDLE:
+            self._start_next_sentence(req)
+
+    def end_input(self, request_id: str) -> None:
+        req = self._requests.get(request_id)
+        if req is None:
+            return
+        req.input_open = False
+        if req.phase == Phase.IDLE:
+            self._finish(req, "completed")
+
+    def cancel(self, request_id: str, reason: str = "cancelled") -> None:
+        """Remove a request wherever it is; its slot is free for the next plan."""
+        req = self._requests.get(request_id)
+        if req is None or req.phase == Phase.FINISHED:
+            return
+        self._finish(req, reason)
+
+    def set_paused(self, request_id: str, paused: bool) -> None:
+        req = self._requests.get(request_id)
+        if req is not None:
+            req.paused = paused
+
+    # --- introspection -------------------------------------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return self.config.max_streams - len(self._free_slots)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def has_work(self) -> bool:
+        return any(r.phase in (Phase.WAITING, Phase.PREFILL, Phase.DECODE) for r in self._requests.values())
+
+    def phase(self, request_id: str) -> Phase | None:
+        req = self._requests.get(request_id)
+        return None if req is None else req.phase
+
+    def slot_of(self, request_id: str) -> int | None:
+        req = self._requests.get(request_id)
+        return None if req is None else req.slot
+
+    def request_ids(self) -> list[str]:
+        return list(self._requests)
+
+    # --- the step ------------------------------------------------------------------------------------------------
+    def plan(self) -> StepPlan:
+        self._admit()
+        resets = []
+        for req in self._requests.values():
+            if req.needs_reset:
+                resets.append(req.slot)
+                req.needs_reset = False
+        decodes = tuple(
+            DecodeItem(r.id, r.slot, r.context_len, r.pending_tokens[0])
+            for r in self._running() if r.phase == Phase.DECODE and not r.paused)
+        budget = self.config.prefill_budget_tokens
+        prefills = []
+        # Oldest first, so a long prompt cannot be overtaken indefinitely by newer short ones.
+        for req in sorted((r for r in self._running() if r.phase == Phase.PREFILL), key=lambda r: r.seq):
+            if budget <= 0:
+                break
+            take = req.pending_prompt[:budget]
+            last = len(take) == len(req.pending_prompt)
+            prefills.append(PrefillChunk(req.id, req.slot, req.context_len, tuple(take), sample=last))
+            budget -= len(take)
+        return StepPlan(resets=tuple(resets), prefills=tuple(prefills), decodes=decodes)
+
+    def update(self, plan: StepPlan, result: StepResult) -> list[Event]:
+        """Apply a finished step. Requests cancelled while it ran are skipped (their slot is already free)."""
+        for chunk in plan.prefills:
+            req = self._requests.get(chunk.request_id)
+            if req is None or req.phase != Phase.PREFILL or req.slot != chunk.slot:
+                continue
+            req.context_len += len(chunk.token_ids)
+            del req.pending_prompt[: len(chunk.token_ids)]
+            if chunk.sample:
+                req.phase = Phase.DECODE
+                self._on_sampled(req, result.sampled[chunk.request_id])
+        for item in plan.decodes:
+            req = self._requests.get(item.request_id)
+            if req is None or req.phase != Phase.DECODE or req.slot != item.slot:
+                continue
+            req.context_len += 1  # the fed token is now in the context
+            self._on_sampled(req, result.sampled[item.request_id])
+        events, self.events = self.events, []
+        return events
+
+    def pop_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+    def forget(self, request_id: str) -> None:
+        """Drop a finished request's bookkeeping."""
+        req = self._requests.get(request_id)
+        if req is not None and req.phase == Phase.FINISHED:
+            del self._requests[request_id]
+
+    # --- internals -----------------------------------------------------------------------------------------------
+    def _running(self):
+        return (r for r in self._requests.values() if r.slot is not None and r.phase != Phase.FINISHED)
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_slots:
+            req = self._requests[self._waiting.popleft()]
+            req.slot = self._free_slots.pop()
+            req.needs_reset = True
+            req.context_len = 0
+            req.pending_prompt = list(req.voice_ids)
+            req.phase = Phase.IDLE  # until it has a sentence; the voice prompt is prefilled with the first one
+            self.events.append(Event(req.id, "admitted"))
+            if req.sentences:
+                self._start_next_sentence(req)
+            elif not req.input_open:
+                self._finish(req, "completed")
+
+    def max_tokens_that_fit(self, request_id: str, prompt_len: int) -> int:
+        """The largest token cap a sentence of ``prompt_len`` prompt tokens can have in this request's context
+        (after a restart, if need be)."""
+        req = self._requests[request_id]
+        return self.config.max_context - len(req.voice_ids) - prompt_len - 3  # lead tokens + EOS
+
+    def _start_next_sentence(self, req: _Request) -> None:
+        sentence = req.sentences.popleft()
+        lead = req.pending_tokens
+        needed = len(lead) + len(req.pending_prompt) + len(sentence.prompt_ids) + sentence.max_tokens + 1
+        if req.context_len + needed > self.config.max_context:
+            # Restart the context from the voice prompt at this sentence boundary.
+            req.needs_reset = True
+            req.context_len = 0
+            req.pending_prompt = list(req.voice_ids)
+            lead = []
+        req.pending_prompt = req.pending_prompt + lead + list(sentence.prompt_ids)
+        req.pending_tokens = []
+        req.current = sentence
+        req.generated = 0
+        req.phase = Phase.PREFILL
+
+    def _on_sampled(self, req: _Request, token: int) -> None:
+        eos = self.config.eos_id
+        if token != eos:
+            req.generated += 1
+            self.events.append(Event(req.id, "token", token=token))
+        if token == eos or req.generated >= req.current.max_tokens:
+            # The context records the whole sentence and its end, as in training: a capped sentence's last token
+            # is fed too, followed by the EOS the model did not say.
+            req.pending_tokens = [eos] if token == eos else [token, eos]
+            self.events.append(Event(req.id, "sentence_end", sentence=req.current,
+                                     reason="eos" if token == eos else "cap"))
+            if req.sentences:
+                self._start_next_sentence(req)
+            elif req.input_open:
+                req.phase = Phase.IDLE
+            else:
+                self._finish(req, "completed")
+        else:
+            req.pending_tokens = [token]
+
+    def _finish(self, req: _Request, reason: str) -> None:
+        if req.phase == Phase.WAITING:
+            self._waiting.remove(req.id)
+        if req.slot is not None:
+            self._free_slots.append(req.slot)
+            req.slot = None
+        req.phase = Phase.FINISHED
+        self.events.append(Event(req.id, "finished", reason=reason))

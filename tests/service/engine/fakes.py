@@ -1,0 +1,97 @@
+"""A fake pipeline around a real (tiny, random) SpeechLM, to test the engine without trained weights.
+
+Text tokens are characters; the "decoder" renders every speech token as 40 ms of a tone whose pitch depends on the
+token, so tests can count tokens in the audio and check ordering.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from model.config import ModelConfig
+from model.lm import SpeechLM
+from service.engine.engine import Engine, EngineConfig
+from service.engine.pipeline import Pipeline, SentenceText, VoiceEntry
+from service.engine.types import SAMPLE_RATE, Voice
+from service.metrics import Metrics
+
+SOS, EOS = 1, 2
+TEXT0, N_TEXT = 3, 40
+SPEECH0, N_SPEECH = 43, 32
+SAMPLES_PER_TOKEN = SAMPLE_RATE // 25
+
+
+class FakeFrontend:
+    def sentences(self, text):
+        parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+", text) if p.strip()]
+        parts = [p for p in parts if re.search(r"[A-Za-z0-9]", p)]
+        return [SentenceText(p, tuple(p.split())) for p in parts]
+
+    def prompt_ids(self, sentence):
+        return [TEXT0 + ord(c) % N_TEXT for c in sentence.text] + [SOS]
+
+
+class ToneStream:
+    def __init__(self, speed):
+        self.n = int(SAMPLES_PER_TOKEN / speed)
+        self.pushed = []
+
+    def push(self, tokens, *, flush):
+        self.pushed.extend(tokens)
+        out = [0.3 * np.sin(2 * np.pi * (200 + 10 * (t - SPEECH0)) * np.arange(self.n) / SAMPLE_RATE)
+               for t in tokens]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+class ToneDecoder:
+    def __init__(self):
+        self.streams = []
+
+    def open(self, voice_id, *, speed):
+        stream = ToneStream(speed)
+        self.streams.append(stream)
+        return stream
+
+
+class BiasedLM(SpeechLM):
+    """A random tiny LM whose end-of-speech logit is shifted, so tests choose whether sentences end by EOS or cap."""
+
+    def __init__(self, config, eos_bias):
+        super().__init__(config, backend="ref")
+        bias = torch.zeros(config.vocab_size)
+        bias[EOS] = eos_bias
+        self.register_buffer("logit_bias", bias, persistent=False)
+
+    def prefill(self, input_ids, *, states, batch):
+        return super().prefill(input_ids, states=states, batch=batch) + self.logit_bias
+
+    def decode_step(self, input_ids, *, states, batch):
+        return super().decode_step(input_ids, states=states, batch=batch) + self.logit_bias
+
+
+def tiny_lm(layout="AMAM", max_context=256, eos_bias=0.0):
+    cfg = ModelConfig(layout=layout, vocab_size=SPEECH0 + N_SPEECH, d_model=64, n_heads=4, n_kv_heads=2,
+                      head_dim=16, d_ff=96, max_context=max_context, rope_theta=10_000.0, ssd_chunk_size=16)
+    torch.manual_seed(0)
+    return BiasedLM(cfg, eos_bias).eval()
+
+
+def fake_pipeline(max_cap_seconds=0.2):
+    voices = {
+        "ava": VoiceEntry(Voice("ava", "Ava"), (TEXT0, TEXT0 + 1)),
+        "ben": VoiceEntry(Voice("ben", "Ben"), (TEXT0 + 2, TEXT0 + 3, TEXT0 + 4)),
+    }
+    return Pipeline(model_id="mamtra-test", frontend=FakeFrontend(), decoder=ToneDecoder(), voices=voices,
+                    eos_id=EOS, speech_ids=tuple(range(SPEECH0, SPEECH0 + N_SPEECH)), tokens_per_second=25.0,
+                    max_seconds_per_char=0.0, min_cap_seconds=max_cap_seconds)  # a fixed cap per sentence
+
+
+def make_engine(*, layout="AMAM", max_context=256, eos_bias=-50.0, cap_seconds=0.4, **config):
+    """An engine whose sentences run to their cap (EOS suppressed) unless eos_bias is raised: 0.4 s = 10 tokens."""
+    defaults = dict(max_streams=2, max_queue=2, first_chunk_tokens=2, chunk_tokens=4, client_queue_chunks=4)
+    defaults.update(config)
+    return Engine(model=tiny_lm(layout, max_context, eos_bias), pipeline=fake_pipeline(cap_seconds),
+                  config=EngineConfig(**defaults), metrics=Metrics())

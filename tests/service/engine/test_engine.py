@@ -1,0 +1,226 @@
+"""The real engine (scheduler + runner + audio thread) on a tiny random LM with a fake pipeline."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from service.engine.types import Draining, InvalidRequest, NotReady, QueueFull, StreamFailed
+from tests.service.engine.fakes import SAMPLES_PER_TOKEN, make_engine
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def _collect(handle):
+    return [c async for c in handle.chunks()]
+
+
+async def _started(**kw):
+    engine = make_engine(**kw)
+    await engine.start()
+    return engine
+
+
+def test_synthesize_streams_small_first_chunk_then_larger_with_word_timings():
+    async def main():
+        engine = await _started()
+        try:
+            handle = engine.synthesize("Hello there world. Second one!", voice="ava", request_id="r1")
+            chunks = await _collect(handle)
+        finally:
+            await engine.stop()
+        return chunks
+
+    chunks = run(main())
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert len(chunks[0].pcm) == 2 * SAMPLES_PER_TOKEN  # first chunk: first_chunk_tokens
+    assert len(chunks[1].pcm) == 4 * SAMPLES_PER_TOKEN
+    total_tokens = sum(len(c.pcm) for c in chunks) // SAMPLES_PER_TOKEN
+    assert total_tokens == 20  # two sentences, each capped at 0.4 s x 25 tokens/s
+    words = [w for c in chunks for w in c.words]
+    assert [w.word for w in words] == ["Hello", "there", "world.", "Second", "one!"]
+    assert all(w.estimated for w in words)
+    assert words[0].start == 0 and abs(words[2].end - 0.4) < 1e-3 and abs(words[-1].end - 0.8) < 1e-3
+    assert all(a.end <= b.start + 1e-9 for a, b in zip(words, words[1:]))
+
+
+def test_admission_limits_and_429():
+    async def main():
+        engine = await _started(max_streams=1, max_queue=1)
+        try:
+            a = engine.open_stream(voice="ava", request_id="a")
+            engine.open_stream(voice="ava", request_id="b")
+            with pytest.raises(QueueFull) as e:
+                engine.open_stream(voice="ava", request_id="c")
+            assert e.value.retry_after_s > 0
+            with pytest.raises(InvalidRequest):
+                engine.open_stream(voice="nobody", request_id="d")
+            with pytest.raises(InvalidRequest):
+                engine.open_stream(voice="ava", speed=9.0, request_id="e")
+            with pytest.raises(InvalidRequest):
+                engine.synthesize("...", voice="ava", request_id="f")
+            a.cancel()
+            await asyncio.sleep(0.2)
+            assert engine.scheduler.slot_of("b") is not None  # b took a's slot
+        finally:
+            await engine.stop()
+
+    run(main())
+
+
+def test_cancel_frees_slot_within_a_step_and_engine_stays_healthy():
+    async def main():
+        engine = await _started(max_streams=1, max_queue=0, cap_seconds=4.0)
+        try:
+            handle = engine.synthesize("A long sentence to speak.", voice="ava", request_id="a")
+            it = handle.chunks().__aiter__()
+            await it.__anext__()
+            handle.cancel()
+            assert engine.scheduler.num_running == 0  # freed at once, before the next step
+            rest = [c async for c in it]
+            assert len(rest) <= 2  # at most what was already decoded
+            second = await _collect(engine.synthesize("Next one.", voice="ben", request_id="b"))
+            assert second and engine.ready
+        finally:
+            await engine.stop()
+
+    run(main())
+
+
+def test_timeout_fails_the_stream_and_frees_the_slot():
+    async def main():
+        engine = await _started(request_timeout_s=0.3, cap_seconds=40.0)
+        try:
+            handle = engine.synthesize("Forever and ever.", voice="ava", request_id="t")
+            with pytest.raises(StreamFailed) as e:
+                await _collect(handle)
+            assert e.value.code == "timeout"
+            assert engine.scheduler.num_running == 0
+        finally:
+            await engine.stop()
+
+    run(main())
+
+
+def test_same_seed_same_audio_alone_or_batched():
+    async def main():
+        engine = await _started(max_streams=3, eos_bias=0.0, cap_seconds=1.0)
+        try:
+            alone = await _collect(engine.synthesize("Seeded words here.", voice="ava", request_id="x", seed=7))
+            other = engine.synthesize("Some other text runs beside.", voice="ben", request_id="y", seed=1)
+            again = engine.synthesize("Seeded words here.", voice="ava", request_id="z", seed=7)
+            batched, _ = await asyncio.gather(_collect(again), _collect(other))
+        finally:
+            await engine.stop()
+        return alone, batched
+
+    alone, batched = run(main())
+    a = np.concatenate([c.pcm for c in alone])
+    b = np.concatenate([c.pcm for c in batched])
+    assert len(a) > 0 and np.array_equal(a, b)
+
+
+def test_incremental_text_word_by_word_with_flush():
+    async def main():
+        engine = await _started()
+        try:
+            handle = engine.open_stream(voice="ava", request_id="w")
+            for word in "one two three. four".split(" "):
+                handle.push_text(word + " ")
+            await asyncio.sleep(0.3)
+            # "one two three." is complete and spoken; "four" waits for more text or a flush
+            handle.flush()
+            handle.end_input()
+            chunks = await _collect(handle)
+        finally:
+            await engine.stop()
+        return chunks
+
+    chunks = run(main())
+    words = [w.word for c in chunks for w in c.words]
+    assert words == ["one", "two", "three.", "four"]
+
+
+def test_back_pressure_pauses_a_slow_reader():
+    async def main():
+        engine = await _started(cap_seconds=20.0, client_queue_chunks=3, chunk_tokens=2)
+        try:
+            handle = engine.synthesize("A slow reader.", voice="ava", request_id="s")
+            await asyncio.sleep(1.0)  # nobody reads
+            assert handle.outstanding <= 3 + 1
+            produced = handle.produced
+            await asyncio.sleep(0.5)
+            assert handle.produced == produced  # generation is paused, not buffering
+            got = 0
+            async for _ in handle.chunks():
+                got += 1
+                if got == 6:
+                    break
+            assert handle.produced > produced  # reading resumes it
+            handle.cancel()
+        finally:
+            await engine.stop()
+
+    run(main())
+
+
+def test_drain_finishes_in_flight_and_refuses_new():
+    async def main():
+        engine = await _started()
+        handle = engine.synthesize("Finish me please.", voice="ava", request_id="d")
+        collector = asyncio.create_task(_collect(handle))
+        await asyncio.sleep(0.05)
+        drain = asyncio.create_task(engine.drain(10.0))
+        await asyncio.sleep(0.01)
+        assert not engine.ready
+        with pytest.raises(Draining):
+            engine.open_stream(voice="ava", request_id="late")
+        chunks = await collector
+        await drain
+        await engine.stop()
+        return chunks
+
+    chunks = run(main())
+    assert sum(len(c.pcm) for c in chunks) == 10 * SAMPLES_PER_TOKEN  # the in-flight stream finished whole
+
+
+def test_not_ready_before_start():
+    engine = make_engine()
+    assert not engine.ready
+    with pytest.raises(NotReady):
+        engine.open_stream(voice="ava", request_id="early")
+
+
+def test_long_text_restarts_context_and_keeps_going():
+    async def main():
+        engine = await _started(max_context=64, cap_seconds=0.4)
+        try:
+            text = " ".join(f"Sentence number {i}." for i in range(8))
+            chunks = await _collect(engine.synthesize(text, voice="ava", request_id="long"))
+        finally:
+            await engine.stop()
+        return chunks
+
+    chunks = run(main())
+    assert sum(len(c.pcm) for c in chunks) == 8 * 10 * SAMPLES_PER_TOKEN
+    assert len([w for c in chunks for w in c.words]) == 24
+
+
+def test_metrics_are_recorded():
+    async def main():
+        engine = await _started()
+        try:
+            await _collect(engine.synthesize("Count me.", voice="ava", request_id="m"))
+            await asyncio.sleep(0.1)
+        finally:
+            await engine.stop()
+        return engine.metrics.render().decode()
+
+    text = run(main())
+    assert "mamtra_speech_tokens_total 10.0" in text
+    assert "mamtra_state_slots_total 2.0" in text
+    assert 'mamtra_step_seconds_count{kind="decode"}' in text
+    assert "mamtra_audio_seconds_total 0.4" in text

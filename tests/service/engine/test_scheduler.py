@@ -1,0 +1,178 @@
+"""Scheduler (pure Python): admission, decode-first budgeting, chunked prefill, cancellation, slot reuse,
+context format and restarts, caps, back-pressure."""
+
+import pytest
+
+from service.engine.scheduler import (AdmissionError, Phase, Scheduler, SchedulerConfig, Sentence, StepResult)
+
+EOS = 99
+
+
+def _sched(**kw):
+    cfg = dict(max_streams=2, max_queue=2, max_context=64, prefill_budget_tokens=8, eos_id=EOS)
+    cfg.update(kw)
+    return Scheduler(SchedulerConfig(**cfg))
+
+
+def _step(s, token_for=lambda rid: 5):
+    plan = s.plan()
+    sampled = {c.request_id: token_for(c.request_id) for c in plan.prefills if c.sample}
+    sampled.update({d.request_id: token_for(d.request_id) for d in plan.decodes})
+    return plan, s.update(plan, StepResult(sampled))
+
+
+def test_admission_queue_and_429():
+    s = _sched()
+    for rid in "abcd":
+        s.add_request(rid, voice_ids=[1, 2])
+    with pytest.raises(AdmissionError) as e:
+        s.add_request("e", voice_ids=[1])
+    assert e.value.reason == "queue_full"
+    with pytest.raises(AdmissionError):
+        s.add_request("a", voice_ids=[1])
+    s.plan()
+    assert s.num_running == 2 and s.num_waiting == 2
+    assert {s.slot_of("a"), s.slot_of("b")} == {0, 1} and s.slot_of("c") is None  # FIFO
+
+
+def test_decode_first_and_chunked_prefill():
+    s = _sched(max_streams=3, prefill_budget_tokens=8, max_context=128)
+    s.add_request("a", voice_ids=[1])
+    s.add_sentence("a", Sentence((10, 11), max_tokens=50))
+    _step(s)  # a prefilled, first token sampled
+    assert s.phase("a") == Phase.DECODE
+    s.add_request("b", voice_ids=list(range(20)))  # a long prompt: 20 voice + 3 sentence tokens
+    s.add_sentence("b", Sentence((10, 11, 12), max_tokens=50))
+    plan, _ = _step(s)
+    assert [d.request_id for d in plan.decodes] == ["a"]  # the running stream is never stalled
+    assert plan.num_prefill_tokens == 8 and not plan.prefills[0].sample
+    plan, _ = _step(s)
+    assert [d.request_id for d in plan.decodes] == ["a"]
+    assert plan.prefills[0].start == 8 and plan.num_prefill_tokens == 8
+    plan, _ = _step(s)
+    assert plan.num_prefill_tokens == 7 and plan.prefills[0].sample  # 23 = 8 + 8 + 7
+    assert s.phase("b") == Phase.DECODE
+    plan, _ = _step(s)
+    assert {d.request_id for d in plan.decodes} == {"a", "b"} and not plan.prefills
+    assert next(d for d in plan.decodes if d.request_id == "b").position == 23
+
+
+def test_cancel_frees_slot_for_next_plan():
+    s = _sched(max_streams=1, max_queue=1)
+    s.add_request("a", voice_ids=[1])
+    s.add_sentence("a", Sentence((10,), max_tokens=50))
+    s.add_request("b", voice_ids=[1])
+    s.add_sentence("b", Sentence((10,), max_tokens=50))
+    plan = s.plan()
+    slot = s.slot_of("a")
+    s.cancel("a")  # while the step runs
+    assert s.phase("a") == Phase.FINISHED
+    events = s.update(plan, StepResult({"a": 5}))  # the late result of a is ignored
+    assert not [e for e in events if e.kind == "token"]
+    plan2 = s.plan()
+    assert s.slot_of("b") == slot and plan2.resets == (slot,)
+    assert [c.request_id for c in plan2.prefills] == ["b"]
+    s.forget("a")
+    assert "a" not in s.request_ids()
+
+
+def test_context_format_eos_fed_back_and_sentence_events():
+    s = _sched(max_streams=1)
+    s.add_request("a", voice_ids=[1, 2])
+    s.add_sentence("a", Sentence((10, 11), max_tokens=50, tag="one"))
+    s.add_sentence("a", Sentence((12,), max_tokens=50, tag="two"))
+    s.end_input("a")
+    tokens = iter([5, 6, EOS, 7, EOS])
+    seen = []
+    prompts = []
+    while s.phase("a") != Phase.FINISHED:
+        plan, events = _step(s, lambda rid: next(tokens))
+        prompts += [c.token_ids for c in plan.prefills]
+        seen += events
+    assert prompts == [(1, 2, 10, 11), (EOS, 12)]  # EOS of sentence one opens sentence two's prefill
+    assert [e.token for e in seen if e.kind == "token"] == [5, 6, 7]
+    ends = [e for e in seen if e.kind == "sentence_end"]
+    assert [e.sentence.tag for e in ends] == ["one", "two"] and all(e.reason == "eos" for e in ends)
+    assert seen[-1].kind == "finished" and seen[-1].reason == "completed"
+
+
+def test_token_cap_ends_sentence():
+    s = _sched(max_streams=1)
+    s.add_request("a", voice_ids=[1])
+    s.add_sentence("a", Sentence((10,), max_tokens=3))
+    s.end_input("a")
+    events = []
+    while s.phase("a") != Phase.FINISHED:
+        events += _step(s)[1]
+    assert len([e for e in events if e.kind == "token"]) == 3
+    assert [e.reason for e in events if e.kind == "sentence_end"] == ["cap"]
+
+
+def test_context_restarts_from_voice_prompt_at_sentence_boundary():
+    s = _sched(max_streams=1, max_context=40, prefill_budget_tokens=64)
+    s.add_request("a", voice_ids=[1, 2, 3])
+    for _ in range(3):
+        s.add_sentence("a", Sentence((10, 11, 12, 13), max_tokens=10))
+    s.end_input("a")
+    plans = []
+    while s.phase("a") != Phase.FINISHED:
+        plans.append(_step(s)[0])  # never samples EOS: every sentence runs to its cap
+    prefills = [c for p in plans for c in p.prefills]
+    assert prefills[0].token_ids == (1, 2, 3, 10, 11, 12, 13) and prefills[0].start == 0
+    # 7 prompt + 9 fed tokens; the capped 10th is fed with an EOS: 16 + 6 + 10 = 32 fits 40;
+    # the third would need 32 + 6 + 10 > 40: restart
+    assert prefills[1].token_ids == (5, EOS, 10, 11, 12, 13) and prefills[1].start == 16
+    assert prefills[2].token_ids == (1, 2, 3, 10, 11, 12, 13) and prefills[2].start == 0
+    reset_steps = [i for i, p in enumerate(plans) if p.resets]
+    assert len(reset_steps) == 2  # admission, then the restart
+    assert max(d.position for p in plans for d in p.decodes) < 40
+
+
+def test_sentence_that_cannot_fit_is_rejected():
+    s = _sched(max_context=20)
+    s.add_request("a", voice_ids=[1, 2])
+    with pytest.raises(ValueError, match="cannot fit"):
+        s.add_sentence("a", Sentence(tuple(range(10)), max_tokens=20))
+
+
+def test_paused_request_skips_decode_and_idle_input_finishes_on_end():
+    s = _sched()
+    s.add_request("a", voice_ids=[1])
+    s.add_request("b", voice_ids=[1])
+    s.add_sentence("a", Sentence((10,), max_tokens=50))
+    s.add_sentence("b", Sentence((10,), max_tokens=50))
+    _step(s)
+    s.set_paused("a", True)
+    plan, _ = _step(s)
+    assert [d.request_id for d in plan.decodes] == ["b"]
+    s.set_paused("a", False)
+    plan, _ = _step(s)
+    assert {d.request_id for d in plan.decodes} == {"a", "b"}
+    # a request whose input is open but empty sits idle, holding its slot, until more text or the end
+    s.add_request("c", voice_ids=[1])
+    s.cancel("b")
+    s.plan()
+    assert s.phase("c") == Phase.IDLE and s.slot_of("c") is not None
+    s.end_input("c")
+    assert s.phase("c") == Phase.FINISHED and s.slot_of("c") is None
+
+
+def test_waiting_request_cancelled_leaves_queue():
+    s = _sched(max_streams=1, max_queue=1)
+    s.add_request("a", voice_ids=[1])
+    s.add_sentence("a", Sentence((10,), max_tokens=5))
+    s.plan()
+    s.add_request("b", voice_ids=[1])
+    assert s.num_waiting == 1
+    s.cancel("b")
+    assert s.num_waiting == 0
+    s.add_request("c", voice_ids=[1])  # the queue place is free again
+
+
+def test_admitting_a_request_whose_empty_input_already_ended_completes():
+    s = _sched()
+    s.add_request("a", voice_ids=[1])
+    s.end_input("a")  # still waiting for a slot
+    s.plan()
+    assert s.phase("a") == Phase.FINISHED and s.num_running == 0
+    assert [e.reason for e in s.pop_events() if e.kind == "finished"] == ["completed"]
