@@ -92,7 +92,7 @@ def test_cancel_frees_slot_within_a_step_and_engine_stays_healthy():
 
 def test_timeout_fails_the_stream_and_frees_the_slot():
     async def main():
-        engine = await _started(request_timeout_s=0.3, cap_seconds=40.0)
+        engine = await _started(request_timeout_s=0.3, cap_seconds=40.0, max_context=2048)  # 1000-token cap
         try:
             handle = engine.synthesize("Forever and ever.", voice="ava", request_id="t")
             with pytest.raises(StreamFailed) as e:
