@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model import attention_fused
 from model.config import ModelConfig
 from model.state import AttentionState, Batch
 
@@ -62,8 +63,9 @@ def repeat_heads(x: Tensor, group: int) -> Tensor:
 class Attention(nn.Module):
     """Qwen2-style grouped-query attention with RoPE and a per-slot KV cache."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, backend: str = "auto") -> None:
         super().__init__()
+        self.backend = backend  # "ref" never uses the fused decode kernel; "auto"/"triton" do on CUDA
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.group = config.kv_group
         self.q_proj = nn.Linear(config.d_model, config.d_inner, bias=config.qkv_bias)
@@ -87,6 +89,10 @@ class Attention(nn.Module):
         else:
             assert batch is not None
             self._write_cache(state, batch, k, v)
+            if t == 1 and self._fused_decode(x.device):
+                out = attention_fused.decode_attention(q[:, 0], state.k, state.v, batch.slots,
+                                                       batch.positions[:, 0] + 1)
+                return self.o_proj(out.reshape(b, 1, self.n_heads * self.head_dim).to(x.dtype))
             keys = state.k[batch.slots, : batch.kv_len]  # (b, kv_len, kvh, d)
             values = state.v[batch.slots, : batch.kv_len]
             # Key j is visible to the query at absolute position p iff j <= p: causal, and bounded by what this
@@ -97,6 +103,15 @@ class Attention(nn.Module):
                 repeat_heads(values, self.group).transpose(1, 2), attn_mask=mask[:, None])
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim).to(x.dtype)
         return self.o_proj(out)
+
+    def _fused_decode(self, device: torch.device) -> bool:
+        if self.backend == "ref" or device.type != "cuda":
+            return False
+        if not attention_fused.available():
+            if self.backend == "triton":
+                raise RuntimeError("backend 'triton' requested but Triton is not importable")
+            return False
+        return True
 
     @staticmethod
     def _write_cache(state: AttentionState, batch: Batch, k: Tensor, v: Tensor) -> None:

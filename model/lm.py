@@ -33,7 +33,7 @@ class Block(nn.Module):
         super().__init__()
         self.kind = kind
         self.input_layernorm = RMSNorm(config.d_model, config.rms_eps)
-        self.mixer: Attention | Mamba2Mixer = (Attention(config) if kind == "A"
+        self.mixer: Attention | Mamba2Mixer = (Attention(config, backend=backend) if kind == "A"
                                                else Mamba2Mixer(config, backend=backend))
         self.post_attention_layernorm = RMSNorm(config.d_model, config.rms_eps)
         self.mlp = MLP(config)

@@ -118,18 +118,22 @@ class _Handle(StreamHandle):
         self._engine._end_input(self)
 
     def cancel(self, reason: str = "cancelled") -> None:
+        self._engine._live.discard(self)
         self._engine._cancel(self, reason)
 
     # --- audio out -----------------------------------------------------------------------------------------------
     async def chunks(self) -> AsyncIterator[AudioChunk]:
-        while True:
-            item = await self._queue.get()
-            if item is _END:
-                return
-            if isinstance(item, StreamFailed):
-                raise item
-            self.consumed += 1
-            yield item
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, StreamFailed):
+                    raise item
+                self.consumed += 1
+                yield item
+        finally:
+            self._engine._live.discard(self)
 
     @property
     def outstanding(self) -> int:
@@ -166,7 +170,8 @@ class Engine(EngineAPI):
         self.runner: Runner | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._handles: dict[str, _Handle] = {}
+        self._handles: dict[str, _Handle] = {}  # requests the scheduler knows
+        self._live: set[_Handle] = set()  # streams whose client has not read to the end (drain waits for these)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._audio = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mamtra-audio")
@@ -219,6 +224,7 @@ class Engine(EngineAPI):
                                     retry_after_s=self._retry_after()) from None
                 raise InvalidRequest(f"request rejected: {e.reason}") from None
             self._handles[handle.id] = handle
+            self._live.add(handle)
             self.runner.open_request(handle.id, seed=handle.seed)
             self.metrics.requests_waiting.set(self.scheduler.num_waiting)
         self._wake.set()
@@ -242,12 +248,9 @@ class Engine(EngineAPI):
     async def drain(self, timeout_s: float) -> None:
         self._draining = True
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._handles:
-                    return
+        while time.monotonic() < deadline and self._live:
             await asyncio.sleep(0.05)
-        for handle in list(self._handles.values()):
+        for handle in list(self._live):
             handle.cancel("shutdown")
 
     async def stop(self) -> None:
@@ -310,6 +313,8 @@ class Engine(EngineAPI):
         self.runner.execute(StepPlan(decodes=(DecodeItem("warmup", 0, len(ids), self.pipeline.eos_id),)))
         self.runner.close_request("warmup")
         self.runner.pool.reset(0)
+        if self.runner.graphs is not None:  # capture every decode bucket now, not on the first busy step
+            self.runner.graphs.capture_all(self.config.max_streams)
         stream = self.pipeline.decoder.open(voice.voice.id, speed=1.0)
         stream.push(list(self.pipeline.speech_ids[:4]), flush=True)
 

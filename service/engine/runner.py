@@ -2,7 +2,8 @@
 
 The runner owns the state pool and the per-request sampling state (generator, repetition guard); the model owns
 neither. One step = slot resets, one batched prefill of this step's prompt chunks (right-padded), one batched decode
-step of every running stream, then sampling — all under ``torch.inference_mode``. The only host syncs are reading
+step of every running stream (replayed from a CUDA graph per batch bucket on GPU), then sampling — all under
+``torch.inference_mode``. The only host syncs are reading
 the sampled token ids back, once per step.
 """
 
@@ -14,6 +15,7 @@ import torch
 
 from model.lm import SpeechLM
 from model.sampling import SamplingConfig, sample
+from model.cuda_graphs import GraphedDecoder
 from model.state import Batch, StatePool
 from service.engine.scheduler import StepPlan, StepResult
 
@@ -28,11 +30,14 @@ class _SamplerState:
 class Runner:
     def __init__(self, model: SpeechLM, *, max_streams: int, max_context: int, allowed_ids: list[int],
                  sampling: SamplingConfig, dtype: torch.dtype = torch.float32,
-                 ssm_dtype: torch.dtype = torch.float32) -> None:
+                 ssm_dtype: torch.dtype = torch.float32, cuda_graphs: bool = True) -> None:
         self.model = model
         self.device = next(model.parameters()).device
-        self.pool = StatePool(model.config, max_streams=max_streams, max_context=max_context, dtype=dtype,
-                              ssm_dtype=ssm_dtype, device=self.device)
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        # With CUDA graphs one extra slot is scratch space for the padding rows of a batch bucket.
+        self.pool = StatePool(model.config, max_streams=max_streams + int(self.use_graphs), max_context=max_context,
+                              dtype=dtype, ssm_dtype=ssm_dtype, device=self.device)
+        self.graphs = GraphedDecoder(model, self.pool, scratch_slot=max_streams) if self.use_graphs else None
         self.max_context = self.pool.max_context
         self.sampling = sampling
         allowed = torch.zeros(model.config.vocab_size, dtype=torch.bool)
@@ -73,10 +78,15 @@ class Runner:
                 rows += [chunks[i].request_id for i in keep]
         if plan.decodes:
             items = plan.decodes
-            batch = Batch.make([d.slot for d in items], [d.position for d in items], [1] * len(items),
-                               max_context=self.max_context, device=self.device)
-            tokens = torch.tensor([d.token_id for d in items], dtype=torch.long, device=self.device)
-            logits.append(self.model.decode_step(tokens, states=self.pool.layers, batch=batch))
+            tokens = torch.tensor([d.token_id for d in items], dtype=torch.long).to(self.device, non_blocking=True)
+            if self.graphs is not None and self.graphs.bucket_for(len(items)) is not None:
+                slots = torch.tensor([d.slot for d in items], dtype=torch.long).to(self.device, non_blocking=True)
+                pos = torch.tensor([d.position for d in items], dtype=torch.long).to(self.device, non_blocking=True)
+                logits.append(self.graphs(tokens, slots, pos))
+            else:
+                batch = Batch.make([d.slot for d in items], [d.position for d in items], [1] * len(items),
+                                   max_context=self.max_context, device=self.device)
+                logits.append(self.model.decode_step(tokens, states=self.pool.layers, batch=batch))
             rows += [d.request_id for d in items]
         if not rows:
             return StepResult({})
