@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the HTTP/WebSocket service")
     serve.set_defaults(func=_cmd_serve)
+
+    from bench.cli import register as register_bench
+
+    register_bench(sub)
     return parser
 
 
