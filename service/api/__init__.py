@@ -1,0 +1,1 @@
+"""HTTP and WebSocket routers. Thin: validation, voice/model resolution and streaming glue; the engine does the work."""
