@@ -21,8 +21,23 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    print("mamtra serve: the streaming service is not built yet (issue 5)", file=sys.stderr)
-    return 2
+    from service.engine.bundle import BundleError
+    from service.engine.engine import build_engine
+    from service.metrics import Metrics
+    from service.server import serve
+    from service.settings import Settings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("model_dir", args.model_dir),
+                                   ("device", args.device)) if v is not None}
+    settings = Settings(**overrides)
+    metrics = Metrics()
+    try:  # load before binding the port, so a missing model is a clear message, not a crashed lifespan
+        engine = build_engine(settings, metrics)
+    except BundleError as e:
+        print(f"mamtra serve: {e}", file=sys.stderr)
+        return 2
+    serve(settings, engine=engine, metrics=metrics)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--ssm-dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="Mamba SSM state")
     plan.set_defaults(func=_cmd_plan)
 
-    serve = sub.add_parser("serve", help="run the HTTP/WebSocket service")
+    serve = sub.add_parser("serve", help="run the HTTP/WebSocket service (settings: MAMTRA_* variables)")
+    serve.add_argument("--host", help="bind address (MAMTRA_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="bind port (MAMTRA_PORT, default 8000)")
+    serve.add_argument("--model-dir", help="model bundle directory (MAMTRA_MODEL_DIR, default: the bundled model)")
+    serve.add_argument("--device", help="auto, cpu, cuda or cuda:N (MAMTRA_DEVICE)")
     serve.set_defaults(func=_cmd_serve)
 
     from bench.cli import register as register_bench

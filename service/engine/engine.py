@@ -118,7 +118,8 @@ class _Handle(StreamHandle):
         self._engine._end_input(self)
 
     def cancel(self, reason: str = "cancelled") -> None:
-        self._engine._live.discard(self)
+        if reason != "shutdown":  # a drain-cancelled stream is still read to its error by its client
+            self._engine._live.discard(self)
         self._engine._cancel(self, reason)
 
     # --- audio out -----------------------------------------------------------------------------------------------
@@ -290,9 +291,14 @@ class Engine(EngineAPI):
 
     def _cancel(self, handle: _Handle, reason: str) -> None:
         with self._lock:
+            generating = self.scheduler.phase(handle.id) not in (None, Phase.FINISHED)
             self.scheduler.cancel(handle.id, reason)
             events = self.scheduler.pop_events()
         self._dispatch(events)
+        if not generating and not handle.closed:  # all tokens made, audio still being decoded: stop that too
+            handle.closed = True
+            handle._post(StreamFailed("shutting_down", "the server shut down before the audio was done")
+                         if reason == "shutdown" else _END)
         self._wake.set()
 
     # --- the loop ------------------------------------------------------------------------------------------------
@@ -388,12 +394,15 @@ class Engine(EngineAPI):
                     self._handles.pop(handle.id, None)
                     self.scheduler.forget(handle.id)
                 self.runner.close_request(handle.id)
-                if ev.reason in ("cancelled", "shutdown", "disconnected"):
+                if ev.reason in ("cancelled", "disconnected"):
                     handle.closed = True
                     handle._post(_END)
                 elif ev.reason == "timeout":
                     handle.closed = True
                     handle._post(StreamFailed("timeout", "the request ran past its time limit"))
+                elif ev.reason == "shutdown":  # cut off by the drain deadline: say so, never a silent short file
+                    handle.closed = True
+                    handle._post(StreamFailed("shutting_down", "the server shut down before the audio was done"))
                 else:  # completed: end after the audio thread has emitted everything queued before this
                     self._audio.submit(self._finish_stream, handle)
 

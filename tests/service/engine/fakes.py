@@ -7,6 +7,7 @@ token, so tests can count tokens in the audio and check ordering.
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import torch
@@ -35,11 +36,14 @@ class FakeFrontend:
 
 
 class ToneStream:
-    def __init__(self, speed):
+    def __init__(self, speed, delay_s=0.0):
         self.n = int(SAMPLES_PER_TOKEN / speed)
+        self.delay_s = delay_s
         self.pushed = []
 
     def push(self, tokens, *, flush):
+        if self.delay_s:
+            time.sleep(self.delay_s)  # a slow vocoder
         self.pushed.extend(tokens)
         out = [0.3 * np.sin(2 * np.pi * (200 + 10 * (t - SPEECH0)) * np.arange(self.n) / SAMPLE_RATE)
                for t in tokens]
@@ -47,11 +51,12 @@ class ToneStream:
 
 
 class ToneDecoder:
-    def __init__(self):
+    def __init__(self, delay_s=0.0):
+        self.delay_s = delay_s
         self.streams = []
 
     def open(self, voice_id, *, speed):
-        stream = ToneStream(speed)
+        stream = ToneStream(speed, self.delay_s)
         self.streams.append(stream)
         return stream
 
@@ -79,19 +84,20 @@ def tiny_lm(layout="AMAM", max_context=256, eos_bias=0.0):
     return BiasedLM(cfg, eos_bias).eval()
 
 
-def fake_pipeline(max_cap_seconds=0.2):
+def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0):
     voices = {
         "ava": VoiceEntry(Voice("ava", "Ava"), (TEXT0, TEXT0 + 1)),
         "ben": VoiceEntry(Voice("ben", "Ben"), (TEXT0 + 2, TEXT0 + 3, TEXT0 + 4)),
     }
-    return Pipeline(model_id="mamtra-test", frontend=FakeFrontend(), decoder=ToneDecoder(), voices=voices,
+    return Pipeline(model_id="mamtra-test", frontend=FakeFrontend(), decoder=ToneDecoder(decode_delay_s),
+                    voices=voices,
                     eos_id=EOS, speech_ids=tuple(range(SPEECH0, SPEECH0 + N_SPEECH)), tokens_per_second=25.0,
                     max_seconds_per_char=0.0, min_cap_seconds=max_cap_seconds)  # a fixed cap per sentence
 
 
-def make_engine(*, layout="AMAM", max_context=256, eos_bias=-50.0, cap_seconds=0.4, **config):
+def make_engine(*, layout="AMAM", max_context=256, eos_bias=-50.0, cap_seconds=0.4, decode_delay_s=0.0, **config):
     """An engine whose sentences run to their cap (EOS suppressed) unless eos_bias is raised: 0.4 s = 10 tokens."""
     defaults = dict(max_streams=2, max_queue=2, first_chunk_tokens=2, chunk_tokens=4, client_queue_chunks=4)
     defaults.update(config)
-    return Engine(model=tiny_lm(layout, max_context, eos_bias), pipeline=fake_pipeline(cap_seconds),
+    return Engine(model=tiny_lm(layout, max_context, eos_bias), pipeline=fake_pipeline(cap_seconds, decode_delay_s),
                   config=EngineConfig(**defaults), metrics=Metrics())
