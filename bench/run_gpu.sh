@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED=1
 what=${1:-all}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/card.txt"
 if [[ $what == tests || $what == all ]]; then
-  python3 -m pytest -p no:cacheprovider -m gpu -s -q tests 2>&1 | grep -v Warning | tee "$OUT/gpu_tests.log"
+  python3 -m pytest -p no:cacheprovider -m gpu -s -q tests/model tests/service/engine/test_runner_gpu.py 2>&1 | grep -v Warning | tee "$OUT/gpu_tests.log"
 fi
 if [[ $what == bench || $what == all ]]; then
   for b in memory decode longform; do
