@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.cli import register as register_bench
 
     register_bench(sub)
+
+    from model.data.cli import register as register_corpus
+    from model.text.cli import register as register_text
+
+    register_text(sub)
+    register_corpus(sub)
     return parser
 
 
