@@ -81,7 +81,7 @@ class _Handle(StreamHandle):
         self.speed = speed
         self.seed = seed
         self._engine = engine
-        self._loop = asyncio.get_running_loop()
+        self._loop = engine._aloop  # chunks are delivered on the event loop the engine was started on
         self._queue: asyncio.Queue = asyncio.Queue()
         self._buffer = ""
         self.created = time.monotonic()
@@ -176,6 +176,7 @@ class Engine(EngineAPI):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._audio = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mamtra-audio")
+        self._aloop: asyncio.AbstractEventLoop | None = None
         self._warm = False
         self._draining = False
         self._last_tick = time.monotonic()
@@ -241,7 +242,8 @@ class Engine(EngineAPI):
         return handle
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._build_and_warm)
+        self._aloop = asyncio.get_running_loop()
+        await self._aloop.run_in_executor(None, self._build_and_warm)
         self._thread = threading.Thread(target=self._loop, name="mamtra-engine", daemon=True)
         self._thread.start()
         self._warm = True

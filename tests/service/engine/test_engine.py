@@ -149,9 +149,13 @@ def test_back_pressure_pauses_a_slow_reader():
         engine = await _started(cap_seconds=20.0, client_queue_chunks=3, chunk_tokens=2)
         try:
             handle = engine.synthesize("A slow reader.", voice="ava", request_id="s")
-            await asyncio.sleep(1.0)  # nobody reads
-            assert handle.outstanding <= 3 + 1
+            for _ in range(200):  # nobody reads: wait until the queue reaches its bound
+                await asyncio.sleep(0.05)
+                if handle.outstanding >= 3:
+                    break
+            await asyncio.sleep(0.3)  # let a step already in flight land
             produced = handle.produced
+            assert 3 <= produced <= 3 + 1
             await asyncio.sleep(0.5)
             assert handle.produced == produced  # generation is paused, not buffering
             got = 0
