@@ -26,6 +26,7 @@ from service.engine.types import Voice
 class SentenceText:
     text: str
     words: tuple[str, ...]
+    token_ids: tuple[int, ...] = ()  # the front-end's encoding, when it computes one while splitting
 
 
 class TextFrontend(Protocol):

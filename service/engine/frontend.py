@@ -1,0 +1,30 @@
+"""The engine's text front-end on the real pipeline: ``model.text`` pieces mapped into the LM's token layout."""
+
+from __future__ import annotations
+
+from model.text.frontend import TextFrontend as PhonemeFrontend
+from model.tokens import TokenLayout
+from service.engine.pipeline import SentenceText
+
+
+class LayoutFrontend:
+    """Implements ``service.engine.pipeline.TextFrontend``: normalise, split, phonemize, encode (once per
+    sentence; the ids ride along in ``SentenceText.token_ids``)."""
+
+    def __init__(self, layout: TokenLayout, phonemes: PhonemeFrontend | None = None) -> None:
+        self.layout = layout
+        self.phonemes = phonemes or PhonemeFrontend()
+        if len(self.phonemes.vocab) > layout.text_vocab:
+            raise ValueError(f"text vocabulary of {len(self.phonemes.vocab)} symbols does not fit the layout's "
+                             f"{layout.text_vocab}")
+
+    def sentences(self, text: str) -> list[SentenceText]:
+        out = []
+        for piece in self.phonemes.iter_pieces(text):
+            words = tuple(w.word for w in piece.words if not w.is_punctuation)
+            if piece.encoded.ids and words:
+                out.append(SentenceText(piece.text, words, tuple(piece.encoded.ids)))
+        return out
+
+    def prompt_ids(self, sentence: SentenceText) -> list[int]:
+        return self.layout.sentence_prompt(sentence.token_ids)
