@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     from bench.cli import register as register_bench
+    from model.train.cli import register as register_train
+
+    register_train(sub)
 
     register_bench(sub)
 
