@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_text(sub)
     register_corpus(sub)
+
+    from model.codec.cli import register as register_codec
+
+    register_codec(sub)
     return parser
 
 

@@ -1,0 +1,153 @@
+"""Speech tokens → 24 kHz PCM, chunk by chunk: the ``SpeechDecoder`` the service consumes
+(``service.engine.pipeline.SpeechDecoder`` / ``DecoderStream``).
+
+A stream chains four streaming stages, each exact with respect to its offline twin:
+
+1. ``DecoderNetStream``: token codes → grid mel (look-ahead ``dec_lookahead`` tokens);
+2. ``FrameInterpStream``: grid mel → vocoder-rate mel, stepping ``grid_per_mel · speed`` grid frames per mel frame
+   (speed without a pitch change; needs one grid frame ahead);
+3. ``VocoderStream``: HiFi-GAN V1 layer by layer (look-ahead ~12 mel frames);
+4. ``ResamplerStream``: 22,050 → 24,000 Hz polyphase.
+
+So the concatenated output of any chunking equals ``CodecSpeechDecoder.decode_offline`` of the same tokens (tests
+bound the difference). ``push(..., flush=True)`` ends the utterance: every stage pads its end as the offline op
+does, the rest comes out, and the stream starts afresh for the next sentence (sentences are decoded independently;
+each ends in the silence the corpus utterances end in).
+
+Token ids are in the LM's vocabulary: ``token_offset`` is subtracted (ids outside the codebook are clamped, never a
+crash). The voice is looked up by name among the codec's trained voices; an unknown voice uses the "no voice"
+embedding the decoder was trained with by voice dropout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.codec.codec import SpeechCodec, load_codec
+from model.codec.vocoder import ResamplerStream, Vocoder, VocoderStream, resample_to_output
+
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+
+
+class FrameInterpStream:
+    """Streaming twin of ``interp_frames(x, step)`` (linear interpolation at positions j·step)."""
+
+    def __init__(self, step: float):
+        self.step = step
+        self.buf: torch.Tensor | None = None
+        self.base = 0  # absolute index of buf[..., 0]
+        self.j = 0  # next output index
+
+    def step_frames(self, x: torch.Tensor, final: bool) -> torch.Tensor:
+        self.buf = x if self.buf is None else torch.cat([self.buf, x], dim=-1)
+        have = self.base + self.buf.shape[-1]
+        if final:
+            n_end = int((have - 1) / self.step + 1e-9) + 1 if have > 0 else 0
+        else:  # output j needs grid frame floor(j·step) + 1
+            n_end = max(0, math.ceil((have - 1) / self.step - 1e-9)) if have > 1 else 0
+            while n_end > self.j and math.floor((n_end - 1) * self.step) + 1 > have - 1:
+                n_end -= 1
+        if n_end <= self.j:
+            return self.buf.new_zeros(*self.buf.shape[:-1], 0)
+        pos = torch.arange(self.j, n_end, dtype=torch.float64) * self.step
+        pos = pos.clamp(max=have - 1)
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=have - 1)
+        w = (pos - lo).to(self.buf.dtype).to(self.buf.device)
+        lo_i, hi_i = (lo - self.base).to(self.buf.device), (hi - self.base).to(self.buf.device)
+        out = self.buf[..., lo_i] * (1 - w) + self.buf[..., hi_i] * w
+        self.j = n_end
+        keep_from = min(math.floor(self.j * self.step), have - 1) if have > 0 else 0
+        self.buf = self.buf[..., keep_from - self.base:]
+        self.base = keep_from
+        return out
+
+
+def check_speed(speed: float) -> float:
+    if not MIN_SPEED <= speed <= MAX_SPEED:
+        raise ValueError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed}")
+    return float(speed)
+
+
+class CodecDecoderStream:
+    """One request's stream. ``push(tokens, flush=...)`` → float32 PCM at 24 kHz (possibly empty)."""
+
+    def __init__(self, owner: CodecSpeechDecoder, voice_index: int, speed: float):
+        self.owner, self.voice_index, self.speed = owner, voice_index, speed
+        self._reset()
+
+    def _reset(self) -> None:
+        o = self.owner
+        self.net = o.codec.decoder.stream(self.voice_index)
+        self.interp = FrameInterpStream(o.codec.config.grid_per_mel * self.speed)
+        self.vocoder: VocoderStream = o.vocoder.stream()
+        self.resampler = ResamplerStream(device=o.vocoder.device)
+
+    @torch.inference_mode()
+    def push(self, tokens: Sequence[int], *, flush: bool) -> np.ndarray:
+        codec = self.owner.codec
+        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64).reshape(-1)) - self.owner.token_offset
+        ids = ids.clamp(0, codec.fsq.codebook_size - 1)[None].to(self.owner.device)  # (1, n)
+        grid = self.net.step(codec.fsq.indices_to_codes(ids), flush)
+        mel = self.interp.step_frames(grid, flush)
+        audio = self.vocoder.push(mel, flush)[0]
+        pcm = self.resampler.push(audio, flush)
+        if flush:
+            self._reset()
+        return pcm.float().cpu().numpy()
+
+
+class CodecSpeechDecoder:
+    """``SpeechDecoder`` on a trained codec's decoder and the pretrained vocoder."""
+
+    def __init__(self, codec: SpeechCodec, vocoder: Vocoder, *, token_offset: int = 0,
+                 voice_names: dict[str, str] | None = None):
+        self.codec = codec.eval()
+        self.vocoder = vocoder
+        self.token_offset = token_offset
+        self.voice_names = dict(voice_names or {})  # service voice id → codec voice name, where they differ
+        self.device = next(codec.decoder.parameters()).device
+
+    @classmethod
+    def load(cls, codec_dir: str | Path, *, device: torch.device | str = "cpu", token_offset: int = 0,
+             voice_names: dict[str, str] | None = None, vocoder_dtype: torch.dtype = torch.float32
+             ) -> CodecSpeechDecoder:
+        codec = load_codec(codec_dir, device=device, parts=("decoder",))
+        return cls(codec, Vocoder.load(device=device, dtype=vocoder_dtype), token_offset=token_offset,
+                   voice_names=voice_names)
+
+    def voice_index(self, voice_id: str | None) -> int:
+        if voice_id is None:
+            return 0
+        return self.codec.config.voice_index(self.voice_names.get(voice_id, voice_id))
+
+    def open(self, voice_id: str, *, speed: float = 1.0) -> CodecDecoderStream:
+        return CodecDecoderStream(self, self.voice_index(voice_id), check_speed(speed))
+
+    @torch.inference_mode()
+    def decode_offline(self, tokens: Sequence[int], voice_id: str | None = None, *, speed: float = 1.0
+                       ) -> np.ndarray:
+        """The whole utterance at once: the reference the streams are tested against. → float32 24 kHz PCM."""
+        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64).reshape(-1)) - self.token_offset
+        ids = ids.clamp(0, self.codec.fsq.codebook_size - 1)[None].to(self.device)
+        if ids.shape[-1] == 0:
+            return np.zeros(0, dtype=np.float32)
+        mel = self.codec.decode_mel(ids, self.voice_index(voice_id), speed=check_speed(speed))
+        audio = self.vocoder.synthesise(mel)[0]
+        return resample_to_output(audio).float().cpu().numpy()
+
+
+def bundle_decoder(root: Path, spec: dict[str, Any]) -> CodecSpeechDecoder:
+    """Factory for ``service.engine.bundle.DECODERS["mamtra-codec"]``: spec ``{"kind": "mamtra-codec",
+    "path": "codec" (relative to the bundle), "token_offset": first speech id, "voices": {voice id: codec voice},
+    "device": "cpu", "vocoder_dtype": "fp32" | "bf16"}``."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.get("vocoder_dtype", "fp32")]
+    return CodecSpeechDecoder.load(Path(root) / spec.get("path", "codec"), device=spec.get("device", "cpu"),
+                                   token_offset=int(spec.get("token_offset", 0)),
+                                   voice_names=spec.get("voices"), vocoder_dtype=dtype)

@@ -1,0 +1,174 @@
+"""The codec and its streaming decoder: rates, exact streaming, speed, voices, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.codec.codec import CodecCheckpointError, SpeechCodec, load_codec, save_codec
+from model.codec.config import CodecConfig
+from model.codec.stream import CodecSpeechDecoder, FrameInterpStream
+from model.codec.mel import interp_frames
+
+from .conftest import chirp_tones, random_codec
+
+STREAM_TOL = dict(rtol=0, atol=2e-4)  # streamed vs offline PCM (decoder + vocoder + resampler float rounding)
+DECODER_TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def tokens(n: int, decoder: CodecSpeechDecoder, seed: int = 0) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, decoder.codec.fsq.codebook_size, (n,), generator=g) + decoder.token_offset).tolist()
+
+
+def stream_decode(decoder, toks, sizes, *, voice="alice", speed=1.0):
+    stream = decoder.open(voice, speed=speed)
+    outs, i = [], 0
+    for n in sizes:
+        outs.append(stream.push(toks[i:i + n], flush=False))
+        i += n
+    outs.append(stream.push(toks[i:], flush=True))
+    return outs
+
+
+def test_default_config_rates():
+    c = CodecConfig()
+    assert c.codebook_size == 4375 and c.frames_per_token == 4
+    assert c.grid_per_mel == pytest.approx(512 / 441)
+    with pytest.raises(ValueError):
+        CodecConfig(grid_rate=90.0)
+    with pytest.raises(ValueError):
+        CodecConfig(voices=("a", "a"))
+
+
+def test_encoder_emits_25_tokens_per_second():
+    codec = random_codec()
+    for seconds in (1.0, 2.0, 3.3):
+        ids = codec.encode(torch.from_numpy(chirp_tones(seconds)))
+        assert ids.dtype == torch.int64 and ids.dim() == 1
+        assert abs(ids.numel() - 25 * seconds) <= 1, (seconds, ids.numel())
+        assert int(ids.min()) >= 0 and int(ids.max()) < codec.fsq.codebook_size
+
+
+def test_decoder_net_stream_equals_offline():
+    codec = random_codec(voices=("alice",))
+    ids = torch.randint(0, codec.fsq.codebook_size, (1, 37))
+    ref = codec.decode_grid(ids, 1)
+    stream = codec.decoder.stream(1)
+    codes = codec.fsq.indices_to_codes(ids)
+    outs, i = [], 0
+    for n in (1, 4, 0, 2, 9):
+        outs.append(stream.step(codes[..., i:i + n], False))
+        i += n
+    outs.append(stream.step(codes[..., i:], True))
+    torch.testing.assert_close(torch.cat(outs, -1), ref, **DECODER_TOL)
+    # look-ahead is dec_lookahead tokens: 1 + 4 + 0 + 2 + 9 = 16 tokens in → (16 - 2) · 4 grid frames out
+    assert sum(o.shape[-1] for o in outs[:-1]) == (16 - codec.config.dec_lookahead) * 4
+
+
+@pytest.mark.parametrize("step", [512 / 441, 512 / 441 * 0.25, 512 / 441 * 2.7, 1.0])
+def test_frame_interp_stream_equals_offline(step):
+    x = torch.randn(1, 3, 41)
+    s = FrameInterpStream(step)
+    outs, i = [], 0
+    for n in (1, 0, 5, 2, 13):
+        outs.append(s.step_frames(x[..., i:i + n], False))
+        i += n
+    outs.append(s.step_frames(x[..., i:], True))
+    torch.testing.assert_close(torch.cat(outs, -1), interp_frames(x, step), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sizes", [[1, 3, 7, 2, 11, 5], [1] * 25, [40]])
+def test_streamed_pcm_equals_offline_decode(speech_decoder, sizes):
+    toks = tokens(40, speech_decoder)
+    ref = speech_decoder.decode_offline(toks, "alice")
+    outs = stream_decode(speech_decoder, toks, sizes)
+    got = np.concatenate(outs)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert abs(got.size / 24_000 - 40 / 25) < 0.02  # 40 tokens = 1.6 s at 24 kHz
+    torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(ref), **STREAM_TOL)
+
+
+def test_stream_joins_are_inaudible(speech_decoder):
+    outs = stream_decode(speech_decoder, tokens(60, speech_decoder, seed=1), [3, 5, 2, 8, 6, 9, 4, 7])
+    audio = np.concatenate(outs)
+    joins = [b for b in np.cumsum([o.size for o in outs])[:-1] if 0 < b < audio.size]
+    assert len(joins) >= 5
+    d = np.abs(np.diff(audio))
+    assert max(d[b - 1] for b in joins) <= np.quantile(d, 0.99)
+
+
+@pytest.mark.parametrize("speed", [0.25, 0.5, 2.0, 4.0])
+def test_speed_scales_duration_and_streams_exactly(speech_decoder, speed):
+    toks = tokens(24, speech_decoder, seed=2)
+    normal = speech_decoder.decode_offline(toks, "alice").size
+    ref = speech_decoder.decode_offline(toks, "alice", speed=speed)
+    assert ref.size / normal == pytest.approx(1 / speed, rel=0.03)
+    got = np.concatenate(stream_decode(speech_decoder, toks, [4, 9, 1, 3], speed=speed))
+    torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(ref), **STREAM_TOL)
+    with pytest.raises(ValueError):
+        speech_decoder.open("alice", speed=4.5)
+
+
+def test_flush_ends_a_sentence_and_the_stream_starts_afresh(speech_decoder):
+    a, b = tokens(20, speech_decoder, seed=3), tokens(15, speech_decoder, seed=4)
+    stream = speech_decoder.open("bob", speed=1.0)
+    first = np.concatenate([stream.push(a[:7], flush=False), stream.push(a[7:], flush=True)])
+    second = stream.push(b, flush=True)
+    torch.testing.assert_close(torch.from_numpy(first), torch.from_numpy(speech_decoder.decode_offline(a, "bob")),
+                               **STREAM_TOL)
+    torch.testing.assert_close(torch.from_numpy(second), torch.from_numpy(speech_decoder.decode_offline(b, "bob")),
+                               **STREAM_TOL)
+    assert stream.push([], flush=True).size == 0  # nothing held, nothing out
+
+
+def test_voices_and_odd_token_ids(speech_decoder):
+    toks = tokens(30, speech_decoder, seed=5)
+    alice, bob = speech_decoder.decode_offline(toks, "alice"), speech_decoder.decode_offline(toks, "bob")
+    assert np.abs(alice - bob).max() > 1e-3  # the voice embedding changes the audio
+    unknown = speech_decoder.decode_offline(toks, "nobody")
+    torch.testing.assert_close(torch.from_numpy(unknown), torch.from_numpy(speech_decoder.decode_offline(toks, None)))
+    out = speech_decoder.open("alice", speed=1.0).push([-5, 0, 10**9, 99], flush=True)  # clamped, never a crash
+    assert out.size > 0 and np.isfinite(out).all()
+
+
+def test_checkpoint_round_trip_and_strictness(tmp_path):
+    codec = random_codec(voices=("v1", "v2"))
+    save_codec(codec, tmp_path / "c", meta={"note": "test"})
+    loaded = load_codec(tmp_path / "c")
+    assert loaded.config == codec.config
+    ids = torch.randint(0, codec.fsq.codebook_size, (1, 12))
+    torch.testing.assert_close(loaded.decode_mel(ids, 2), codec.decode_mel(ids, 2))
+    audio = torch.from_numpy(chirp_tones(1.0))
+    assert torch.equal(loaded.encode(audio), codec.encode(audio))
+    doc = json.loads((tmp_path / "c" / "config.json").read_text())
+    doc["version"] = 99
+    (tmp_path / "c" / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CodecCheckpointError, match="version"):
+        load_codec(tmp_path / "c")
+    save_codec(random_codec(dec_dim=32), tmp_path / "d")
+    (tmp_path / "d" / "config.json").write_text((tmp_path / "c" / "config.json").read_text().replace("99", "1"))
+    with pytest.raises(CodecCheckpointError, match="shape mismatch"):
+        load_codec(tmp_path / "d")
+
+
+def test_large_weights_are_sharded(tmp_path):
+    from model.codec.codec import load_tensors, save_tensors
+
+    tensors = {f"w{i}": torch.randn(1000) for i in range(10)}
+    paths = save_tensors(tensors, tmp_path, "big", max_bytes=12_000)
+    assert len(paths) == 4 and all(p.stat().st_size < 13_000 for p in paths)
+    back = load_tensors(tmp_path, "big")
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+    save_tensors(tensors, tmp_path, "big")  # one file now: the stale shards are gone
+    assert [p.name for p in tmp_path.iterdir()] == ["big.safetensors"]
+
+
+def test_shipped_size_fits_the_file_limit():
+    codec = SpeechCodec(CodecConfig(voices=tuple(f"v{i}" for i in range(14))))
+    n_dec = sum(p.numel() for p in codec.decoder.parameters())
+    n_enc = sum(p.numel() for p in codec.encoder.parameters())
+    assert n_dec * 4 < 3 * 15 * 2**20 and n_dec < 6e6 and n_enc < 5e6

@@ -1,0 +1,116 @@
+"""The pretrained HiFi-GAN: copy-synthesis sanity, exact streaming, inaudible joins, and the 24 kHz resampler."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from model.codec.mel import MelSpectrogram
+from model.codec.vocoder import ResamplerStream, resample_to_output
+
+from .conftest import SR, chirp_tones
+
+STREAM_TOL = dict(rtol=0, atol=1e-4)  # streamed vs offline HiFi-GAN: float rounding of differently shaped convs
+RESAMPLE_TOL = dict(rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def speechlike_mel():
+    return MelSpectrogram()(torch.from_numpy(chirp_tones(1.5)))
+
+
+def stream_in_chunks(stream, mel, sizes):
+    outs, i = [], 0
+    for n in sizes:
+        outs.append(stream.push(mel[:, i:i + n]))
+        i += n
+    outs.append(stream.push(mel[:, i:], final=True))
+    return outs
+
+
+def test_copy_synthesis_of_a_tone_is_sane(vocoder):
+    t = np.arange(SR) / SR
+    x = (0.4 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    mel = MelSpectrogram()(torch.from_numpy(x))
+    y = vocoder.synthesise(mel).numpy()
+    assert y.shape == (mel.shape[-1] * 256,) and np.isfinite(y).all()
+    # A speech vocoder renders a stationary pure tone quietly (RMS ~0.05 for 0.28 in), but at the right pitch.
+    rms = float(np.sqrt(np.mean(y[2000:-2000] ** 2)))
+    assert rms > 0.01, rms
+    spectrum = np.abs(np.fft.rfft(y[2000:-2000] * np.hanning(y.size - 4000)))
+    peak_hz = np.argmax(spectrum) * SR / (y.size - 4000)
+    assert abs(peak_hz - 440) < 10, peak_hz
+
+
+@pytest.mark.skipif(shutil.which("RHVoice-test") is None, reason="needs RHVoice (Debian non-free) for real speech")
+def test_copy_synthesis_of_real_speech_keeps_the_mel_and_level(vocoder, tmp_path):
+    """The front-end must be the vocoder's own recipe: its copy-synthesis of speech comes back with the same mel."""
+    from model.codec.train import load_audio_22k
+
+    wav = tmp_path / "slt.wav"
+    subprocess.run(["RHVoice-test", "-p", "slt", "-o", str(wav)], input=b"The quick brown fox jumps over the lazy dog.",
+                   check=True, capture_output=True)
+    x = load_audio_22k(wav)
+    mel_fn = MelSpectrogram()
+    mel = mel_fn(x)
+    y = vocoder.synthesise(mel)
+    assert y.numel() == 256 * mel.shape[-1]
+    assert float((mel_fn(y) - mel).abs().mean()) < 0.4  # measured 0.25 on RHVoice slt
+    ratio = float(y.pow(2).mean().sqrt() / x.pow(2).mean().sqrt())
+    assert 0.75 < ratio < 1.33, ratio
+
+
+@pytest.mark.parametrize("sizes", [[3, 1, 7, 20, 0, 13], [1] * 30, [60]])
+def test_streamed_vocoder_equals_offline(vocoder, speechlike_mel, sizes):
+    ref = vocoder.synthesise(speechlike_mel)
+    outs = stream_in_chunks(vocoder.stream(), speechlike_mel, sizes)
+    got = torch.cat(outs)
+    torch.testing.assert_close(got, ref, **STREAM_TOL)
+    assert sum(o.numel() for o in outs[:-1]) > 0  # audio leaves before the end, not all at flush
+
+
+def boundary_jumps(audio: np.ndarray, boundaries: list[int]) -> np.ndarray:
+    d = np.abs(np.diff(audio))
+    return np.array([d[b - 1] for b in boundaries if 0 < b < audio.size])
+
+
+def test_stream_joins_have_no_clicks_and_no_level_jumps(vocoder, speechlike_mel):
+    outs = stream_in_chunks(vocoder.stream(), speechlike_mel, [5, 9, 4, 17, 11, 8, 30])
+    audio = torch.cat(outs).numpy()
+    boundaries = list(np.cumsum([o.numel() for o in outs])[:-1])
+    typical = np.quantile(np.abs(np.diff(audio)), 0.99)
+    assert boundary_jumps(audio, boundaries).max() <= typical
+    ref = vocoder.synthesise(speechlike_mel).numpy()
+    w = 220  # 10 ms either side of each join: same level as the offline waveform there
+    for b in boundaries:
+        if w < b < audio.size - w:
+            for lo, hi in ((b - w, b), (b, b + w)):
+                got, want = np.sqrt(np.mean(audio[lo:hi] ** 2)), np.sqrt(np.mean(ref[lo:hi] ** 2))
+                assert abs(got - want) <= 0.01 * want + 1e-4
+
+
+def test_naive_chunked_vocoding_would_fail_the_bound(vocoder, speechlike_mel):
+    """Negative control: vocoding chunks independently (no state) is far outside the streaming bound."""
+    parts = [vocoder.synthesise(speechlike_mel[:, i:i + 12]) for i in range(0, speechlike_mel.shape[-1], 12)]
+    naive = torch.cat(parts)
+    err = float((naive - vocoder.synthesise(speechlike_mel)).abs().max())
+    assert err > 100 * STREAM_TOL["atol"]
+
+
+@pytest.mark.parametrize("sizes", [[100, 5000, 3, 0, 20000], [257] * 40, [1, 2, 3]])
+def test_streamed_resampler_equals_torchaudio(sizes):
+    x = torch.from_numpy(chirp_tones(0.6, seed=3))
+    r = ResamplerStream()
+    outs, i = [], 0
+    for n in sizes:
+        outs.append(r.push(x[i:i + n]))
+        i += n
+    outs.append(r.push(x[i:], final=True))
+    ref = resample_to_output(x)
+    got = torch.cat(outs)
+    assert got.shape == ref.shape == (int(np.ceil(x.numel() * 160 / 147)),)
+    torch.testing.assert_close(got, ref, **RESAMPLE_TOL)
