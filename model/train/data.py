@@ -58,11 +58,13 @@ def save_utterances(path: str | Path, utterances: list[Utterance], *, speakers: 
 
 
 def load_utterances(path: str | Path) -> TokenData:
-    z = np.load(path, allow_pickle=False)
+    with np.load(path, allow_pickle=False) as npz:
+        z = {k: npz[k] for k in npz.files}  # each npz[k] access decompresses the array again: read once
     t_off, s_off = z["text_offsets"], z["speech_offsets"]
-    out = [Utterance(int(z["speaker"][i]), z["text"][t_off[i]:t_off[i + 1]].astype(np.int64),
-                     z["speech"][s_off[i]:s_off[i + 1]].astype(np.int64), "test" if z["split"][i] else "train")
-           for i in range(len(z["speaker"]))]
+    text, speech, speaker, split = z["text"].astype(np.int64), z["speech"].astype(np.int64), z["speaker"], z["split"]
+    out = [Utterance(int(speaker[i]), text[t_off[i]:t_off[i + 1]], speech[s_off[i]:s_off[i + 1]],
+                     "test" if split[i] else "train")
+           for i in range(len(speaker))]
     speakers = [str(s) for s in z["speakers"]]
     layout = TokenLayout(text_vocab=int(z["text_vocab"]), speech_codes=int(z["speech_codes"]),
                          num_voices=len(speakers))
