@@ -5,7 +5,7 @@
 - ``decode TOKENS.npy -o OUT.wav --codec DIR [--voice V] [--speed S] [--stream-chunk N]``: token ids → 24 kHz
   16-bit WAV, offline or (``--stream-chunk``) through the streaming decoder the service uses.
 - ``resynth IN.wav -o OUT.wav --codec DIR [--voice V]``: both, to judge the codec by ear and by ASR.
-- ``codec-features --manifest M --out DIR``: fp16 mel shards to carry to a GPU machine.
+- ``codec-features --manifest M --out DIR [--dtype fp16|u8]``: mel shards to carry to a GPU machine.
 - ``train-codec (--manifest M | --features DIR) --out DIR [--steps N] [--batch B] [--device cuda] [--resume]
   [--max-minutes T]``: train or resume the codec.
 """
@@ -81,7 +81,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     from model.codec.train import write_features
 
     doc = write_features(args.manifest, args.out, split=None if args.split == "all" else args.split,
-                         progress=not args.no_progress)
+                         dtype=args.dtype, progress=not args.no_progress)
     print(json.dumps({k: doc[k] for k in ("utterances", "frames", "hours", "shards")}))
     return 0
 
@@ -144,6 +144,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     feats.add_argument("--manifest", required=True)
     feats.add_argument("--out", required=True)
     feats.add_argument("--split", default="train", choices=["train", "test", "all"])
+    feats.add_argument("--dtype", default="fp16", choices=["fp16", "u8"],
+                       help="u8: 8-bit log-mels (step 0.08), half the size of fp16")
     feats.add_argument("--no-progress", action="store_true")
     feats.set_defaults(func=_cmd_features)
 

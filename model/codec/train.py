@@ -2,8 +2,8 @@
 
 Data comes either from a corpus manifest (``model.data.manifest``: audio read with soundfile, resampled to
 22,050 Hz, turned into the vocoder's mel) or from precomputed feature shards written by ``write_features``
-(``mamtra codec-features``): fp16 log-mels, ~7 KB per second of audio before compression, so hours of features fit
-the 64 MiB a GPU call may carry while the audio would not. All mels are held in one tensor on the training device.
+(``mamtra codec-features``): fp16 log-mels (13.8 KB per second of audio, ~1.3 h per 64 MiB carried) or 8-bit ones
+(6.9 KB/s, ~2.6 h per 64 MiB), where the audio would not fit at all. All mels are held in one tensor on the training device.
 
 Objective: L1 between the input log-mel and its reconstruction (through FSQ with a straight-through gradient), on
 random crops of ``segment_frames`` (padding masked out). Optionally (``stft_weight`` > 0) a multi-resolution STFT
@@ -14,8 +14,10 @@ embedding that unknown voices get.
 Resumable: every ``save_every`` steps and at the end (or when ``max_minutes`` is up, so a call never runs past the
 GPU machine's 10-minute limit) the output directory receives the codec checkpoint (``model.codec.codec`` format,
 fp32), the optimiser moments (bf16, ``train_state*.safetensors``) and ``train.json`` (format, version, step, the
-training config, recent losses). Batches are drawn from a generator seeded with ``seed`` and the step, so a run
-cut into calls sees the same batches as one long run.
+training config, recent losses). The moments make a resumed run continue smoothly; a checkpoint carried without
+them (to save space: they are as large as the weights) still resumes, with a short learning-rate ramp
+(``REWARM_STEPS``). ``--resume`` keeps the saved training config except ``steps``. Batches are drawn from a
+generator seeded with ``seed`` and the step, so a run cut into calls sees the same batches as one long run.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ TRAIN_FORMAT = "mamtra-codec-train"
 TRAIN_VERSION = 1
 FEATURES_FORMAT = "mamtra-codec-features"
 FEATURES_VERSION = 1
+REWARM_STEPS = 200  # learning-rate ramp after resuming without optimiser moments
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,27 @@ def _pack(mels: list[torch.Tensor], voices: list[str]) -> MelData:
     return MelData(torch.cat(mels, dim=-1), starts, lengths, voices)
 
 
+# 8-bit features: log-mel in [U8_MIN, U8_MIN + 255·U8_STEP] = [-16.2, 4.0] (silence ≈ -13, loud speech < 3), step
+# 0.079: a ±0.04 rounding error, far below what the codec reconstructs (~0.3 mean L1), at half the fp16 size.
+U8_MIN = -16.2
+U8_STEP = 20.2 / 255
+
+
+def quantise_u8(mel: torch.Tensor) -> torch.Tensor:
+    return torch.round((mel.float() - U8_MIN) / U8_STEP).clamp(0, 255).to(torch.uint8)
+
+
+def dequantise_u8(q: torch.Tensor) -> torch.Tensor:
+    return (q.float() * U8_STEP + U8_MIN).half()
+
+
 def write_features(manifest: str | Path, out: str | Path, *, split: str | None = "train",
-                   shard_bytes: int = 15 * 2**20, progress: bool = False) -> dict[str, Any]:
-    """Manifest → fp16 mel shards ``mels-00000.safetensors`` ({"mel": (80, ΣT) fp16, "lengths", "voice_ids"}) and
-    ``features.json`` (format, version, voices, shards, counts). Each shard stays under ``shard_bytes``."""
+                   shard_bytes: int = 15 * 2**20, dtype: str = "fp16", progress: bool = False) -> dict[str, Any]:
+    """Manifest → mel shards ``mels-00000.safetensors`` ({"mel": (80, ΣT) fp16 or uint8, "lengths", "voice_ids"})
+    and ``features.json`` (format, version, dtype, voices, shards, counts). Each shard stays under
+    ``shard_bytes``. ``dtype="u8"`` stores 8-bit log-mels (``quantise_u8``): twice the hours per carried MiB."""
+    if dtype not in ("fp16", "u8"):
+        raise ValueError(f"dtype must be fp16 or u8, got {dtype!r}")
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -145,7 +165,8 @@ def write_features(manifest: str | Path, out: str | Path, *, split: str | None =
         if not pending:
             return
         name = f"mels-{len(shards):05d}.safetensors"
-        save_file({"mel": torch.cat([m for m, _ in pending], dim=-1).contiguous(),
+        mel = torch.cat([m for m, _ in pending], dim=-1)
+        save_file({"mel": (quantise_u8(mel) if dtype == "u8" else mel).contiguous(),
                    "lengths": torch.tensor([m.shape[-1] for m, _ in pending], dtype=torch.long),
                    "voice_ids": torch.tensor([v for _, v in pending], dtype=torch.long)}, str(out / name))
         shards.append(name)
@@ -154,7 +175,7 @@ def write_features(manifest: str | Path, out: str | Path, *, split: str | None =
     for mel, voice in _manifest_mels(manifest, split, progress=progress):
         if voice not in voices:
             voices.append(voice)
-        nbytes = mel.numel() * 2
+        nbytes = mel.numel() * (1 if dtype == "u8" else 2)
         if pending and size + nbytes > shard_bytes:
             flush()
         pending.append((mel, voices.index(voice)))
@@ -162,7 +183,8 @@ def write_features(manifest: str | Path, out: str | Path, *, split: str | None =
         frames += mel.shape[-1]
         utterances += 1
     flush()
-    doc = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, "mel": asdict(MelConfig()), "voices": voices,
+    doc = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, "mel": asdict(MelConfig()), "dtype": dtype,
+           "voices": voices,
            "shards": shards, "utterances": utterances, "frames": frames,
            "hours": round(frames / MelConfig().frame_rate / 3600, 4), "split": split}
     (out / "features.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -181,7 +203,9 @@ def mels_from_features(directory: str | Path) -> MelData:
     mels, voices = [], []
     for name in doc["shards"]:
         shard = load_file(str(directory / name))
-        for m, v in zip(torch.split(shard["mel"], shard["lengths"].tolist(), dim=-1), shard["voice_ids"].tolist()):
+        mel = shard["mel"]
+        mel = dequantise_u8(mel) if mel.dtype == torch.uint8 else mel.half()
+        for m, v in zip(torch.split(mel, shard["lengths"].tolist(), dim=-1), shard["voice_ids"].tolist()):
             mels.append(m)
             voices.append(doc["voices"][v])
     if not mels:
@@ -282,6 +306,7 @@ def train(data: MelData, out: str | Path, *, config: TrainConfig, codec_config: 
     params = {n: p for n, p in codec.named_parameters()}
     opt = torch.optim.AdamW(params.values(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
     step = 0
+    rewarm_from: int | None = None
     if state is not None:
         for part in ("encoder", "decoder"):
             _load_strict(getattr(codec, part), load_tensors(out, part), f"{out}/{part}")
@@ -290,6 +315,8 @@ def train(data: MelData, out: str | Path, *, config: TrainConfig, codec_config: 
             moments = load_tensors(out, "train_state")
         except ValueError:
             moments = {}
+        if not moments:  # carried without its optimiser moments: ramp the learning rate up again
+            rewarm_from = step
         for name, p in params.items():
             if f"{name}.exp_avg" in moments:
                 opt.state[p] = {"step": torch.tensor(float(step)),
@@ -315,8 +342,11 @@ def train(data: MelData, out: str | Path, *, config: TrainConfig, codec_config: 
             stopped_early = True
             break
         mel, mask, voice = sample_batch(data, voice_index, config, step, silence=silence)
+        lr = config.lr_at(step)
+        if rewarm_from is not None and step - rewarm_from < REWARM_STEPS:
+            lr *= (step - rewarm_from + 1) / REWARM_STEPS
         for group in opt.param_groups:
-            group["lr"] = config.lr_at(step)
+            group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             recon, _ = codec(mel, voice)
         recon = recon.float()
@@ -337,7 +367,7 @@ def train(data: MelData, out: str | Path, *, config: TrainConfig, codec_config: 
         first_loss = value if first_loss is None else first_loss
         losses.append(value)
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{config.lr_at(step):.2e}")
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{lr:.2e}")
         if step % config.save_every == 0 and step < config.steps:
             _save(out, codec, opt, params, step, config, losses)
     bar.close()

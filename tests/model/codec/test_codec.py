@@ -172,3 +172,15 @@ def test_shipped_size_fits_the_file_limit():
     n_dec = sum(p.numel() for p in codec.decoder.parameters())
     n_enc = sum(p.numel() for p in codec.encoder.parameters())
     assert n_dec * 4 < 3 * 15 * 2**20 and n_dec < 6e6 and n_enc < 5e6
+
+
+def test_bundle_factory_maps_voices_and_offsets(tmp_path):
+    from model.codec.stream import bundle_decoder
+
+    save_codec(random_codec(voices=("v1", "v2")), tmp_path / "codec")
+    decoder = bundle_decoder(tmp_path, {"kind": "mamtra-codec", "path": "codec", "token_offset": 7,
+                                        "voices": {"Alice": "v2"}})
+    assert decoder.token_offset == 7 and decoder.voice_index("Alice") == 2 and decoder.voice_index("v1") == 1
+    assert decoder.voice_index("someone") == 0
+    pcm = decoder.open("Alice", speed=1.0).push(list(range(7, 27)), flush=True)
+    assert pcm.dtype == np.float32 and abs(pcm.size / 24_000 - 20 / 25) < 0.02
