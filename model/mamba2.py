@@ -92,6 +92,11 @@ class Mamba2Mixer(nn.Module):
             if self.backend == "triton":
                 raise RuntimeError("backend 'triton' requested but fla-core/Triton is not importable")
             return ssd_ref.ssd_chunked_ref, ssd_ref.ssd_step_ref
+        if torch.is_grad_enabled():
+            # Training: fla-core 0.6 refuses its chunked *backward* on Hopper with Triton < 3.7.1 (known wrong
+            # results, fla issue #640), and Triton 3.6 is what the GPU machines have. The reference scan is exact
+            # and differentiable; inference (no grad) keeps the fused forward, which is correct.
+            return ssd_ref.ssd_chunked_ref, fused.ssd_step_fused
         return fused.ssd_chunked_fused, fused.ssd_step_fused
 
     # --- forward -----------------------------------------------------------------------------------------------
