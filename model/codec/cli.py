@@ -1,10 +1,12 @@
-"""``mamtra encode|decode|resynth|train-codec|codec-features``: the speech codec from the command line.
+"""``mamtra encode|decode|resynth|encode-manifest|train-codec|codec-features``: the speech codec from the command line.
 
 - ``encode IN.wav -o TOKENS.npy --codec DIR``: any soundfile-readable audio (mono-mixed, resampled to 22,050 Hz) →
   a 1-D array of token ids (uint16 when the codebook fits, else int32).
 - ``decode TOKENS.npy -o OUT.wav --codec DIR [--voice V] [--speed S] [--stream-chunk N]``: token ids → 24 kHz
   16-bit WAV, offline or (``--stream-chunk``) through the streaming decoder the service uses.
 - ``resynth IN.wav -o OUT.wav --codec DIR [--voice V]``: both, to judge the codec by ear and by ASR.
+- ``encode-manifest --manifest M -o CODES.npz --codec DIR``: every utterance of a corpus → token ids (flat
+  ``codes`` with ``offsets``, utterance ``ids``), for the LM's training data.
 - ``codec-features --manifest M --out DIR [--dtype fp16|u8]``: mel shards to carry to a GPU machine.
 - ``train-codec (--manifest M | --features DIR) --out DIR [--steps N] [--batch B] [--device cuda] [--resume]
   [--max-minutes T]``: train or resume the codec.
@@ -77,11 +79,36 @@ def _cmd_resynth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_encode_manifest(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from model.codec.codec import load_codec
+    from model.codec.train import load_audio_22k, select_entries
+    from model.data.manifest import audio_path
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    codec = load_codec(args.codec, device=args.device, parts=("encoder",))
+    entries = select_entries(args.manifest, None if args.split == "all" else args.split)
+    codes = [codec.encode(load_audio_22k(audio_path(args.manifest, e))).cpu().numpy()
+             for e in tqdm(entries, desc="encode", unit="utt", disable=args.no_progress)]
+    offsets = np.cumsum([0] + [c.size for c in codes])
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.output, ids=np.array([e.id for e in entries]),
+                        codes=np.concatenate(codes).astype(np.uint16 if codec.config.codebook_size <= 65_536
+                                                          else np.int32),
+                        offsets=offsets.astype(np.int64), codebook_size=np.int64(codec.config.codebook_size),
+                        token_rate=np.float64(codec.config.token_rate))
+    print(json.dumps({"utterances": len(entries), "tokens": int(offsets[-1]), "output": args.output}))
+    return 0
+
+
 def _cmd_features(args: argparse.Namespace) -> int:
     from model.codec.train import write_features
 
     doc = write_features(args.manifest, args.out, split=None if args.split == "all" else args.split,
-                         dtype=args.dtype, progress=not args.no_progress)
+                         dtype=args.dtype, max_hours=args.max_hours, progress=not args.no_progress)
     print(json.dumps({k: doc[k] for k in ("utterances", "frames", "hours", "shards")}))
     return 0
 
@@ -140,12 +167,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(res, voice=True)
     res.set_defaults(func=_cmd_resynth)
 
+    em = sub.add_parser("encode-manifest", help="a corpus manifest -> one .npz of token ids per utterance")
+    em.add_argument("--manifest", required=True)
+    em.add_argument("-o", "--output", required=True, help=".npz: ids (utterance ids), codes (flat), offsets")
+    em.add_argument("--split", default="all", choices=["train", "test", "all"])
+    em.add_argument("--threads", type=int, default=0)
+    em.add_argument("--no-progress", action="store_true")
+    common(em, voice=False)
+    em.set_defaults(func=_cmd_encode_manifest)
+
     feats = sub.add_parser("codec-features", help="corpus manifest -> fp16 mel shards for train-codec --features")
     feats.add_argument("--manifest", required=True)
     feats.add_argument("--out", required=True)
     feats.add_argument("--split", default="train", choices=["train", "test", "all"])
     feats.add_argument("--dtype", default="fp16", choices=["fp16", "u8"],
                        help="u8: 8-bit log-mels (step 0.08), half the size of fp16")
+    feats.add_argument("--max-hours", type=float, help="cap the hours, voices taking turns (to fit a carry)")
     feats.add_argument("--no-progress", action="store_true")
     feats.set_defaults(func=_cmd_features)
 

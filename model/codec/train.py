@@ -3,7 +3,8 @@
 Data comes either from a corpus manifest (``model.data.manifest``: audio read with soundfile, resampled to
 22,050 Hz, turned into the vocoder's mel) or from precomputed feature shards written by ``write_features``
 (``mamtra codec-features``): fp16 log-mels (13.8 KB per second of audio, ~1.3 h per 64 MiB carried) or 8-bit ones
-(6.9 KB/s, ~2.6 h per 64 MiB), where the audio would not fit at all. All mels are held in one tensor on the training device.
+(6.9 KB/s, ~2.6 h per 64 MiB), where the audio would not fit at all; ``--max-hours`` caps a subset, voices taking
+turns. All mels are held in one tensor on the training device.
 
 Objective: L1 between the input log-mel and its reconstruction (through FSQ with a straight-through gradient), on
 random crops of ``segment_frames`` (padding masked out). Optionally (``stft_weight`` > 0) a multi-resolution STFT
@@ -102,16 +103,38 @@ def load_audio_22k(path: str | Path) -> torch.Tensor:
     return AF.resample(x, sr, sample_rate) if sr != sample_rate else x
 
 
-def _manifest_mels(manifest: str | Path, split: str | None, *, progress: bool):
-    from tqdm import tqdm
-
-    from model.data.manifest import audio_path, read_manifest
+def select_entries(manifest: str | Path, split: str | None, *, max_hours: float | None = None) -> list:
+    """Manifest lines of ``split`` (None: all); with ``max_hours``, voices take turns (round-robin in manifest
+    order) until the hours are reached, so a size-capped subset still covers every voice evenly."""
+    from model.data.manifest import read_manifest
 
     entries = [e for e in read_manifest(manifest) if split is None or e.split == split]
     if not entries:
         raise ValueError(f"no utterances in {manifest}" + (f" with split {split!r}" if split else ""))
+    if max_hours is None:
+        return entries
+    by_voice: dict[str, list] = {}
+    for e in entries:
+        by_voice.setdefault(e.voice, []).append(e)
+    queues = [list(reversed(v)) for v in by_voice.values()]
+    chosen, seconds = [], 0.0
+    while any(queues) and seconds < max_hours * 3600:
+        for q in queues:
+            if q and seconds < max_hours * 3600:
+                e = q.pop()
+                chosen.append(e)
+                seconds += e.duration
+    return chosen
+
+
+def _manifest_mels(manifest: str | Path, split: str | None, *, progress: bool, max_hours: float | None = None):
+    from tqdm import tqdm
+
+    from model.data.manifest import audio_path
+
     mel_fn = MelSpectrogram()
-    for e in tqdm(entries, desc="mels", unit="utt", disable=not progress):
+    for e in tqdm(select_entries(manifest, split, max_hours=max_hours), desc="mels", unit="utt",
+                  disable=not progress):
         with torch.no_grad():
             yield mel_fn(load_audio_22k(audio_path(manifest, e))).half(), e.voice
 
@@ -145,7 +168,8 @@ def dequantise_u8(q: torch.Tensor) -> torch.Tensor:
 
 
 def write_features(manifest: str | Path, out: str | Path, *, split: str | None = "train",
-                   shard_bytes: int = 15 * 2**20, dtype: str = "fp16", progress: bool = False) -> dict[str, Any]:
+                   shard_bytes: int = 15 * 2**20, dtype: str = "fp16", max_hours: float | None = None,
+                   progress: bool = False) -> dict[str, Any]:
     """Manifest → mel shards ``mels-00000.safetensors`` ({"mel": (80, ΣT) fp16 or uint8, "lengths", "voice_ids"})
     and ``features.json`` (format, version, dtype, voices, shards, counts). Each shard stays under
     ``shard_bytes``. ``dtype="u8"`` stores 8-bit log-mels (``quantise_u8``): twice the hours per carried MiB."""
@@ -172,7 +196,7 @@ def write_features(manifest: str | Path, out: str | Path, *, split: str | None =
         shards.append(name)
         pending, size = [], 0
 
-    for mel, voice in _manifest_mels(manifest, split, progress=progress):
+    for mel, voice in _manifest_mels(manifest, split, progress=progress, max_hours=max_hours):
         if voice not in voices:
             voices.append(voice)
         nbytes = mel.numel() * (1 if dtype == "u8" else 2)

@@ -71,6 +71,13 @@ def test_resume_continues_where_it_stopped(corpus, tmp_path):
     assert bare["step"] == 33 and np.isfinite(bare["last_loss"])
 
 
+def test_hour_cap_takes_voices_in_turn(corpus):
+    from model.codec.train import select_entries
+
+    picked = select_entries(corpus, "train", max_hours=2.0 / 3600)  # 2 s: u0 (1.0 s), then u1 reaches the cap
+    assert [e.voice for e in picked] == ["tone_a", "tone_b"]
+
+
 def test_features_round_trip(corpus, tmp_path):
     doc = write_features(corpus, tmp_path / "feats", shard_bytes=20_000)
     assert doc["utterances"] == 5 and len(doc["shards"]) > 1
@@ -107,6 +114,11 @@ def test_cli_train_encode_decode_resynth(corpus, tmp_path, capsys):
     assert np.abs(streamed - audio).max() <= 2 / 32768  # 16-bit files of the same signal
     assert main(["resynth", str(wav), "-o", str(tmp_path / "r.wav"), "--codec", str(out)]) == 0
     assert sf.info(str(tmp_path / "r.wav")).samplerate == 24_000
+    assert main(["encode-manifest", "--manifest", str(corpus), "-o", str(tmp_path / "codes.npz"), "--codec",
+                 str(out), "--no-progress"]) == 0
+    with np.load(tmp_path / "codes.npz") as z:
+        assert list(z["ids"]) == [f"u{i}" for i in range(6)] and z["offsets"][-1] == z["codes"].size
+        np.testing.assert_array_equal(z["codes"][z["offsets"][0]:z["offsets"][1]], ids)  # same as `encode`
     np.save(tmp_path / "bad.npy", np.zeros((2, 2), np.float32))
     assert main(["decode", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "x.wav"), "--codec", str(out)]) == 2
 
