@@ -121,11 +121,11 @@ def _resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, the best portable fallback
 
 
+_SERIES_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
 def metric_names() -> set[str]:
-    """Every sample-family name the service exports (histograms add _bucket/_sum/_count in PromQL)."""
-    names = set()
-    for family in Metrics().registry.collect():
-        names.add(family.name)
-        for sample in family.samples:
-            names.add(sample.name)
-    return names
+    """Every series name PromQL can query on this service: gauges by name, counters as ``<name>_total``,
+    histograms as ``_bucket``/``_sum``/``_count`` (including labelled ones with nothing observed yet)."""
+    return {family.name + suffix for family in Metrics().registry.collect()
+            for suffix in _SERIES_SUFFIXES[family.type]}
