@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import model.data.build as build_mod
-from model.data.build import CorpusConfig, build, estimate_seconds, iter_plan, plan
+from model.data.build import CorpusConfig, build, estimate_seconds, plan
 from model.data.engines import EngineEnv, Job, Voice, engine_for
 from model.data.manifest import read_manifest, stats
 from model.data.sentences import Sentence, extract, is_clean, is_heldout

@@ -1,7 +1,6 @@
 """The real engine (scheduler + runner + audio thread) on a tiny random LM with a fake pipeline."""
 
 import asyncio
-import time
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 buckets with padding, slot resets and reuse."""
 
 import pytest
-import torch
 
 from model.sampling import SamplingConfig
 from service.engine.runner import Runner
