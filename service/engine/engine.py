@@ -92,7 +92,8 @@ class _Handle(StreamHandle):
         self.consumed = 0  # chunks read (written by the asyncio side only)
         # Audio-thread state
         self.decoder: DecoderStream | None = None
-        self.tokens: list[int] = []
+        self.tokens: list[int] = []  # engine thread: tokens not yet handed to the audio thread
+        self.chunks_submitted = 0  # engine thread: decode jobs handed to the audio thread
         self.seq = 0
         self.samples_out = 0
         self.sentence_start_sample = 0
@@ -383,12 +384,14 @@ class Engine(EngineAPI):
             elif ev.kind == "token":
                 handle.tokens.append(ev.token)
                 handle.tokens_emitted += 1
-                need = self.config.first_chunk_tokens if handle.seq == 0 else self.config.chunk_tokens
+                need = self.config.first_chunk_tokens if handle.chunks_submitted == 0 else self.config.chunk_tokens
                 if len(handle.tokens) >= need:
                     tokens, handle.tokens = handle.tokens, []
+                    handle.chunks_submitted += 1
                     self._audio.submit(self._decode, handle, tokens, None)
             elif ev.kind == "sentence_end":
                 tokens, handle.tokens = handle.tokens, []
+                handle.chunks_submitted += 1
                 self._audio.submit(self._decode, handle, tokens, ev.sentence.tag)
             elif ev.kind == "finished":
                 self.metrics.speech_tokens.inc(handle.tokens_emitted)
