@@ -40,6 +40,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from service.engine.bundle import assemble_bundle
+
+    voices = json.loads(open(args.voices).read()) if args.voices else None
+    out = assemble_bundle(args.out, lm_dir=args.lm, codec_dir=args.codec, model_id=args.model_id, voices=voices)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from model.config import PRESETS
 
@@ -62,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-dir", help="model bundle directory (MAMTRA_MODEL_DIR, default: the bundled model)")
     serve.add_argument("--device", help="auto, cpu, cuda or cuda:N (MAMTRA_DEVICE)")
     serve.set_defaults(func=_cmd_serve)
+
+    bundle = sub.add_parser("bundle", help="assemble a servable model bundle from a trained LM and codec")
+    bundle.add_argument("--lm", required=True, help="LM checkpoint directory (from mamtra train/distill)")
+    bundle.add_argument("--codec", required=True, help="codec directory (from mamtra train-codec)")
+    bundle.add_argument("--out", required=True)
+    bundle.add_argument("--model-id", default="mamtra-small")
+    bundle.add_argument("--voices", help='JSON file: [{"id", "name", "speaker", "gender", "description"}], best first')
+    bundle.set_defaults(func=_cmd_bundle)
 
     from bench.cli import register as register_bench
     from model.train.cli import register as register_train

@@ -30,8 +30,8 @@ class Settings(BaseSettings):
     prefill_budget_tokens: int = Field(512, ge=16, description="Prompt tokens prefilled per engine step")
     max_input_chars: int = Field(4096, ge=1, description="Longest accepted `input`")
     request_timeout_s: float = Field(300.0, gt=0, description="Per-request wall-clock limit")
-    first_chunk_tokens: int = Field(4, ge=1, description="Speech tokens in the first audio chunk (time to first "
-                                                         "audio)")
+    first_chunk_tokens: int = Field(12, ge=1, description="Speech tokens in the first audio chunk (time to first "
+                                                          "audio; the codec holds ~6 tokens of look-ahead back)")
     chunk_tokens: int = Field(16, ge=1, description="Speech tokens in later audio chunks")
     client_queue_chunks: int = Field(8, ge=1, description="Audio chunks buffered per request before back-pressure")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM: time for in-flight streams to finish")

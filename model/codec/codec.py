@@ -150,9 +150,11 @@ def _load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], sour
 
 
 def save_codec(codec: SpeechCodec, directory: str | Path, *, dtype: torch.dtype | None = None,
-               meta: dict[str, Any] | None = None) -> Path:
+               meta: dict[str, Any] | None = None, parts: tuple[str, ...] = ("encoder", "decoder")) -> Path:
+    """``parts=("decoder",)`` writes what serving needs only (a model bundle)."""
     directory = Path(directory)
-    for part in ("encoder", "decoder"):
+    directory.mkdir(parents=True, exist_ok=True)
+    for part in parts:
         state = getattr(codec, part).state_dict()
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}

@@ -9,14 +9,19 @@ A bundle directory::
                                              "voices": [{"id", "name", "language", "gender", "description",
                                                          "prompt_ids"}]}
 
-Front-ends and decoders are looked up by ``kind`` in ``FRONTENDS`` / ``DECODERS``: factories that take the bundle
-directory and their JSON section. The default bundle ships inside the package (``model/bundled``) once the default
-voices are trained; until then ``mamtra serve`` says so and points at ``MAMTRA_MODEL_DIR``.
+Front-ends and decoders are looked up by ``kind`` in ``FRONTENDS`` / ``DECODERS``: factories (or "module:function"
+paths, imported on use) that take the bundle directory and their JSON section. Built in: the ``mamtra-text``
+front-end (``model.text`` through the LM's ``model.tokens`` layout) and the ``mamtra-codec`` decoder
+(``model.codec``: token decoder + HiFi-GAN, streaming). ``assemble_bundle`` writes a bundle from a trained LM
+checkpoint and codec. The default bundle ships inside the package (``model/bundled``) once the default voices are
+trained; until then ``mamtra serve`` says so and points at ``MAMTRA_MODEL_DIR``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +37,17 @@ PIPELINE_FORMAT = "mamtra-pipeline"
 PIPELINE_VERSION = 1
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "model" / "bundled"
 
-FRONTENDS: dict[str, Callable[[Path, dict[str, Any]], TextFrontend]] = {}
-DECODERS: dict[str, Callable[[Path, dict[str, Any]], SpeechDecoder]] = {}
+Factory = Callable[[Path, dict[str, Any]], Any] | str
+FRONTENDS: dict[str, Factory] = {"mamtra-text": "service.engine.frontend:bundle_frontend"}
+DECODERS: dict[str, Factory] = {"mamtra-codec": "model.codec.stream:bundle_decoder"}
+
+
+def _factory(table: dict[str, Factory], kind: str) -> Callable[[Path, dict[str, Any]], Any]:
+    factory = table[kind]
+    if isinstance(factory, str):
+        module, name = factory.split(":")
+        factory = getattr(importlib.import_module(module), name)
+    return factory
 
 
 class BundleError(RuntimeError):
@@ -63,8 +77,8 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
         raise BundleError(f"{spec_path}: unsupported format/version {spec.get('format')!r}/{spec.get('version')!r}")
     model = load_checkpoint(root / "lm", backend=backend, device=device)
     try:
-        frontend = FRONTENDS[spec["frontend"]["kind"]](root, spec["frontend"])
-        decoder = DECODERS[spec["decoder"]["kind"]](root, spec["decoder"])
+        frontend: TextFrontend = _factory(FRONTENDS, spec["frontend"]["kind"])(root, spec["frontend"])
+        decoder: SpeechDecoder = _factory(DECODERS, spec["decoder"]["kind"])(root, spec["decoder"])
     except KeyError as e:
         raise BundleError(f"{spec_path}: unknown front-end or decoder kind {e}") from None
     voices = {}
@@ -79,3 +93,41 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
                         eos_id=spec["eos_id"], speech_ids=tuple(range(first, last + 1)),
                         tokens_per_second=spec.get("tokens_per_second", 25.0))
     return model, pipeline
+
+
+def assemble_bundle(out: str | Path, *, lm_dir: str | Path, codec_dir: str | Path, model_id: str,
+                    voices: list[dict[str, Any]] | None = None, dtype: torch.dtype = torch.float16) -> Path:
+    """Write a bundle from a trained LM checkpoint (its meta holds the token layout and speaker list, as
+    ``mamtra train``/``distill`` write them) and a trained codec. ``voices``: optional [{"id", "name", "speaker",
+    "gender", "description"}] in the order to list them (best first); default: every LM speaker, named as is."""
+    from model.checkpoint import read_config, save_checkpoint
+    from model.codec.codec import load_codec, save_codec
+    from model.tokens import TokenLayout
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _, meta = read_config(lm_dir)
+    try:
+        layout = TokenLayout(**meta["layout_tokens"])
+        speakers: list[str] = list(meta["speakers"])
+    except KeyError as e:
+        raise BundleError(f"{lm_dir}: checkpoint meta lacks {e} (train it with mamtra train/distill)") from None
+    save_checkpoint(load_checkpoint(lm_dir, backend="ref"), out / "lm", dtype=dtype, meta=meta)
+    save_codec(load_codec(codec_dir, parts=("decoder",)), out / "codec", dtype=dtype, parts=("decoder",))
+    voices = voices or [{"id": name, "name": name, "speaker": name} for name in speakers]
+    entries, mapping = [], {}
+    for v in voices:
+        if v["speaker"] not in speakers:
+            raise BundleError(f"voice {v['id']!r}: speaker {v['speaker']!r} is not one the LM was trained on")
+        entries.append({"id": v["id"], "name": v.get("name", v["id"]), "language": v.get("language", "en"),
+                        "gender": v.get("gender"), "description": v.get("description", ""),
+                        "prompt_ids": layout.voice_prompt(speakers.index(v["speaker"]))})
+        mapping[v["id"]] = v["speaker"]
+    spec = {"format": PIPELINE_FORMAT, "version": PIPELINE_VERSION, "model_id": model_id, "eos_id": layout.eos,
+            "speech_ids": [layout.speech_ids[0], layout.speech_ids[-1]], "tokens_per_second": 25.0,
+            "frontend": {"kind": "mamtra-text", "layout": layout.to_dict()},
+            "decoder": {"kind": "mamtra-codec", "path": "codec", "token_offset": layout.speech_offset,
+                        "voices": mapping},
+            "voices": entries}
+    (out / "pipeline.json").write_text(json.dumps(spec, indent=1) + "\n")
+    return out

@@ -53,7 +53,7 @@ class EngineConfig:
     max_context: int | None = None
     prefill_budget_tokens: int = 512
     request_timeout_s: float = 300.0
-    first_chunk_tokens: int = 4
+    first_chunk_tokens: int = 12
     chunk_tokens: int = 16
     client_queue_chunks: int = 8
     stall_timeout_s: float = 10.0

@@ -28,3 +28,10 @@ class LayoutFrontend:
 
     def prompt_ids(self, sentence: SentenceText) -> list[int]:
         return self.layout.sentence_prompt(sentence.token_ids)
+
+
+def bundle_frontend(root, spec: dict) -> LayoutFrontend:
+    """Factory for ``service.engine.bundle.FRONTENDS["mamtra-text"]``: spec ``{"kind", "layout": {...}}``."""
+    layout = dict(spec["layout"])
+    layout.pop("version", None)
+    return LayoutFrontend(TokenLayout(**layout))

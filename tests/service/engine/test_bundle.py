@@ -1,0 +1,113 @@
+"""A model bundle end to end: assembled from an LM checkpoint and a codec, loaded by ``load_bundle``, served by the
+real engine through the real text front-end (espeak-ng), the codec's streaming decoder and HiFi-GAN.
+
+The LM and the codec have random weights of tiny shapes (this checks the wiring, not the voice)."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import save_checkpoint
+from model.codec.codec import SpeechCodec, save_codec
+from model.codec.config import tiny_codec_config
+from model.config import ModelConfig
+from model.lm import SpeechLM
+from model.text.vocab import Vocabulary
+from model.tokens import TokenLayout
+from service.engine.bundle import BundleError, assemble_bundle, load_bundle
+from service.engine.engine import Engine, EngineConfig
+from service.metrics import Metrics
+
+SPEAKERS = ["rhvoice-slt", "flite-rms"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    torch.manual_seed(0)
+    codec = SpeechCodec(tiny_codec_config(voices=tuple(SPEAKERS)))
+    save_codec(codec, root / "codec-run")
+    layout = TokenLayout(text_vocab=len(Vocabulary()), speech_codes=codec.config.codebook_size,
+                         num_voices=len(SPEAKERS))
+    cfg = ModelConfig(layout="AMAM", vocab_size=layout.vocab_size, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16,
+                      d_ff=96, max_context=512, rope_theta=10_000.0)
+    save_checkpoint(SpeechLM(cfg, backend="ref"), root / "lm-run",
+                    meta={"layout_tokens": layout.to_dict(), "speakers": SPEAKERS})
+    out = assemble_bundle(root / "bundle", lm_dir=root / "lm-run", codec_dir=root / "codec-run", model_id="mamtra-t",
+                          voices=[{"id": "slt", "name": "Slt", "speaker": "rhvoice-slt", "gender": "female"},
+                                  {"id": "rms", "name": "Rms", "speaker": "flite-rms", "gender": "male"}])
+    return out, layout
+
+
+def test_assembled_bundle_layout(bundle):
+    out, layout = bundle
+    spec = json.loads((out / "pipeline.json").read_text())
+    assert [v["id"] for v in spec["voices"]] == ["slt", "rms"]
+    assert spec["voices"][1]["prompt_ids"] == layout.voice_prompt(1)
+    assert spec["decoder"]["token_offset"] == layout.speech_offset and spec["eos_id"] == layout.eos
+    assert not list((out / "codec").glob("encoder*"))  # serving needs the decoder only
+    from safetensors.torch import load_file
+
+    assert all(t.dtype == torch.float16 for t in load_file(str(out / "lm" / "model.safetensors")).values())
+
+
+def test_bundle_serves_text_through_the_whole_pipeline(bundle):
+    out, _ = bundle
+    model, pipeline = load_bundle(out, device=torch.device("cpu"), backend="ref")
+    assert [v.id for v in (e.voice for e in pipeline.voices.values())] == ["slt", "rms"]
+    engine = Engine(model=model, pipeline=pipeline, config=EngineConfig(max_streams=2, first_chunk_tokens=12,
+                                                                         chunk_tokens=16), metrics=Metrics())
+
+    async def main():
+        await engine.start()
+        try:
+            handle = engine.synthesize("Hello world. It works!", voice="rms", request_id="e2e", seed=3)
+            return [c async for c in handle.chunks()]
+        finally:
+            await engine.stop()
+
+    chunks = asyncio.run(asyncio.wait_for(main(), 120))
+    pcm = np.concatenate([c.pcm for c in chunks])
+    words = [w.word for c in chunks for w in c.words]
+    assert words == ["Hello", "world", "It", "works"]
+    tokens = engine.metrics.speech_tokens._value.get()
+    assert tokens >= 2 and np.abs(pcm).max() > 0
+    # every speech token became 40 ms of 24 kHz audio (within a frame or two per sentence of edge padding)
+    assert abs(len(pcm) / 24000 - tokens * 0.04) < 2 * 0.05, (len(pcm), tokens)
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+
+
+def test_bundle_errors(tmp_path, bundle):
+    out, _ = bundle
+    with pytest.raises(BundleError, match="no pipeline.json"):
+        load_bundle(tmp_path, device=torch.device("cpu"))
+    spec = json.loads((out / "pipeline.json").read_text())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "pipeline.json").write_text(json.dumps({**spec, "decoder": {"kind": "nope"}}))
+    (bad / "lm").symlink_to(out / "lm")
+    with pytest.raises(BundleError, match="unknown front-end or decoder kind"):
+        load_bundle(bad, device=torch.device("cpu"))
+    lm = tmp_path / "lm-no-meta"
+    save_checkpoint(SpeechLM(ModelConfig(layout="A", vocab_size=10, d_model=16, n_heads=2, n_kv_heads=1,
+                                         head_dim=8, d_ff=16), backend="ref"), lm)
+    with pytest.raises(BundleError, match="meta lacks"):
+        assemble_bundle(tmp_path / "x", lm_dir=lm, codec_dir=out / "codec", model_id="m")
+
+
+def test_bundle_cli(tmp_path, bundle, capsys):
+    from service.cli import main
+
+    out, _ = bundle
+    root = out.parent
+    voices = tmp_path / "voices.json"
+    voices.write_text(json.dumps([{"id": "rms", "name": "Rms", "speaker": "flite-rms"}]))
+    assert main(["bundle", "--lm", str(root / "lm-run"), "--codec", str(root / "codec-run"),
+                 "--out", str(tmp_path / "b"), "--model-id", "m1", "--voices", str(voices)]) == 0
+    spec = json.loads((tmp_path / "b" / "pipeline.json").read_text())
+    assert spec["model_id"] == "m1" and [v["id"] for v in spec["voices"]] == ["rms"]
+    layout = TokenLayout(**{k: v for k, v in spec["frontend"]["layout"].items() if k != "version"})
+    assert spec["voices"][0]["prompt_ids"] == layout.voice_prompt(SPEAKERS.index("flite-rms"))
