@@ -20,6 +20,7 @@ others start fast enough to run once per sentence.
 
 from __future__ import annotations
 
+import abc
 import os
 import shutil
 import subprocess
@@ -90,7 +91,7 @@ class Job:
     pitch: float = 1.0
 
 
-class Engine:
+class Engine(abc.ABC):
     """Base class. ``synthesize`` writes one raw WAV per job (any rate the engine likes)."""
 
     name = ""
@@ -109,15 +110,8 @@ class Engine:
             return job.pitch
         return 1.0
 
-    def synthesize(self, voice: Voice, jobs: list[Job], env: EngineEnv) -> None:
-        for job in jobs:
-            self._run(self.command(voice, job), env, stdin=self.stdin(job))
-
-    def command(self, voice: Voice, job: Job) -> list[str]:
-        raise NotImplementedError
-
-    def stdin(self, job: Job) -> str | None:
-        return None
+    @abc.abstractmethod
+    def synthesize(self, voice: Voice, jobs: list[Job], env: EngineEnv) -> None: ...
 
     @staticmethod
     def _run(cmd: list[str], env: EngineEnv, *, stdin: str | None = None, timeout: float = 300) -> None:
@@ -126,7 +120,21 @@ class Engine:
             raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
 
 
-class RHVoice(Engine):
+class CommandEngine(Engine):
+    """An engine run as one process per utterance."""
+
+    def synthesize(self, voice: Voice, jobs: list[Job], env: EngineEnv) -> None:
+        for job in jobs:
+            self._run(self.command(voice, job), env, stdin=self.stdin(job))
+
+    @abc.abstractmethod
+    def command(self, voice: Voice, job: Job) -> list[str]: ...
+
+    def stdin(self, job: Job) -> str | None:
+        return None
+
+
+class RHVoice(CommandEngine):
     name, programs = "rhvoice", ("RHVoice-test",)
 
     def command(self, voice: Voice, job: Job) -> list[str]:
@@ -137,7 +145,7 @@ class RHVoice(Engine):
         return job.text + "\n"
 
 
-class Flite(Engine):
+class Flite(CommandEngine):
     name, programs = "flite", ("flite",)
 
     def command(self, voice: Voice, job: Job) -> list[str]:
@@ -147,7 +155,7 @@ class Flite(Engine):
         return cmd + ["-t", job.text, "-o", str(job.out)]
 
 
-class Pico(Engine):
+class Pico(CommandEngine):
     name, programs = "pico", ("pico2wave",)
 
     def command(self, voice: Voice, job: Job) -> list[str]:
