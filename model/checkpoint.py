@@ -49,19 +49,26 @@ def save_checkpoint(model: SpeechLM, directory: str | Path, *, dtype: torch.dtyp
     return directory
 
 
-def read_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
-    path = Path(directory) / CONFIG_FILE
+def read_versioned_json(path: Path, *, fmt: str, version: int, error: type[Exception] = CheckpointError,
+                        what: str = "a checkpoint") -> dict[str, Any]:
+    """A checkpoint's JSON config, checked for its format name and version; ``error`` names what is wrong."""
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"no {CONFIG_FILE} in {directory}") from None
+        raise error(f"no {path.name} in {path.parent}: not {what}") from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if doc.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {doc.get('format')!r} is not {FORMAT!r}")
-    if doc.get("version") != CONFIG_VERSION:
-        raise CheckpointError(f"{path}: config version {doc.get('version')!r} is not supported "
-                              f"(this build reads version {CONFIG_VERSION})")
+        raise error(f"{path} is not valid JSON: {e}") from None
+    if doc.get("format") != fmt:
+        raise error(f"{path}: format {doc.get('format')!r} is not {fmt!r}")
+    if doc.get("version") != version:
+        raise error(f"{path}: config version {doc.get('version')!r} is not supported "
+                    f"(this build reads version {version})")
+    return doc
+
+
+def read_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    path = Path(directory) / CONFIG_FILE
+    doc = read_versioned_json(path, fmt=FORMAT, version=CONFIG_VERSION, what="an LM checkpoint")
     try:
         config = ModelConfig.from_dict(doc["model"])
     except (KeyError, TypeError, ValueError) as e:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from model.checkpoint import read_versioned_json
 from model.codec.config import CODEC_CONFIG_VERSION, CodecConfig
 from model.codec.fsq import FSQ
 from model.codec.mel import MelSpectrogram, interp_frames, num_frames_at
@@ -169,17 +170,8 @@ def save_codec(codec: SpeechCodec, directory: str | Path, *, dtype: torch.dtype 
 
 def read_codec_config(directory: str | Path) -> tuple[CodecConfig, dict[str, Any]]:
     path = Path(directory) / CONFIG_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CodecCheckpointError(f"no {CONFIG_FILE} in {directory}: not a codec checkpoint") from None
-    except json.JSONDecodeError as e:
-        raise CodecCheckpointError(f"{path} is not valid JSON: {e}") from None
-    if doc.get("format") != CODEC_FORMAT:
-        raise CodecCheckpointError(f"{path}: format {doc.get('format')!r} is not {CODEC_FORMAT!r}")
-    if doc.get("version") != CODEC_CONFIG_VERSION:
-        raise CodecCheckpointError(f"{path}: codec config version {doc.get('version')!r} is not supported "
-                                   f"(this build reads version {CODEC_CONFIG_VERSION})")
+    doc = read_versioned_json(path, fmt=CODEC_FORMAT, version=CODEC_CONFIG_VERSION, error=CodecCheckpointError,
+                              what="a codec checkpoint")
     try:
         return CodecConfig.from_dict(doc["codec"]), doc.get("meta", {})
     except (KeyError, TypeError, ValueError) as e:
