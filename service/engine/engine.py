@@ -89,6 +89,7 @@ class _Handle(StreamHandle):
         self.admitted_at: float | None = None
         self.closed = False  # no more chunks will be produced
         self.produced = 0  # chunks posted (written by the audio thread only)
+        self.empty_jobs = 0  # decode jobs that produced no chunk (audio thread only)
         self.consumed = 0  # chunks read (written by the asyncio side only)
         # Audio-thread state
         self.decoder: DecoderStream | None = None
@@ -139,8 +140,9 @@ class _Handle(StreamHandle):
 
     @property
     def outstanding(self) -> int:
-        """Chunks made but not yet read by the client: the back-pressure signal."""
-        return self.produced - self.consumed
+        """Chunks handed to the audio thread or made, and not yet read by the client: the back-pressure signal.
+        Counted from submission, so a lagging audio thread cannot let tokens pile up unbounded before it."""
+        return self.chunks_submitted - self.empty_jobs - self.consumed
 
     def _post(self, item) -> None:
         """From any thread: hand an item to the asyncio side."""
@@ -414,6 +416,7 @@ class Engine(EngineAPI):
     def _decode(self, handle: _Handle, tokens: list[int], sentence: SentenceText | None) -> None:
         """Audio thread: tokens -> PCM chunk (and word timings at a sentence end)."""
         if handle.closed:
+            handle.empty_jobs += 1
             return
         try:
             if handle.decoder is None:
@@ -421,6 +424,7 @@ class Engine(EngineAPI):
             pcm = handle.decoder.push(tokens, flush=sentence is not None)
         except Exception:
             log.exception("request %s: audio decoding failed", handle.id)
+            handle.empty_jobs += 1
             handle.closed = True
             handle._post(StreamFailed("internal_error", "audio decoding failed"))
             self._cancel(handle, "error")
@@ -432,6 +436,7 @@ class Engine(EngineAPI):
             words = _estimate_word_times(sentence.words, start_sample / SAMPLE_RATE, handle.samples_out / SAMPLE_RATE)
             handle.sentence_start_sample = handle.samples_out
         if len(pcm) == 0 and not words:
+            handle.empty_jobs += 1
             return
         self.metrics.audio_seconds.inc(len(pcm) / SAMPLE_RATE)
         chunk = AudioChunk(pcm=_to_int16(pcm), seq=handle.seq, words=words)
