@@ -105,6 +105,7 @@ class Mamba2Mixer(nn.Module):
         z, xbc, dt_raw = self.split_projection(self.in_proj(hidden))
         weight = self.conv1d.weight.squeeze(1)  # (conv_dim, k)
         chunked, step = self._ops(hidden.device)
+        step_inplace = getattr(_fused_ops(), "ssd_step_inplace", None) if step is not ssd_ref.ssd_step_ref else None
         A = -torch.exp(self.A_log.float())  # (h,)
         dt = F.softplus(dt_raw.float() + self.dt_bias.float())  # (b, t, h)
 
@@ -113,7 +114,16 @@ class Mamba2Mixer(nn.Module):
             conv_out, new_conv = ssd_ref.causal_conv1d_step_ref(xbc[:, 0], weight, self.conv1d.bias,
                                                                  state.conv[batch.slots])
             state.conv[batch.slots] = new_conv
-            x, B, C = self.split_xbc(F.silu(conv_out).unsqueeze(1))
+            act = F.silu(conv_out)  # (b, conv_dim)
+            if step is not ssd_ref.ssd_step_ref and step_inplace is not None:
+                # Fused: the pooled state is updated in place by slot, D skip included (no gather/scatter).
+                x_kv, B_kv, C = torch.split(act, [self.d_kv, self.d_kv, self.d_inner], dim=-1)
+                y = step_inplace(state.ssm, batch.slots, x_kv.reshape(b, self.n_kv_heads, self.head_dim),
+                                 dt[:, 0], A, B_kv.reshape(b, self.n_kv_heads, self.d_state),
+                                 C.reshape(b, self.n_heads, self.d_state), self.D)
+                y = self._gated_norm(y.unsqueeze(1), z.float())
+                return self.out_proj(y.to(hidden.dtype))
+            x, B, C = self.split_xbc(act.unsqueeze(1))
             y, new_ssm = step(state.ssm[batch.slots], x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
             state.ssm[batch.slots] = new_ssm
             y = y.unsqueeze(1)
