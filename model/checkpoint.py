@@ -81,16 +81,23 @@ def load_state_dict_strict(model: SpeechLM, tensors: dict[str, torch.Tensor], *,
     expected = model.state_dict()
     if model.config.tie_embeddings:
         expected.pop("lm_head.weight", None)
+    copy_state_strict(expected, tensors, source=source)
+
+
+def copy_state_strict(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], *, source: str,
+                      error: type[Exception] = CheckpointError) -> None:
+    """Copy ``tensors`` into the (state-dict) tensors ``expected``; a missing or unexpected key or a shape mismatch
+    raises ``error`` naming it, before anything is copied."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing:
-        raise CheckpointError(f"{source}: missing keys: {missing}")
+        raise error(f"{source}: missing keys: {missing}")
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected keys: {unexpected}")
+        raise error(f"{source}: unexpected keys: {unexpected}")
     for name, param in expected.items():
         if tuple(tensors[name].shape) != tuple(param.shape):
-            raise CheckpointError(f"{source}: shape mismatch for {name}: checkpoint {tuple(tensors[name].shape)}, "
-                                  f"model {tuple(param.shape)}")
+            raise error(f"{source}: shape mismatch for {name}: checkpoint {tuple(tensors[name].shape)}, "
+                        f"model {tuple(param.shape)}")
     with torch.no_grad():
         for name, param in expected.items():
             param.copy_(tensors[name].to(param.dtype))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import read_versioned_json
+from model.checkpoint import copy_state_strict, read_versioned_json
 from model.codec.config import CODEC_CONFIG_VERSION, CodecConfig
 from model.codec.fsq import FSQ
 from model.codec.mel import MelSpectrogram, interp_frames, num_frames_at
@@ -137,17 +137,7 @@ def load_tensors(directory: Path, stem: str) -> dict[str, torch.Tensor]:
 
 
 def _load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    expected = module.state_dict()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CodecCheckpointError(f"{source}: missing keys {missing}, unexpected keys {unexpected}")
-    for name, param in expected.items():
-        if tuple(tensors[name].shape) != tuple(param.shape):
-            raise CodecCheckpointError(f"{source}: shape mismatch for {name}: {tuple(tensors[name].shape)} vs "
-                                       f"{tuple(param.shape)}")
-    with torch.no_grad():
-        for name, param in expected.items():
-            param.copy_(tensors[name].to(param.dtype))
+    copy_state_strict(module.state_dict(), tensors, source=source, error=CodecCheckpointError)
 
 
 def save_codec(codec: SpeechCodec, directory: str | Path, *, dtype: torch.dtype | None = None,
