@@ -24,7 +24,6 @@ generator seeded with ``seed`` and the step, so a run cut into calls sees the sa
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from model.codec.codec import (SpeechCodec, load_tensors, read_codec_config, sav
                                _load_strict)
 from model.codec.config import CodecConfig, MelConfig
 from model.codec.mel import MelSpectrogram
+from model.schedule import warmup_cosine
 
 TRAIN_FORMAT = "mamtra-codec-train"
 TRAIN_VERSION = 1
@@ -71,10 +71,7 @@ class TrainConfig:
             raise ValueError("stft_frames must not exceed segment_frames")
 
     def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        t = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+        return warmup_cosine(step, lr=self.lr, warmup=self.warmup, total=self.steps, min_ratio=self.min_lr_ratio)
 
 
 # --- data -----------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ same batches it would have seen (batches are a function of the seed and the step
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.lm import SpeechLM
+from model.schedule import warmup_cosine
 from model.train.data import IGNORE, collate
 from model.transfer import ce_loss, distillation_loss, set_trainable
 
@@ -59,11 +59,7 @@ class DistillConfig:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+    return warmup_cosine(step, lr=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
 
 
 def batch_indices(step: int, n: int, cfg: TrainConfig) -> np.ndarray:
