@@ -16,6 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(t)
     t.set_defaults(func=_cmd_train)
 
+    k = sub.add_parser("tokenize", help="corpus manifest + codec codes -> LM training tokens (.npz)")
+    k.add_argument("--manifest", required=True)
+    k.add_argument("--codes", required=True, help="from mamtra encode-manifest")
+    k.add_argument("-o", "--output", required=True)
+    k.add_argument("--speaker-key", choices=["voice", "speaker"], default="voice")
+    k.set_defaults(func=_cmd_tokenize)
+
     d = sub.add_parser("distill", help="distil a hybrid student from a teacher (resumable), or --search-layout")
     d.add_argument("--data", required=True)
     d.add_argument("--teacher", required=True, help="teacher checkpoint directory")
@@ -44,6 +51,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, help="stop (after saving) when this much time has passed; rerun "
                                                      "the same command to resume")
+
+
+def _cmd_tokenize(args) -> int:
+    from model.train.prepare import build_token_data
+
+    print(json.dumps(build_token_data(args.manifest, args.codes, args.output, speaker_key=args.speaker_key)))
+    return 0
 
 
 def _seconds(args) -> float | None:
