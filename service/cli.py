@@ -49,6 +49,46 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_say(args: argparse.Namespace) -> int:
+    from service.engine.bundle import BundleError
+    from service.engine.types import InvalidRequest
+    from service.offline import say
+
+    try:
+        seconds = say(args.text, out=args.output, voice=args.voice, model_dir=args.model_dir, seed=args.seed,
+                      speed=args.speed)
+    except (BundleError, InvalidRequest) as e:
+        print(f"mamtra say: {e}", file=sys.stderr)
+        return 2
+    if args.output != "-":
+        print(f"{args.output}: {seconds:.2f} s", file=sys.stderr)
+    return 0
+
+
+def _cmd_voices(args: argparse.Namespace) -> int:
+    from service.engine.bundle import BundleError
+    from service.offline import voices
+
+    try:
+        print("\n".join(voices(args.model_dir)))
+    except BundleError as e:
+        print(f"mamtra voices: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from service.engine.bundle import BundleError
+    from service.offline import info_json
+
+    try:
+        print(info_json(args.model_dir))
+    except BundleError as e:
+        print(f"mamtra info: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from model.config import PRESETS
 
@@ -71,6 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-dir", help="model bundle directory (MAMTRA_MODEL_DIR, default: the bundled model)")
     serve.add_argument("--device", help="auto, cpu, cuda or cuda:N (MAMTRA_DEVICE)")
     serve.set_defaults(func=_cmd_serve)
+
+    say = sub.add_parser("say", help="speak TEXT into a WAV file (or - for a WAV stream on stdout)")
+    say.add_argument("text")
+    say.add_argument("-o", "--output", default="out.wav")
+    say.add_argument("--voice", help="a voice id (mamtra voices); default: the first (best) one")
+    say.add_argument("--speed", type=float, default=1.0)
+    say.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same audio")
+    say.add_argument("--model-dir", help="model bundle (default: the bundled model)")
+    say.set_defaults(func=_cmd_say)
+    for name, func, help_ in (("voices", _cmd_voices, "the bundle's voices, one id per line, best first"),
+                              ("info", _cmd_info, "the bundle's model config as JSON")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--model-dir", help="model bundle (default: the bundled model)")
+        p.set_defaults(func=func)
 
     bundle = sub.add_parser("bundle", help="assemble a servable model bundle from a trained LM and codec")
     bundle.add_argument("--lm", required=True, help="LM checkpoint directory (from mamtra train/distill)")

@@ -111,3 +111,33 @@ def test_bundle_cli(tmp_path, bundle, capsys):
     assert spec["model_id"] == "m1" and [v["id"] for v in spec["voices"]] == ["rms"]
     layout = TokenLayout(**{k: v for k, v in spec["frontend"]["layout"].items() if k != "version"})
     assert spec["voices"][0]["prompt_ids"] == layout.voice_prompt(SPEAKERS.index("flite-rms"))
+
+
+def test_say_voices_info_on_a_bundle(tmp_path, bundle, capsys):
+    import subprocess
+    import sys
+    import wave
+
+    from service.cli import main
+
+    out, _ = bundle
+    assert main(["voices", "--model-dir", str(out)]) == 0
+    assert capsys.readouterr().out.split() == ["slt", "rms"]
+    assert main(["info", "--model-dir", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["layout"] == "AMAM" and info["params"] > 0 and [v["id"] for v in info["voices"]] == ["slt", "rms"]
+
+    wav = tmp_path / "a.wav"
+    assert main(["say", "Hello world.", "--voice", "rms", "--seed", "5", "-o", str(wav), "--model-dir", str(out)]) == 0
+    again = tmp_path / "b.wav"
+    assert main(["say", "Hello world.", "--voice", "rms", "--seed", "5", "-o", str(again),
+                 "--model-dir", str(out)]) == 0
+    with wave.open(str(wav)) as w:
+        assert w.getframerate() == 24000 and w.getnchannels() == 1 and w.getnframes() > 0
+    assert wav.read_bytes() == again.read_bytes()  # --seed makes output reproducible
+    assert main(["say", "Hi.", "--voice", "nobody", "-o", str(wav), "--model-dir", str(out)]) == 2
+    assert main(["say", "Hi.", "-o", str(wav), "--model-dir", str(tmp_path / "none")]) == 2
+
+    streamed = subprocess.run([sys.executable, "-m", "service.cli", "say", "Hello world.", "--voice", "rms",
+                               "--seed", "5", "-o", "-", "--model-dir", str(out)], capture_output=True, check=True)
+    assert streamed.stdout[:4] == b"RIFF" and streamed.stdout[44:] == wav.read_bytes()[44:]
