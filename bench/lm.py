@@ -173,30 +173,35 @@ def crossover(*, dtype=torch.bfloat16) -> list[dict]:
 @torch.inference_mode()
 def decode(*, presets=PAPER_PRESETS, batches=(1, 8, 32, 64, 128, 256), positions=(512, 2048, 8000),
            dtype=torch.bfloat16, device="cuda", graphs=(False, True), reps: int = 20) -> list[dict]:
-    from model.cuda_graphs import GraphedDecoder
-
     dev = Device(torch.device(device))
     rows = []
-    max_pos = max(positions)
     for name in presets:
-        config = replace(preset(name), max_context=max(max_pos + 1, 256))
-        model = build_model(config, dev, dtype=dtype)
-        pool = StatePool(config, max_streams=max(batches) + 1, max_context=config.max_context, dtype=dtype,
-                         device=dev.device)
-        decoder = GraphedDecoder(model, pool, scratch_slot=max(batches), buckets=tuple(batches)) \
-            if dev.cuda and True in graphs else None
-        for b, pos in tqdm([(b, p) for b in batches for p in positions], desc=f"decode {name}", leave=False):
-            tokens, slots, positions_t = _decode_inputs(config, b, pos, dev)
-            for use_graph in graphs:
-                if use_graph and decoder is None:
-                    continue
-                fn = (lambda: decoder(tokens, slots, positions_t)) if use_graph else \
-                    (lambda: _eager_step(model, pool, tokens, slots, positions_t))
-                rows.append(dict(preset=name, batch=b, position=pos, cuda_graph=use_graph,
-                                 step_seconds=_time(fn, dev, reps=reps)))
-        del model, pool, decoder
-        if dev.cuda:
+        rows += _decode_preset(name, dev, batches=batches, positions=positions, dtype=dtype, graphs=graphs,
+                               reps=reps)
+        if dev.cuda:  # the preset's model, pool and graphs went out of scope with the call
             torch.cuda.empty_cache()
+    return rows
+
+
+def _decode_preset(name: str, dev: Device, *, batches, positions, dtype, graphs, reps) -> list[dict]:
+    from model.cuda_graphs import GraphedDecoder
+
+    config = replace(preset(name), max_context=max(max(positions) + 1, 256))
+    model = build_model(config, dev, dtype=dtype)
+    pool = StatePool(config, max_streams=max(batches) + 1, max_context=config.max_context, dtype=dtype,
+                     device=dev.device)
+    decoder = GraphedDecoder(model, pool, scratch_slot=max(batches), buckets=tuple(batches)) \
+        if dev.cuda and True in graphs else None
+    rows = []
+    for b, pos in tqdm([(b, p) for b in batches for p in positions], desc=f"decode {name}", leave=False):
+        tokens, slots, positions_t = _decode_inputs(config, b, pos, dev)
+        for use_graph in graphs:
+            if use_graph and decoder is None:
+                continue
+            fn = (lambda: decoder(tokens, slots, positions_t)) if use_graph else \
+                (lambda: _eager_step(model, pool, tokens, slots, positions_t))
+            rows.append(dict(preset=name, batch=b, position=pos, cuda_graph=use_graph,
+                             step_seconds=_time(fn, dev, reps=reps)))
     return rows
 
 

@@ -1,6 +1,5 @@
 """Corpus manifest + codec codes -> LM training tokens, through the real text front-end."""
 
-import json
 
 import numpy as np
 
