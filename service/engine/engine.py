@@ -237,10 +237,11 @@ class Engine(EngineAPI):
 
     def synthesize(self, text: str, *, voice: str, speed: float = 1.0, request_id: str | None = None,
                    seed: int | None = None) -> StreamHandle:
-        if not self.pipeline.frontend.sentences(text):
+        sentences = self.pipeline.frontend.sentences(text)  # once: normalising and G2P are the costly part
+        if not sentences:
             raise InvalidRequest("input has nothing speakable", param="input")
         handle = self.open_stream(voice=voice, speed=speed, request_id=request_id, seed=seed)
-        handle.push_text(text)
+        self._add_sentences(handle, sentences)
         handle.end_input()
         return handle
 
@@ -273,7 +274,9 @@ class Engine(EngineAPI):
         return 2.0
 
     def _add_text(self, handle: _Handle, text: str) -> None:
-        sentences = self.pipeline.frontend.sentences(text)
+        self._add_sentences(handle, self.pipeline.frontend.sentences(text))
+
+    def _add_sentences(self, handle: _Handle, sentences: list[SentenceText]) -> None:
         with self._lock:
             if self.scheduler.phase(handle.id) in (None, Phase.FINISHED):
                 return
