@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     from model.codec.cli import register as register_codec
 
     register_codec(sub)
+
+    from model.eval.cli import register as register_eval
+
+    register_eval(sub)
     return parser
 
 
