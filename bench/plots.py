@@ -20,6 +20,8 @@ def plot(path: Path) -> list[Path]:
         return _memory(data, path)
     if kind in ("decode", "longform"):
         return _decode(data, path)
+    if kind.startswith("serve"):
+        return _serve(data, path)
     return []
 
 
@@ -65,6 +67,52 @@ def _decode(data: dict, path: Path) -> list[Path]:
            title=f"decode step at position {pos}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    png = path.with_suffix(".png")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return [png]
+
+
+def _serve(data: dict, path: Path) -> list[Path]:
+    """Four panels vs concurrent clients, one line per model: time to first audio, inter-chunk gaps, underruns,
+    real-time factor per stream."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    (ttfa, gap), (under, rtf) = axes
+    for k, run in enumerate(data["runs"]):
+        color = f"C{k}"
+        lv = sorted(run["levels"], key=lambda r: r["clients"])
+        n = [r["clients"] for r in lv]
+
+        def series(key, q):
+            return [r[key][q] if r[key][q] is not None else float("nan") for r in lv]
+
+        for q, style in (("p50", ":"), ("p95", "--"), ("p99", "-")):
+            ttfa.plot(n, [v * 1e3 for v in series("ttfa_s", q)], style, color=color, marker="o", ms=3,
+                      label=f"{run['model']} {q}")
+        for q, style in (("p95", "--"), ("max", "-")):
+            gap.plot(n, [v * 1e3 for v in series("gap_s", q)], style, color=color, marker="o", ms=3,
+                     label=f"{run['model']} {q}")
+        under.plot(n, [r["underruns"]["stall_s"] / max(r["requests"]["completed"], 1) for r in lv], "-",
+                   color=color, marker="o", ms=3, label=f"{run['model']}")
+        rtf.plot(n, series("x_realtime_per_stream", "p50"), "-", color=color, marker="o", ms=3,
+                 label=f"{run['model']} p50")
+        rtf.plot(n, series("x_realtime_per_stream", "p5"), "--", color=color, marker="o", ms=3,
+                 label=f"{run['model']} p5")
+    rtf.axhline(1.0, color="k", lw=0.8)
+    ttfa.set(xscale="log", yscale="log", ylabel="time to first audio (ms)", title="time to first audio")
+    gap.set(xscale="log", yscale="log", ylabel="inter-chunk gap (ms)", title="gaps between audio chunks")
+    under.set(xscale="log", ylabel="stalled seconds per request", title="player underruns (stall time)")
+    rtf.set(xscale="log", ylabel="audio s per wall s, per stream", title="real-time factor per stream (> 1: ok)")
+    levels = sorted({r["clients"] for run in data["runs"] for r in run["levels"]})
+    for ax in axes.flat:
+        ax.set_xlabel("concurrent clients")
+        ax.set_xticks(levels, [str(n) for n in levels], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    env = data.get("environment", {})
+    fig.suptitle(f"mamtra bench serve — {env.get('card') or env.get('cpu') or env.get('device')} — {env.get('date')}")
     png = path.with_suffix(".png")
     fig.tight_layout()
     fig.savefig(png, dpi=110)

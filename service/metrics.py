@@ -58,6 +58,13 @@ class Metrics:
                                            buckets=BATCH_BUCKETS, registry=r)
         self.step_seconds = Histogram("mamtra_step_seconds", "Engine step wall time by kind", ["kind"],
                                       buckets=STEP_BUCKETS, registry=r)
+        # The token -> audio stage (its own thread): its busy fraction is rate(..._sum); a backlog shows as wait.
+        self.audio_decode_seconds = Histogram(
+            "mamtra_audio_decode_seconds", "Wall time of one token -> audio decode job (one or more chunks)",
+            buckets=STEP_BUCKETS, registry=r)
+        self.audio_decode_wait = Histogram(
+            "mamtra_audio_decode_wait_seconds", "Time a chunk's tokens waited for the audio thread",
+            buckets=STEP_BUCKETS, registry=r)
         # Memory
         self.gpu_memory_allocated = Gauge("mamtra_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated",
                                           registry=r)

@@ -393,11 +393,11 @@ class Engine(EngineAPI):
                 if len(handle.tokens) >= need:
                     tokens, handle.tokens = handle.tokens, []
                     handle.chunks_submitted += 1
-                    self._audio.submit(self._decode, handle, tokens, None)
+                    self._audio.submit(self._decode, handle, tokens, None, time.perf_counter())
             elif ev.kind == "sentence_end":
                 tokens, handle.tokens = handle.tokens, []
                 handle.chunks_submitted += 1
-                self._audio.submit(self._decode, handle, tokens, ev.sentence.tag)
+                self._audio.submit(self._decode, handle, tokens, ev.sentence.tag, time.perf_counter())
             elif ev.kind == "finished":
                 self.metrics.speech_tokens.inc(handle.tokens_emitted)
                 with self._lock:
@@ -416,7 +416,16 @@ class Engine(EngineAPI):
                 else:  # completed: end after the audio thread has emitted everything queued before this
                     self._audio.submit(self._finish_stream, handle)
 
-    def _decode(self, handle: _Handle, tokens: list[int], sentence: SentenceText | None) -> None:
+    def _decode(self, handle: _Handle, tokens: list[int], sentence: SentenceText | None, submitted: float) -> None:
+        """Audio thread: one decode job, timed (the audio stage's load and backlog are metrics)."""
+        start = time.perf_counter()
+        self.metrics.audio_decode_wait.observe(start - submitted)
+        try:
+            self._decode_chunk(handle, tokens, sentence)
+        finally:
+            self.metrics.audio_decode_seconds.observe(time.perf_counter() - start)
+
+    def _decode_chunk(self, handle: _Handle, tokens: list[int], sentence: SentenceText | None) -> None:
         """Audio thread: tokens -> PCM chunk (and word timings at a sentence end)."""
         if handle.closed:
             handle.empty_jobs += 1

@@ -1,0 +1,433 @@
+"""``mamtra bench serve``: the real server end to end over HTTP streaming, text in, 24 kHz PCM out, under N
+concurrent clients.
+
+What runs: ``mamtra serve`` in a subprocess on loopback (a free port), on a model bundle — a real one (``--model``)
+or one assembled from random weights of a preset's shapes (``--random``) — with the whole path: text front-end
+(espeak-ng G2P), the LM in the continuous-batching engine, the codec's streaming token decoder, HiFi-GAN and the
+24 kHz resampler, the HTTP layer. The server is stopped (SIGTERM, then SIGKILL) when the benchmark ends, fails or is
+interrupted; on Linux it also dies with the benchmark process (``PR_SET_PDEATHSIG``).
+
+The load: for each concurrency level N (``--clients``), N asyncio clients (httpx, one connection each) start over
+``--ramp`` seconds and each sends ``--requests`` requests back to back (or keeps sending for ``--duration``
+seconds) to ``POST /v1/audio/speech`` with ``response_format=pcm`` (raw chunked body, ``stream_format=audio``),
+cycling through a fixed set of texts. Every read's arrival time and size is recorded; ``bench.serve_stats`` turns
+them into time to first audio, inter-chunk gaps, a simulated player's underruns and real-time factors. Before and
+after each level the server's ``/metrics`` are read: VRAM (allocated, reserved, peak, device-wide), the state
+pool, and the busy fractions of the engine loop and of the token -> audio thread over the level.
+
+Random weights are allowed here because speed and memory do not depend on them, with one exception handled on
+purpose: a random LM never chooses end-of-speech in a realistic place, so the random bundle removes EOS from its
+output head (its logit is 0 against random others: practically never sampled) and sets the length guard to a
+natural speaking rate (``NATURAL_SECONDS_PER_CHAR``): every sentence then lasts about as long as read speech.
+Its vocabulary is the preset's when larger than the token layout's (the paper presets keep CosyVoice 2's 158,500
+output rows, whose head is part of the step's cost). The vocoder is HiFi-GAN V1 with random weights
+(``model.codec.vocoder.random_generator``), so no weight file is needed; the audio is noise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.serve_stats import RequestRecord, level_summary, max_clients_without_underruns
+
+ROOT = Path(__file__).resolve().parents[1]
+NATURAL_SECONDS_PER_CHAR = 0.07  # read English: ~14 characters (spaces included) per second
+DEFAULT_CLIENTS = (1, 8, 32, 64, 128, 256)
+GPU_PRESETS = ("mamtra-1:3", "transformer")
+
+# A few sentences each, as a reader or an assistant would send them: numbers, abbreviations and punctuation go
+# through the real normaliser. ~12-16 s of speech each at a natural rate.
+TEXTS = (
+    "The quarterly report came out on Tuesday. Revenue rose twelve percent to 4.2 million dollars, slightly ahead "
+    "of what analysts had expected. The company plans to open two new offices next spring.",
+    "Turn left at the second traffic light, then continue for about three hundred meters. The entrance is on your "
+    "right, next to the bakery. If you reach the river, you have gone too far.",
+    "Good morning! Today will be mostly sunny, with a high of 24 degrees and a light breeze from the west. Clouds "
+    "move in tonight, and there is a chance of showers tomorrow afternoon.",
+    "Thanks for calling. Your order number is 5 8 3 1, and it shipped yesterday. It should arrive by Friday. Is "
+    "there anything else I can help you with today?",
+    "In 1969, three astronauts flew to the Moon aboard Apollo 11. Two of them walked on its surface for about two "
+    "and a half hours, while the third stayed in orbit. Their mission lasted eight days.",
+    "Preheat the oven to 180 degrees. Mix the flour, sugar and butter until the dough is smooth, then chill it for "
+    "half an hour. Bake for twenty minutes, or until the edges turn golden.",
+)
+QUICK_TEXTS = ("Hello there, this is a short test.", "The weather is fine today.")
+
+
+# --- the model bundle -----------------------------------------------------------------------------------------
+
+def random_bundle(out: str | Path, preset_name: str, *, voices: int = 2, seed: int = 0,
+                  seconds_per_char: float = NATURAL_SECONDS_PER_CHAR, vocoder_dtype: str = "fp32") -> Path:
+    """A servable bundle of random weights: the preset's LM, the default-size codec decoder, HiFi-GAN V1's
+    architecture (``"vocoder_weights": "random"``). BENCHMARKS ONLY (see the module docstring)."""
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.codec.codec import SpeechCodec, save_codec
+    from model.codec.config import CodecConfig
+    from model.config import preset, replace
+    from model.lm import SpeechLM
+    from model.text.vocab import Vocabulary
+    from model.tokens import TokenLayout
+    from service.engine.bundle import PIPELINE_FORMAT, PIPELINE_VERSION
+
+    out = Path(out)
+    names = [f"random-{i}" for i in range(voices)]
+    codec_config = CodecConfig(voices=tuple(names))
+    layout = TokenLayout(text_vocab=len(Vocabulary()), speech_codes=codec_config.codebook_size, num_voices=voices)
+    base = preset(preset_name)
+    config = replace(base, vocab_size=max(base.vocab_size, layout.vocab_size))
+    torch.manual_seed(seed)
+    model = SpeechLM(config, backend="ref")  # on the host: the benchmark process never holds a CUDA context
+    with torch.no_grad():  # EOS never wins by chance: sentences end at the (natural-rate) length guard
+        model.lm_head.weight[layout.eos].zero_()
+    save_checkpoint(model, out / "lm", dtype=torch.float16,
+                    meta={"layout_tokens": layout.to_dict(), "speakers": names, "random_weights": True})
+    del model
+    save_codec(SpeechCodec(codec_config), out / "codec", dtype=torch.float16, parts=("decoder",),
+               meta={"random_weights": True})
+    spec = {"format": PIPELINE_FORMAT, "version": PIPELINE_VERSION, "model_id": f"random-{preset_name}",
+            "eos_id": layout.eos, "speech_ids": [layout.speech_ids[0], layout.speech_ids[-1]],
+            "tokens_per_second": codec_config.token_rate, "max_seconds_per_char": seconds_per_char,
+            "min_cap_seconds": 1.0,
+            "frontend": {"kind": "mamtra-text", "layout": layout.to_dict()},
+            "decoder": {"kind": "mamtra-codec", "path": "codec", "token_offset": layout.speech_offset,
+                        "voices": {n: n for n in names}, "vocoder_weights": "random",
+                        "vocoder_dtype": vocoder_dtype},
+            "voices": [{"id": n, "name": n, "language": "en", "gender": None,
+                        "description": "random weights (benchmarks only)", "prompt_ids": layout.voice_prompt(i)}
+                       for i, n in enumerate(names)]}
+    (out / "pipeline.json").write_text(json.dumps(spec, indent=1) + "\n")
+    return out
+
+
+# --- the server -----------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child before exec (Linux): SIGTERM it when the benchmark dies
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class ServerProcess:
+    """``mamtra serve`` on loopback in a subprocess; a context manager that waits for /readyz and always stops it."""
+
+    def __init__(self, model_dir: Path, *, device: str, settings: dict[str, str], log_path: Path,
+                 startup_timeout_s: float = 600.0) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               "MAMTRA_LOG_LEVEL": "warning", "MAMTRA_DRAIN_TIMEOUT_S": "2", **settings}
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
+               "--port", str(self.port), "--device", device]
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self.startup_timeout_s = startup_timeout_s
+
+    def __enter__(self) -> ServerProcess:
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with status {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"the server was not ready within {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        self._log.flush()
+        return self.log_path.read_bytes()[-n:].decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # drain (2 s), then exit
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+    def metrics(self) -> dict[str, float]:
+        import httpx
+
+        return parse_prometheus(httpx.get(self.base + "/metrics", timeout=30).text)
+
+    def voices(self) -> list[str]:
+        import httpx
+
+        return [v["id"] for v in httpx.get(self.base + "/v1/voices", timeout=30).json()["voices"]]
+
+    def wait_idle(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = self.metrics()
+            if m.get("mamtra_requests_running", 0) == 0 and m.get("mamtra_requests_waiting", 0) == 0:
+                return
+            time.sleep(0.25)
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?)\s+(\S+)")
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """``{'name{labels}': value}`` of every sample in a Prometheus text exposition."""
+    out = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and not line.startswith("#"):
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def _sum(metrics: dict[str, float], name: str) -> float:
+    """Sum over every label set of ``name`` (exact name, any labels)."""
+    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
+
+
+def server_summary(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict:
+    """Engine and audio-thread load over a level (deltas of /metrics) and the memory after it."""
+    def delta(name: str) -> float:
+        return _sum(after, name) - _sum(before, name)
+
+    def ratio(a: float, b: float) -> float | None:
+        return a / b if b > 0 else None
+
+    audio_jobs = delta("mamtra_audio_decode_seconds_count")
+    return {
+        "engine_busy": ratio(delta("mamtra_step_seconds_sum"), wall_s),
+        "decode_batch_mean": ratio(delta("mamtra_decode_batch_size_sum"), delta("mamtra_decode_batch_size_count")),
+        "audio_busy": ratio(delta("mamtra_audio_decode_seconds_sum"), wall_s),
+        "audio_ms_per_job": ratio(1e3 * delta("mamtra_audio_decode_seconds_sum"), audio_jobs),
+        "audio_wait_mean_s": ratio(delta("mamtra_audio_decode_wait_seconds_sum"),
+                                   delta("mamtra_audio_decode_wait_seconds_count")),
+        "audio_jobs": audio_jobs,
+        "speech_tokens": delta("mamtra_speech_tokens_total"),
+        "server_underruns": delta("mamtra_underruns_total"),
+        "memory": {k: after.get(f"mamtra_{k}") for k in (
+            "gpu_memory_allocated_bytes", "gpu_memory_reserved_bytes", "gpu_memory_peak_bytes",
+            "gpu_device_memory_used_bytes", "gpu_device_memory_total_bytes", "process_resident_memory_bytes",
+            "state_bytes", "state_bytes_per_stream", "state_slots_total")},
+    }
+
+
+# --- the load -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Load:
+    requests: int = 2  # per client, back to back (ignored when duration_s is set)
+    duration_s: float | None = None  # clients keep starting requests until this many seconds have passed
+    ramp_s: float = 1.0  # client i starts at i/N of this
+    timeout_s: float = 300.0  # per request
+    level_timeout_s: float | None = None  # a whole level; None: no limit beyond the per-request one
+    texts: tuple[str, ...] = TEXTS
+
+
+async def _one_request(client, url: str, body: dict, record: RequestRecord) -> None:
+    import httpx
+
+    try:
+        async with client.stream("POST", url, json=body) as response:
+            record.status = response.status_code
+            if response.status_code != 200:
+                record.error = f"HTTP {response.status_code}: {(await response.aread())[:200].decode(errors='replace')}"
+                return
+            async for data in response.aiter_raw():
+                if data:
+                    record.arrivals.append(time.perf_counter())
+                    record.sizes.append(len(data))
+        record.ended = time.perf_counter()
+    except httpx.HTTPError as e:
+        record.error = f"{type(e).__name__}: {e}"
+
+
+async def run_level(base: str, voice: str, clients: int, load: Load, *, progress=None
+                    ) -> tuple[list[RequestRecord], float]:
+    """N clients against ``base``; returns every request's record and the level's wall time."""
+    import httpx
+
+    url = base + "/v1/audio/speech"
+    records: list[RequestRecord] = []
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    timeout = httpx.Timeout(connect=30.0, read=load.timeout_s, write=30.0, pool=None)
+    t0 = time.perf_counter()
+    deadline = t0 + load.duration_s if load.duration_s else None
+
+    async def client_loop(i: int, http) -> None:
+        await asyncio.sleep(load.ramp_s * i / clients)
+        k = 0
+        while (k < load.requests) if deadline is None else (time.perf_counter() < deadline):
+            text = load.texts[(i + k) % len(load.texts)]
+            body = {"model": "tts-1", "voice": voice, "input": text, "response_format": "pcm",
+                    "stream_format": "audio"}
+            record = RequestRecord(client=i, sent=time.perf_counter())
+            records.append(record)
+            await _one_request(http, url, body, record)
+            if progress is not None:
+                progress.update(1)
+            k += 1
+            if record.rejected:
+                await asyncio.sleep(0.5)  # the server said 429: do not hammer it
+
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+        tasks = [asyncio.create_task(client_loop(i, http)) for i in range(clients)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks), load.level_timeout_s)
+        except TimeoutError:
+            for r in records:
+                if r.ended is None and r.error is None:
+                    r.error = "level timeout"
+    return records, time.perf_counter() - t0
+
+
+# --- the benchmark --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServeConfig:
+    clients: tuple[int, ...] = DEFAULT_CLIENTS
+    load: Load = Load()
+    prebuffer_s: float = 0.0
+    coalesce_s: float = 0.001
+    device: str = "auto"
+    max_streams: int | None = None  # default: the largest client count
+    max_queue: int = 64
+    max_context: int | None = None
+    vocoder_dtype: str = "fp32"  # random bundles only
+    startup_timeout_s: float = 900.0
+    seed: int = 0
+
+
+def run_model(model_dir: Path, label: str, config: ServeConfig, out: Path, *, random_preset: str | None) -> dict:
+    """One server on one bundle, every concurrency level in ascending order; returns the run's JSON."""
+    from tqdm import tqdm
+
+    settings = {"MAMTRA_MAX_STREAMS": str(config.max_streams or max(config.clients)),
+                "MAMTRA_MAX_QUEUE": str(config.max_queue), "MAMTRA_REQUEST_TIMEOUT_S": str(config.load.timeout_s)}
+    if config.max_context:
+        settings["MAMTRA_MAX_CONTEXT"] = str(config.max_context)
+    log = out / f"serve-{_slug(label)}.log"
+    t_start = time.perf_counter()
+    with ServerProcess(model_dir, device=config.device, settings=settings, log_path=log,
+                       startup_timeout_s=config.startup_timeout_s) as server:
+        startup_s = time.perf_counter() - t_start
+        voice = server.voices()[0]
+        idle = server.metrics()
+        levels = []
+        for n in sorted(config.clients):
+            server.wait_idle()
+            before = server.metrics()
+            total = None if config.load.duration_s else n * config.load.requests
+            with tqdm(total=total, desc=f"serve {label} x{n}", leave=False, file=sys.stderr) as bar:
+                records, wall = asyncio.run(run_level(server.base, voice, n, config.load, progress=bar))
+            server.wait_idle()
+            after = server.metrics()
+            level = {"clients": n, **level_summary(records, wall_s=wall, prebuffer_s=config.prebuffer_s,
+                                                   coalesce_s=config.coalesce_s),
+                     "server": server_summary(before, after, wall)}
+            levels.append(level)
+            print(format_row(label, level), flush=True)
+    return {"model": label, "random_weights": random_preset is not None, "preset": random_preset,
+            "model_dir": None if random_preset else str(model_dir), "startup_s": startup_s, "voice": voice,
+            "settings": settings, "memory_idle": server_summary(idle, idle, 1.0)["memory"], "levels": levels,
+            "max_clients_without_underruns": max_clients_without_underruns(levels)}
+
+
+def run(config: ServeConfig, out: Path, *, model_dir: str | None = None, presets: tuple[str, ...] = ()) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    if model_dir:
+        runs.append(run_model(Path(model_dir), Path(model_dir).name, config, out, random_preset=None))
+    for name in presets:
+        tmp = Path(tempfile.mkdtemp(prefix="mamtra-bench-bundle-"))
+        try:
+            t0 = time.perf_counter()
+            random_bundle(tmp, name, seed=config.seed, vocoder_dtype=config.vocoder_dtype)
+            print(f"random bundle {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+            runs.append(run_model(tmp, name, config, out, random_preset=name))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"runs": runs, "method": {
+        "clients": list(config.clients), "requests_per_client": None if config.load.duration_s else config.load.requests,
+        "duration_s": config.load.duration_s, "ramp_s": config.load.ramp_s, "prebuffer_s": config.prebuffer_s,
+        "coalesce_s": config.coalesce_s, "texts": list(config.load.texts), "format": "pcm s16le 24 kHz mono",
+        "endpoint": "POST /v1/audio/speech stream_format=audio",
+        "random_weights_note": "random weights: speed and memory do not depend on them; EOS removed from the head "
+                               f"and the length guard at {NATURAL_SECONDS_PER_CHAR} s per character"}}
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+# --- the table ------------------------------------------------------------------------------------------------
+
+HEADER = (f"{'model':<18} {'N':>4} {'ok/429/fail':>12} {'TTFA p50/p95/p99 ms':>21} {'gap p50/p95/p99/max ms':>24} "
+          f"{'underruns':>14} {'xRT/stream p50/p5':>18} {'xRT agg':>8} {'engine':>6} {'audio':>6} {'VRAM GiB':>8}")
+
+
+def _ms(stats: dict, keys) -> str:
+    return "/".join("-" if stats.get(k) is None else f"{1e3 * stats[k]:.0f}" for k in keys)
+
+
+def format_row(label: str, level: dict) -> str:
+    req, srv = level["requests"], level["server"]
+    rt = level["x_realtime_per_stream"]
+    under = level["underruns"]
+    peak = srv["memory"].get("gpu_memory_peak_bytes") or None  # 0 on a CPU server
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    return (f"{label:<18} {level['clients']:>4} {req['completed']:>5}/{req['rejected_429']}/{req['failed']:<4} "
+            f"{_ms(level['ttfa_s'], ('p50', 'p95', 'p99')):>21} {_ms(level['gap_s'], ('p50', 'p95', 'p99', 'max')):>24} "
+            f"{under['events']:>5} ({under['stall_s']:6.1f}s) {num(rt['p50'], '.2f'):>8}/{num(rt['p5'], '.2f'):<9} "
+            f"{num(level['x_realtime_aggregate'], '.1f'):>8} {num(srv['engine_busy'], '.2f'):>6} "
+            f"{num(srv['audio_busy'], '.2f'):>6} {num(peak and peak / 2**30, '.2f'):>8}")
+
+
+def format_table(result: dict) -> str:
+    lines = [HEADER]
+    for r in result["runs"]:
+        lines += [format_row(r["model"], lv) for lv in r["levels"]]
+        lines.append(f"{r['model']}: largest concurrency with every request complete and no underrun: "
+                     f"{r['max_clients_without_underruns']}")
+    return "\n".join(lines)

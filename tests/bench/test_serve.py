@@ -1,0 +1,135 @@
+"""``mamtra bench serve``: the statistics on synthetic arrivals (percentiles, the player's underruns, real-time
+factors, the capacity verdict), the /metrics deltas, and the whole benchmark end to end on CPU (``--quick``: a real
+server subprocess on a random mini bundle, real HTTP streaming)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.serve import parse_prometheus, server_summary
+from bench.serve_stats import (BYTES_PER_SECOND, RequestRecord, coalesce, gaps, level_passes, level_summary,
+                               max_clients_without_underruns, percentiles, player_underruns)
+
+HALF = BYTES_PER_SECOND // 2  # bytes of 0.5 s of audio
+
+
+def test_percentiles_interpolate_and_handle_empty():
+    p = percentiles(list(range(1, 101)))
+    assert p == pytest.approx({"p50": 50.5, "p95": 95.05, "p99": 99.01, "max": 100.0, "n": 100})
+    assert percentiles([]) == {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+    assert percentiles([0.2], (50,)) == {"p50": 0.2, "max": 0.2, "n": 1}
+
+
+def test_player_on_time_never_underruns():
+    assert player_underruns([0.0, 0.5, 1.0, 1.5], [0.5] * 4) == (0, 0.0)
+    assert player_underruns([0.0, 0.1, 0.2, 1.5], [0.5] * 4) == (0, 0.0)  # ahead, then exactly on time
+    assert player_underruns([0.0, 0.1, 0.2, 1.6], [0.5] * 4)[0] == 1
+
+
+def test_player_counts_each_stall_and_its_length():
+    events, stall = player_underruns([0.0, 0.5, 1.6, 1.7], [0.5] * 4)
+    assert events == 1 and stall == pytest.approx(0.6)
+    # two late chunks; after a stall the clock restarts from the late chunk's arrival
+    events, stall = player_underruns([0.0, 0.8, 1.0, 2.0], [0.5] * 4)
+    assert events == 2 and stall == pytest.approx(0.3 + 0.2)
+
+
+def test_prebuffer_delays_the_start_and_absorbs_jitter():
+    arrivals = [0.0, 0.5, 1.6, 1.7]
+    events, stall = player_underruns(arrivals, [0.5] * 4, prebuffer_s=1.0)  # starts at 0.5 with 1 s: dry at 1.5
+    assert events == 1 and stall == pytest.approx(0.1)
+    assert player_underruns(arrivals, [0.5] * 4, prebuffer_s=1.5) == (0, 0.0)
+    assert player_underruns([0.0, 5.0], [0.5, 0.5], prebuffer_s=3.0) == (0, 0.0)  # shorter than the pre-buffer
+
+
+def test_coalesce_merges_split_reads_before_gaps():
+    times, sizes = coalesce([0.0, 0.0004, 0.5, 0.5009, 1.2], [100, 50, 10, 10, 7], 0.001)
+    assert times == [0.0, 0.5, 1.2] and sizes == [150, 20, 7]
+    assert gaps(times) == pytest.approx([0.5, 0.7])
+
+
+def _record(client, sent, arrivals, *, status=200, ended=None, error=None, size=HALF):
+    return RequestRecord(client=client, sent=sent, status=status, arrivals=list(arrivals),
+                         sizes=[size] * len(arrivals), ended=ended, error=error)
+
+
+def test_level_summary_counts_outcomes_latency_gaps_underruns_and_real_time():
+    records = [
+        _record(0, 0.0, [0.2, 0.7, 1.2], ended=1.3),  # on time: 1.5 s of audio in 1.3 s
+        _record(1, 0.0, [0.4, 0.9, 2.4], ended=2.5),  # one 1.0 s stall (dry at 1.4, next at 2.4)
+        _record(2, 0.1, [], status=429),
+        _record(3, 0.1, [0.3], error="RemoteProtocolError: cut", ended=None),  # audio, then broken
+    ]
+    s = level_summary(records, wall_s=2.5)
+    assert s["requests"] == {"sent": 4, "completed": 2, "rejected_429": 1, "failed": 1,
+                             "statuses": {"200": 3, "429": 1}, "errors": ["RemoteProtocolError: cut"]}
+    assert s["ttfa_s"]["n"] == 3 and s["ttfa_s"]["p50"] == pytest.approx(0.2) and s["ttfa_s"]["max"] == 0.4
+    assert s["gap_s"]["n"] == 4 and s["gap_s"]["max"] == pytest.approx(1.5)  # completed requests' gaps only
+    assert s["underruns"]["events"] == 1 and s["underruns"]["stall_s"] == pytest.approx(1.0)
+    assert s["underruns"]["requests_with_underruns"] == 1
+    assert s["audio_s"] == pytest.approx(3.0)  # completed requests only
+    assert s["x_realtime_per_stream"]["min"] == pytest.approx(1.5 / 2.5)
+    assert s["x_realtime_per_stream"]["p50"] == pytest.approx((1.5 / 1.3 + 1.5 / 2.5) / 2)
+    assert s["x_realtime_aggregate"] == pytest.approx(3.0 / 2.5)
+
+
+def test_capacity_is_the_top_of_the_passing_prefix():
+    def level(n, *, underruns=0, failed=0):
+        return {"clients": n, "underruns": {"events": underruns},
+                "requests": {"sent": 4, "completed": 4 - failed}}
+
+    levels = [level(1), level(8), level(32, underruns=2), level(64), level(16)]
+    assert level_passes(level(64)) and not level_passes(level(2, failed=1))
+    assert max_clients_without_underruns(levels) == 16  # 64 passes by luck above a failing 32: not capacity
+    assert max_clients_without_underruns([level(1, underruns=1)]) is None
+    assert max_clients_without_underruns([level(1), level(4, failed=1)]) == 1
+
+
+def test_server_summary_from_prometheus_text():
+    from service.metrics import Metrics
+
+    m = Metrics()
+    before = parse_prometheus(m.render().decode())
+    m.step_seconds.labels(kind="decode").observe(0.5)
+    m.step_seconds.labels(kind="prefill").observe(0.25)
+    m.decode_batch_size.observe(4)
+    m.decode_batch_size.observe(8)
+    m.audio_decode_seconds.observe(1.0)
+    m.audio_decode_wait.observe(0.2)
+    m.state_bytes.set(1234)
+    after = parse_prometheus(m.render().decode())
+    s = server_summary(before, after, wall_s=2.0)
+    assert s["engine_busy"] == pytest.approx(0.375) and s["decode_batch_mean"] == pytest.approx(6.0)
+    assert s["audio_busy"] == pytest.approx(0.5) and s["audio_ms_per_job"] == pytest.approx(1000.0)
+    assert s["audio_wait_mean_s"] == pytest.approx(0.2) and s["memory"]["state_bytes"] == 1234
+
+
+def test_bench_serve_quick_end_to_end(tmp_path, capsys):
+    """The real server in a subprocess on a random mini bundle (random HiFi-GAN too), 1 and 4 clients over HTTP."""
+    from service.cli import main
+
+    assert main(["bench", "serve", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "largest concurrency" in out
+    result = json.loads((tmp_path / "serve.json").read_text())
+    assert result["environment"]["device"] == "cpu" and result["command"] == "mamtra bench serve --quick"
+    (run,) = result["runs"]
+    assert run["random_weights"] and "max_clients_without_underruns" in run
+    assert [lv["clients"] for lv in run["levels"]] == [1, 4]
+    for lv in run["levels"]:
+        assert lv["requests"]["sent"] == lv["clients"] == lv["requests"]["completed"]
+        assert lv["requests"]["rejected_429"] == lv["requests"]["failed"] == 0
+        for key in ("p50", "p95", "p99"):
+            assert 0 < lv["ttfa_s"][key] < 60
+        assert set(lv["gap_s"]) >= {"p50", "p95", "p99", "max"} and lv["gap_s"]["n"] >= lv["clients"]
+        assert set(lv["underruns"]) >= {"events", "stall_s", "requests_with_underruns", "prebuffer_s"}
+        assert lv["x_realtime_per_stream"]["p50"] > 0 and lv["x_realtime_aggregate"] > 0
+        # random weights end sentences at the natural-rate guard: 26-34 characters -> 1.8-2.4 s each
+        assert 1.7 < lv["audio_s_per_request"]["p50"] and lv["audio_s_per_request"]["max"] < 2.5
+        srv = lv["server"]
+        assert srv["audio_busy"] > 0 and srv["audio_jobs"] >= 2 * lv["clients"] and srv["engine_busy"] > 0
+        assert srv["memory"]["state_bytes"] > 0 and "gpu_memory_peak_bytes" in srv["memory"]
+    assert (tmp_path / "serve.png").stat().st_size > 0
+    assert (tmp_path / "serve-mini-1_3.log").exists() or (tmp_path / "serve-small-1_3.log").exists()
