@@ -34,7 +34,7 @@ import numpy as np
 from model.data.manifest import SPLITS, Utterance, audio_path, read_manifest
 from model.eval.audio import read_mono, resample, write_wav
 from model.eval.speaker import cosine, reference_embedding
-from model.eval.systems import EvalError, SystemSpec, open_runner
+from model.eval.systems import EvalError, SystemSpec, open_runner, system_voices, voice_for
 from model.eval.wer import WordErrors, compact, text_errors
 
 RESULTS_FORMAT = "mamtra-eval"
@@ -172,10 +172,10 @@ class _Scorer:
 
 
 def _source_seconds(config: EvalConfig, utt: Utterance) -> float:
-    if utt.duration > 0:
-        return utt.duration
-    audio, sr = read_mono(audio_path(config.manifest, utt))
-    return len(audio) / sr
+    """The file's own length (the manifest's ``duration`` is rounded), read from its header."""
+    import soundfile as sf
+
+    return float(sf.info(str(audio_path(config.manifest, utt))).duration)
 
 
 def run_eval(config: EvalConfig, specs: Sequence[SystemSpec], *, argv: Sequence[str] | None = None) -> dict:
@@ -192,6 +192,12 @@ def run_eval(config: EvalConfig, specs: Sequence[SystemSpec], *, argv: Sequence[
         torch.set_num_threads(config.threads)
     selection = select(config)
     utterances = [u for us in selection.evaluated.values() for u in us]
+    for spec in specs:  # before loading anything: every system must have a voice for every utterance
+        voices = system_voices(spec)
+        missing = sorted({u.voice for u in utterances if voice_for(voices, u) is None})
+        if missing:
+            raise EvalError(f"--system {spec.name}: it has no voice for {', '.join(missing)} (neither the manifest "
+                            f"voice nor its speaker); its voices: {', '.join(voices or [])}")
     scorer = _Scorer(config, selection)
     started = datetime.now(timezone.utc)
     results: dict = {
@@ -207,11 +213,6 @@ def run_eval(config: EvalConfig, specs: Sequence[SystemSpec], *, argv: Sequence[
         t_system = time.perf_counter()
         runner = open_runner(spec, config.manifest, seed=config.seed, device=config.device)
         try:
-            missing = sorted({u.voice for u in utterances if runner.voice_for(u) is None})
-            if missing:
-                raise EvalError(f"--system {spec.name}: it has no voice for {', '.join(missing)} (neither the "
-                                f"manifest voice nor its speaker); its voices: "
-                                f"{', '.join(runner.describe().get('bundle_voices', []))}")
             rows = []
             for utt in tqdm(utterances, desc=spec.name, unit="utt", disable=not config.progress):
                 rows.append(_score(config, scorer, spec, runner, utt))

@@ -191,8 +191,7 @@ class EngineRunner:
         self._synthesise(self.WARMUP_TEXT, first, seed=0)  # lazy first-use costs (G2P library) out of the timing
 
     def voice_for(self, utt: Utterance) -> str | None:
-        voices = self.pipeline.voices
-        return utt.voice if utt.voice in voices else utt.speaker if utt.speaker in voices else None
+        return voice_for(list(self.pipeline.voices), utt)
 
     def _synthesise(self, text: str, voice: str, *, seed: int) -> tuple[np.ndarray, float, bool, str | None]:
         from service.engine.types import EngineError, StreamFailed
@@ -236,6 +235,35 @@ class EngineRunner:
                 "tokens_per_second": self.pipeline.tokens_per_second,
                 "cap_seconds_per_char": self.pipeline.max_seconds_per_char,
                 "cap_min_seconds": self.pipeline.min_cap_seconds}
+
+
+def system_voices(spec: SystemSpec) -> list[str] | None:
+    """The voice ids a TTS system speaks, read from its files without loading a model (to reject a voice it lacks
+    before any work); None for systems that take any voice (source, resynthesis)."""
+    import json
+
+    from service.engine.bundle import BundleError
+
+    if spec.kind == "bundle":
+        path = Path(spec.paths[0]) / "pipeline.json"
+        if not path.is_file():
+            raise BundleError(f"{spec.paths[0]} is not a model bundle (no pipeline.json)")
+        return [v["id"] for v in json.loads(path.read_text())["voices"]]
+    if spec.kind == "lm":
+        from model.checkpoint import read_config
+
+        speakers = read_config(spec.paths[0])[1].get("speakers")
+        if not speakers:
+            raise BundleError(f"{spec.paths[0]}: checkpoint meta lacks 'speakers' (train it with mamtra train/distill)")
+        return list(speakers)
+    return None
+
+
+def voice_for(voices: list[str] | None, utt: Utterance) -> str | None:
+    """The system voice that speaks ``utt``: its manifest voice if the system has it, else its speaker."""
+    if voices is None:
+        return utt.voice
+    return utt.voice if utt.voice in voices else utt.speaker if utt.speaker in voices else None
 
 
 def open_runner(spec: SystemSpec, manifest: Path, *, seed: int, device: str):
