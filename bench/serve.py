@@ -356,7 +356,7 @@ def run_model(model_dir: Path, label: str, config: ServeConfig, out: Path, *, ra
             server.wait_idle()
             before = server.metrics()
             total = None if config.load.duration_s else n * config.load.requests
-            with tqdm(total=total, desc=f"serve {label} x{n}", leave=False, file=sys.stderr) as bar:
+            with tqdm(total=total, desc=f"serve {label} x{n}", leave=False, file=sys.stderr, disable=None) as bar:
                 records, wall = asyncio.run(run_level(server.base, voice, n, config.load, progress=bar))
             server.wait_idle()
             after = server.metrics()
