@@ -119,6 +119,7 @@ def aggregate(rows: Sequence[dict], *, synthesises: bool, resynth: bool) -> dict
         "overlong": sum(bool(r["overlong"]) for r in rows),
         "eos_failures": sum(bool(r["capped"]) or bool(r["overlong"]) for r in rows),
         "errors": sum(r["error"] is not None for r in rows),
+        "asr_seconds": sum(r.get("asr_s") or 0.0 for r in rows),
         "pesq": None, "stoi": None, "rtf": None,
     }
     if resynth:
@@ -242,7 +243,9 @@ def _score(config: EvalConfig, scorer: _Scorer, spec: SystemSpec, runner, utt: U
     src_seconds = _source_seconds(config, utt)
     if config.keep_audio is not None:
         write_wav(Path(config.keep_audio) / spec.name / utt.voice / f"{utt.id}.wav", out.audio, out.sample_rate)
+    t0 = time.perf_counter()
     hyp = compact(scorer.asr(resample(out.audio, out.sample_rate)))
+    asr_s = time.perf_counter() - t0
     errors = text_errors(utt.text, hyp)
     reference, reference_ids = scorer.reference(utt)
     embedding = (scorer.source_embedding(utt) if spec.kind == "source"
@@ -257,7 +260,7 @@ def _score(config: EvalConfig, scorer: _Scorer, spec: SystemSpec, runner, utt: U
         "duration_ratio": out_seconds / src_seconds if src_seconds > 0 else None,
         "capped": out.capped, "overlong": out_seconds > OVERLONG_RATIO * src_seconds,
         "wall_s": out.wall_s, "rtf": out.wall_s / out_seconds if out.wall_s is not None and out_seconds else None,
-        "pesq": None, "stoi": None, "error": out.error,
+        "pesq": None, "stoi": None, "error": out.error, "asr_s": asr_s,
     }
     if spec.kind == "resynth":
         source, sr = read_mono(audio_path(config.manifest, utt))

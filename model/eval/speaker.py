@@ -48,7 +48,16 @@ class SpeakerEncoder:
             from resemblyzer.hparams import audio_norm_target_dBFS
 
             trimmed = normalize_volume(wav, audio_norm_target_dBFS, increase_only=True)
-        return self.encoder.embed_utterance(trimmed.astype(np.float32)).astype(np.float32)
+        import torch
+
+        # One thread: the LSTM runs ~500 tiny steps, each an OpenMP region; on a shared 2-core machine a second
+        # thread that is descheduled stalls every step (seconds per utterance instead of ~0.1 s).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self.encoder.embed_utterance(trimmed.astype(np.float32)).astype(np.float32)
+        finally:
+            torch.set_num_threads(threads)
 
     @staticmethod
     def describe() -> dict:

@@ -223,6 +223,7 @@ class EngineRunner:
     def close(self) -> None:
         try:
             self._loop.run_until_complete(self.engine.stop())
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
         finally:
             self._loop.close()
             if self._tmp is not None:
