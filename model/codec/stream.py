@@ -64,7 +64,7 @@ class FrameInterpStream:
         out = self.buf[..., lo_i] * (1 - w) + self.buf[..., hi_i] * w
         self.j = n_end
         keep_from = min(math.floor(self.j * self.step), have - 1) if have > 0 else 0
-        self.buf = self.buf[..., keep_from - self.base:]
+        self.buf = self.buf[..., keep_from - self.base:].clone()  # not a view of everything received
         self.base = keep_from
         return out
 

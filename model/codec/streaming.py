@@ -5,7 +5,8 @@ next input frames ``(B, C, n)`` and returns every output frame that is now fully
 the end of the input and returns the rest. Zero padding is applied where the offline op applies it (before the first
 and after the last frame of the stream), so the concatenated outputs equal the offline op on the whole input up to
 float rounding — no overlap, recomputation or crossfade is needed. The cost of a stream is the offline cost plus
-the few frames each conv keeps from its previous call.
+the few frames each conv keeps from its previous call. What is kept is copied out of the call's tensors: a view
+would keep the whole chunk's activations of every layer alive between calls (~225 MB per HiFi-GAN stream).
 
 The price is latency: an op that looks ``right`` frames ahead holds back its last ``right`` outputs until they
 arrive (for HiFi-GAN V1 the chain adds up to ~12 mel frames, 0.14 s, released at once by ``final``). Branches with
@@ -39,7 +40,7 @@ class StreamConv1d:
         if n_out <= 0:
             self.buf = x
             return x.new_zeros(x.shape[0], self.weight.shape[0], 0)
-        self.buf = x[..., n_out:]
+        self.buf = x[..., n_out:].clone()  # a copy: a view would keep this call's whole input alive
         return F.conv1d(x, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
 
 
@@ -66,7 +67,7 @@ class StreamConvTranspose1d:
         buf = x if self.kept is None else torch.cat([self.kept, x], dim=-1)
         a = self.n_in - (0 if self.kept is None else self.kept.shape[-1])  # absolute index of buf[..., 0]
         self.n_in += x.shape[-1]
-        self.kept = buf[..., max(0, buf.shape[-1] - self.keep):]
+        self.kept = buf[..., max(0, buf.shape[-1] - self.keep):].clone()  # not a view of this call's input
         limit = (self.n_in - 1) * s + k - self.padding if final else self.n_in * s
         lo = max(self.q_done, self.padding)
         if buf.shape[-1] == 0 or limit <= lo:
@@ -87,7 +88,7 @@ class AlignedSum:
     def step(self, parts: list[torch.Tensor]) -> torch.Tensor:
         parts = [p if q is None else torch.cat([q, p], dim=-1) for p, q in zip(parts, self.pending)]
         m = min(p.shape[-1] for p in parts)
-        self.pending = [p[..., m:] for p in parts]
+        self.pending = [p[..., m:].clone() for p in parts]  # not views: they would keep whole branch outputs alive
         out = parts[0][..., :m]
         for p in parts[1:]:
             out = out + p[..., :m]

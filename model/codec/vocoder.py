@@ -236,7 +236,7 @@ class ResamplerStream:
         if blocks > 0:
             y = F.conv1d(x[None, None, : (blocks - 1) * self.orig + k], self.kernel, stride=self.orig)
             y = y[0].T.reshape(-1)  # (blocks·new,) interleaved phases
-            x = x[blocks * self.orig:]
+            x = x[blocks * self.orig:].clone()  # kept: not a view of the whole block
         else:
             y = x.new_zeros(0)
         self.buf = x

@@ -153,3 +153,28 @@ def test_random_generator_has_the_pretrained_architecture_and_needs_no_weight_fi
         sys.modules.update(saved)
         vocoder_module._models_module.cache_clear()
         importlib.invalidate_caches()
+
+
+def _state_bytes(obj, seen=None) -> int:
+    """Bytes of the tensor storages a stream object holds between calls (weights excluded)."""
+    seen = {} if seen is None else seen
+    if isinstance(obj, torch.nn.Parameter) or isinstance(obj, torch.nn.Module):
+        return 0
+    if isinstance(obj, torch.Tensor):
+        seen[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            _state_bytes(x, seen)
+    elif hasattr(obj, "__dict__"):
+        for x in vars(obj).values():
+            _state_bytes(x, seen)
+    return sum(seen.values())
+
+
+def test_a_stream_keeps_only_its_look_back_between_calls(vocoder, speechlike_mel):
+    """Kept frames are copies: views would pin every layer's activations of the last chunk (~225 MB per stream at
+    16-token chunks; 256 streams would not fit a GPU)."""
+    stream = vocoder.stream()
+    for i in range(0, 165, 55):
+        stream.push(speechlike_mel[:, i:i + 55])
+    assert _state_bytes(stream) < 1_000_000
