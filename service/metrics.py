@@ -60,8 +60,11 @@ class Metrics:
                                       buckets=STEP_BUCKETS, registry=r)
         # The token -> audio stage (its own thread): its busy fraction is rate(..._sum); a backlog shows as wait.
         self.audio_decode_seconds = Histogram(
-            "mamtra_audio_decode_seconds", "Wall time of one token -> audio decode job (one or more chunks)",
+            "mamtra_audio_decode_seconds", "Wall time of one token -> audio decode batch",
             buckets=STEP_BUCKETS, registry=r)
+        self.audio_decode_batch_size = Histogram(
+            "mamtra_audio_decode_batch_size", "Chunks (of distinct requests) decoded together", buckets=BATCH_BUCKETS,
+            registry=r)
         self.audio_decode_wait = Histogram(
             "mamtra_audio_decode_wait_seconds", "Time a chunk's tokens waited for the audio thread",
             buckets=STEP_BUCKETS, registry=r)

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
                                                           "audio; the codec holds ~6 tokens of look-ahead back)")
     chunk_tokens: int = Field(16, ge=1, description="Speech tokens in later audio chunks")
     client_queue_chunks: int = Field(8, ge=1, description="Audio chunks buffered per request before back-pressure")
+    audio_max_batch: int = Field(64, ge=1, description="Audio chunks of different requests decoded together (1: one at "
+                                 "a time)")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM: time for in-flight streams to finish")
     stall_timeout_s: float = Field(10.0, gt=0, description="/readyz turns 503 if the engine loop has not ticked for "
                                                            "this long while it has work")

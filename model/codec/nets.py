@@ -52,6 +52,8 @@ class ConvNeXtBlock(nn.Module):
 
 
 class _BlockStream:
+    CHILDREN = ("conv", "add")
+
     def __init__(self, block: ConvNeXtBlock):
         self.block = block
         self.conv = StreamConv1d(block.dwconv.weight, block.dwconv.bias, left=block.left, right=block.right,
@@ -137,7 +139,11 @@ class TokenDecoder(nn.Module):
 
 
 class DecoderNetStream:
-    """Streaming twin of ``TokenDecoder.forward`` for one stream: codes ``(1, d, n)`` in, grid mel out."""
+    """Streaming twin of ``TokenDecoder.forward`` for one stream: codes ``(1, d, n)`` in, grid mel out (streams of one
+    signature can run batched: ``model.codec.streaming.run_batched``)."""
+
+    STATE = ("voice",)
+    CHILDREN = ("blocks", "grid_blocks")
 
     def __init__(self, decoder: TokenDecoder, voice: int):
         self.decoder = decoder

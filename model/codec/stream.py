@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from model.codec.codec import SpeechCodec, load_codec
+from model.codec.streaming import StreamState, run_batched
 from model.codec.vocoder import ResamplerStream, Vocoder, VocoderStream, resample_to_output
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
@@ -37,6 +38,9 @@ MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
 class FrameInterpStream:
     """Streaming twin of ``interp_frames(x, step)`` (linear interpolation at positions j·step)."""
+
+    STATE = ("buf",)
+    COUNTERS = ("base", "j")
 
     def __init__(self, step: float):
         self.step = step
@@ -88,12 +92,12 @@ class CodecDecoderStream:
         self.interp = FrameInterpStream(o.codec.config.grid_per_mel * self.speed)
         self.vocoder: VocoderStream = o.vocoder.stream()
         self.resampler = ResamplerStream(device=o.vocoder.device)
+        self.states = tuple(StreamState(stage) for stage in (self.net, self.interp, self.vocoder, self.resampler))
 
     @torch.inference_mode()
     def push(self, tokens: Sequence[int], *, flush: bool) -> np.ndarray:
         codec = self.owner.codec
-        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64).reshape(-1)) - self.owner.token_offset
-        ids = ids.clamp(0, codec.fsq.codebook_size - 1)[None].to(self.owner.device)  # (1, n)
+        ids = self.owner.token_ids([tokens])  # (1, n)
         grid = self.net.step(codec.fsq.indices_to_codes(ids), flush)
         mel = self.interp.step_frames(grid, flush)
         audio = self.vocoder.push(mel, flush)[0]
@@ -126,6 +130,60 @@ class CodecSpeechDecoder:
         else:
             vocoder = Vocoder.load(vocoder_weights, device=device, dtype=vocoder_dtype)
         return cls(codec, vocoder, token_offset=token_offset, voice_names=voice_names)
+
+    def token_ids(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
+        """LM token ids of equal-length pushes → ``(B, n)`` codebook indices on the device (clamped, never a
+        crash)."""
+        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64).reshape(len(tokens), -1)) - self.token_offset
+        return ids.clamp(0, self.codec.fsq.codebook_size - 1).to(self.device)
+
+    @torch.inference_mode()
+    def push_many(self, streams: Sequence[CodecDecoderStream], tokens: Sequence[Sequence[int]],
+                  flush: Sequence[bool]) -> list[np.ndarray]:
+        """``[s.push(t, flush=f) for s, t, f in zip(streams, tokens, flush)]`` for distinct streams, in fewer and
+        larger steps: the token decoder and the vocoder run once per group of streams whose states have the same
+        signature (``model.codec.streaming.StreamState``), so each stream's output is what it would be alone up to
+        the float rounding of a batched conv; the frame interpolation and the resampler run per stream (their
+        phases differ). One device → host copy for all. If anything fails, every stream is left as it was."""
+        if len({id(s) for s in streams}) != len(streams):
+            raise ValueError("a stream may appear once per push_many (its pushes depend on each other)")
+        snapshots = [[st.snapshot() for st in s.states] for s in streams]
+        try:
+            grids = self._run_groups([s.states[0] for s in streams], flush, [len(t) for t in tokens],
+                                     lambda idx: self.codec.fsq.indices_to_codes(self.token_ids([tokens[i] for i in idx])),
+                                     lambda net, x, final: net.step(x, final))
+            mels = [s.interp.step_frames(g, f) for s, g, f in zip(streams, grids, flush)]
+            audio = self._run_groups([s.states[2] for s in streams], flush, [m.shape[-1] for m in mels],
+                                     lambda idx: torch.cat([mels[i] for i in idx]),
+                                     lambda vocoder, x, final: vocoder.push(x, final))
+            pcm = [s.resampler.push(a[0], f) for s, a, f in zip(streams, audio, flush)]
+        except BaseException:
+            for s, snap in zip(streams, snapshots):
+                for st, one in zip(s.states, snap):
+                    st.restore(one)
+            raise
+        flat = torch.cat(pcm).float().cpu().numpy() if pcm else np.zeros(0, np.float32)
+        out = np.split(flat, np.cumsum([p.shape[-1] for p in pcm])[:-1]) if pcm else []
+        for s, f in zip(streams, flush):
+            if f:
+                s._reset()
+        return out
+
+    @staticmethod
+    def _run_groups(states, flush, lengths, inputs, step) -> list[torch.Tensor]:
+        """Group streams by (state signature, input length, flush), run ``step`` once per group on the stacked
+        ``inputs(indices)``; → each stream's ``(1, ...)`` output row."""
+        groups: dict[tuple, list[int]] = {}
+        for i, st in enumerate(states):
+            groups.setdefault(st.signature((lengths[i], flush[i])), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(states)
+        for idx in groups.values():
+            x = inputs(idx)
+            final = flush[idx[0]]
+            y = run_batched([states[i] for i in idx], lambda root: step(root, x, final))
+            for r, i in enumerate(idx):
+                out[i] = y[r:r + 1]
+        return out
 
     def voice_index(self, voice_id: str | None) -> int:
         if voice_id is None:

@@ -11,9 +11,21 @@ would keep the whole chunk's activations of every layer alive between calls (~22
 The price is latency: an op that looks ``right`` frames ahead holds back its last ``right`` outputs until they
 arrive (for HiFi-GAN V1 the chain adds up to ~12 mel frames, 0.14 s, released at once by ``final``). Branches with
 different look-ahead (residual connections, HiFi-GAN's parallel resblocks) are re-aligned by ``AlignedSum``.
+
+Batching streams (``StreamState``): every streaming class names its per-stream tensors (``STATE``, leading batch
+dimension, replaced and never modified in place), the Python numbers its computation reads (``COUNTERS``), the
+bookkeeping numbers it only adds to (``TALLIES``) and its nested streaming objects (``CHILDREN``). Streams of the
+same model whose states have the same *signature* (tensor shapes and counters) compute exactly the same ops on
+their own rows, so they can run as one batch: ``StreamState`` stacks their state tensors along the batch
+dimension into one of them, runs the ordinary ``step``/``push`` on the stacked input, and hands each stream its
+row back. Only offsets relative to the kept frames are counters (``StreamConvTranspose1d.skip``), never absolute
+positions, so streams at different points of their utterances share a signature once their look-back is full.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +33,8 @@ import torch.nn.functional as F
 
 class StreamConv1d:
     """``F.conv1d(F.pad(x, (left, right)), weight, bias, dilation=dilation, groups=groups)`` streamed."""
+
+    STATE = ("buf",)
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, left: int, right: int,
                  dilation: int = 1, groups: int = 1):
@@ -47,10 +61,15 @@ class StreamConv1d:
 class StreamConvTranspose1d:
     """``F.conv_transpose1d(x, weight, bias, stride=stride, padding=padding)`` streamed, for kernel = k·stride.
 
-    In uncropped output coordinates q, input frame i writes q ∈ [i·s, i·s + k). After m inputs every q < m·s is
-    complete, so each call keeps the last k/s − 1 inputs and emits s outputs per new input; the first ``padding``
-    and (at the end) the last ``padding`` positions are cropped as the offline op crops them.
+    Input frame i writes uncropped output positions [i·s, i·s + k). Each call runs the transposed conv on the kept
+    inputs (the last k/s − 1) followed by the new ones; with L frames in that buffer, every position below L·s
+    (relative to the buffer's first frame) is complete, and at the end everything up to (L − 1)·s + k − padding.
+    ``skip`` counts the positions at the start of the next call's output that were already emitted or cropped
+    (``padding`` at first, the offline op's crop): relative to the kept frames, so it settles at (k/s − 1)·s.
     """
+
+    STATE = ("kept",)
+    COUNTERS = ("skip",)
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, stride: int, padding: int):
         k = weight.shape[-1]
@@ -59,28 +78,27 @@ class StreamConvTranspose1d:
         self.weight, self.bias, self.stride, self.padding = weight, bias, stride, padding
         self.keep = k // stride - 1
         self.kept: torch.Tensor | None = None
-        self.n_in = 0  # inputs received
-        self.q_done = 0  # uncropped output positions already emitted (or cropped)
+        self.skip = padding
 
     def step(self, x: torch.Tensor, final: bool = False) -> torch.Tensor:
         s, k = self.stride, self.weight.shape[-1]
         buf = x if self.kept is None else torch.cat([self.kept, x], dim=-1)
-        a = self.n_in - (0 if self.kept is None else self.kept.shape[-1])  # absolute index of buf[..., 0]
-        self.n_in += x.shape[-1]
-        self.kept = buf[..., max(0, buf.shape[-1] - self.keep):].clone()  # not a view of this call's input
-        limit = (self.n_in - 1) * s + k - self.padding if final else self.n_in * s
-        lo = max(self.q_done, self.padding)
-        if buf.shape[-1] == 0 or limit <= lo:
-            self.q_done = max(self.q_done, limit)
-            return x.new_zeros(x.shape[0], self.weight.shape[1], 0)
-        y = F.conv_transpose1d(buf, self.weight, self.bias, stride=s)  # q from a·s
-        out = y[..., lo - a * s: limit - a * s]
-        self.q_done = limit
+        n = buf.shape[-1]
+        limit = (n - 1) * s + k - self.padding if final else n * s
+        kept = buf[..., max(0, n - self.keep):].clone()  # not a view of this call's input
+        if n == 0 or limit <= self.skip:
+            out = x.new_zeros(x.shape[0], self.weight.shape[1], 0)
+        else:
+            out = F.conv_transpose1d(buf, self.weight, self.bias, stride=s)[..., self.skip:limit]
+        self.skip = max(self.skip, limit) - (n - kept.shape[-1]) * s
+        self.kept = kept
         return out
 
 
 class AlignedSum:
     """Sum of branches whose outputs arrive with different delays: emits only the frames every branch has."""
+
+    STATE = ("pending",)
 
     def __init__(self, n: int):
         self.pending: list[torch.Tensor | None] = [None] * n
@@ -93,3 +111,107 @@ class AlignedSum:
         for p in parts[1:]:
             out = out + p[..., :m]
         return out
+
+
+# --- batching streams -----------------------------------------------------------------------------------------
+
+Cell = tuple[Any, str]  # (object, attribute name)
+
+
+def _cells(obj: Any, state: list[Cell], counters: list[Cell], tallies: list[Cell]) -> None:
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            _cells(item, state, counters, tallies)
+        return
+    cls = type(obj)
+    state += [(obj, name) for name in getattr(cls, "STATE", ())]
+    counters += [(obj, name) for name in getattr(cls, "COUNTERS", ())]
+    tallies += [(obj, name) for name in getattr(cls, "TALLIES", ())]
+    for name in getattr(cls, "CHILDREN", ()):
+        _cells(getattr(obj, name), state, counters, tallies)
+
+
+class StreamState:
+    """The per-stream state of one streaming object tree (e.g. a ``VocoderStream``), found once from the classes'
+    declarations: read it, compare it, stack several trees' states into one and split them back."""
+
+    def __init__(self, root: Any):
+        self.root = root
+        self.state: list[Cell] = []
+        self.counters: list[Cell] = []
+        self.tallies: list[Cell] = []
+        _cells(root, self.state, self.counters, self.tallies)
+
+    def values(self) -> list[Any]:
+        return [getattr(o, n) for o, n in self.state]
+
+    def signature(self, extra: Any = None) -> tuple:
+        """Equal signatures (and equal ``extra``, e.g. the input's shape) = the same ops on every row."""
+        shapes = tuple(_shape(getattr(o, n)) for o, n in self.state)
+        return shapes, tuple(getattr(o, n) for o, n in self.counters), extra
+
+    def snapshot(self) -> tuple[list[Any], list[Any], list[Any]]:
+        return self.values(), [getattr(o, n) for o, n in self.counters], [getattr(o, n) for o, n in self.tallies]
+
+    def restore(self, snap: tuple[list[Any], list[Any], list[Any]]) -> None:
+        for cells, vals in zip((self.state, self.counters, self.tallies), snap):
+            for (o, n), v in zip(cells, vals):
+                setattr(o, n, v)
+
+
+def _shape(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, list):
+        return tuple(_shape(x) for x in v)
+    return (tuple(v.shape[1:]), v.shape[0])
+
+
+def _stack(values: Sequence[Any]) -> Any:
+    first = values[0]
+    if first is None:
+        return None
+    if isinstance(first, list):
+        return [_stack([v[i] for v in values]) for i in range(len(first))]
+    return torch.cat(values, dim=0)
+
+
+def _split(value: Any, rows: int) -> list[Any]:
+    if value is None:
+        return [None] * rows
+    if isinstance(value, list):
+        parts = [_split(v, rows) for v in value]
+        return [[p[r] for p in parts] for r in range(rows)]
+    return list(value.split(1, dim=0))  # views of one copy: no per-row kernel
+
+
+def run_batched(states: Sequence[StreamState], fn: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+    """Run ``fn(root)`` once for several streams of one signature (``StreamState.signature`` equal; each with a
+    batch of 1): their state tensors are stacked into the first stream's tree, ``fn`` runs on it (its input must be
+    the streams' inputs stacked in the same order), and every stream gets its row of the new state and the same
+    tally increments. Returns ``fn``'s output (row r is stream r's). On an exception every stream is left as it
+    was."""
+    lead = states[0]
+    if len(states) == 1:
+        return fn(lead.root)
+    before = lead.snapshot()
+    stacked = [_stack(vals) for vals in zip(*(st.values() for st in states))]
+    for (o, n), v in zip(lead.state, stacked):
+        setattr(o, n, v)
+    try:
+        out = fn(lead.root)
+    except BaseException:
+        lead.restore(before)
+        raise
+    rows = [_split(v, len(states)) for v in lead.values()]
+    counters = [getattr(o, n) for o, n in lead.counters]
+    increments = [getattr(o, n) - b for (o, n), b in zip(lead.tallies, before[2])]
+    for r, st in enumerate(states):
+        for (o, n), v in zip(st.state, rows):
+            setattr(o, n, v[r])
+        for (o, n), v in zip(st.counters, counters):
+            setattr(o, n, v)
+        if r:
+            for (o, n), d in zip(st.tallies, increments):
+                setattr(o, n, getattr(o, n) + d)
+    return out

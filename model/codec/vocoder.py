@@ -161,6 +161,8 @@ class Vocoder:
 
 
 class _ResBlockStream:
+    CHILDREN = ("pairs",)
+
     def __init__(self, block: torch.nn.Module):
         self.pairs = []
         for c1, c2 in zip(block.convs1, block.convs2):
@@ -177,6 +179,9 @@ class _ResBlockStream:
 
 class VocoderStream:
     """Streaming twin of HiFi-GAN V1's ``Generator.forward``: ``push(mel (80, n) or (B, 80, n), final)`` → audio."""
+
+    CHILDREN = ("pre", "ups", "res", "mix", "post")
+    TALLIES = ("frames_in", "samples_out")
 
     def __init__(self, generator: torch.nn.Module):
         g = generator
@@ -215,6 +220,9 @@ def resample_to_output(audio: torch.Tensor, sr_in: int = VOCODER_SAMPLE_RATE,
 
 class ResamplerStream:
     """``torchaudio.functional.resample(x, sr_in, sr_out)`` computed block by block on a stream of 1-D audio."""
+
+    STATE = ("buf",)  # 1-D: one stream per object (declared for snapshots, not for batching)
+    COUNTERS = ("n_in", "n_out")
 
     def __init__(self, sr_in: int = VOCODER_SAMPLE_RATE, sr_out: int = OUTPUT_SAMPLE_RATE, *,
                  device: torch.device | str = "cpu"):

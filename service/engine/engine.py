@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 
 from model.lm import SpeechLM
 from model.sampling import SamplingConfig
+from service.engine.audio_worker import AudioJob, AudioWorker
 from service.engine.pipeline import DecoderStream, Pipeline, SentenceText
 from service.engine.runner import Runner
 from service.engine.scheduler import AdmissionError, Event, Phase, Scheduler, SchedulerConfig, Sentence
@@ -57,6 +57,7 @@ class EngineConfig:
     chunk_tokens: int = 16
     client_queue_chunks: int = 8
     stall_timeout_s: float = 10.0
+    audio_max_batch: int = 64  # decode jobs of different requests run together (1: one at a time)
     dtype: torch.dtype = torch.float32
     ssm_dtype: torch.dtype = torch.float32
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -70,7 +71,8 @@ class EngineConfig:
                    prefill_budget_tokens=settings.prefill_budget_tokens,
                    request_timeout_s=settings.request_timeout_s, first_chunk_tokens=settings.first_chunk_tokens,
                    chunk_tokens=settings.chunk_tokens, client_queue_chunks=settings.client_queue_chunks,
-                   stall_timeout_s=settings.stall_timeout_s, dtype=dtype, ssm_dtype=dtypes[settings.ssm_dtype],
+                   stall_timeout_s=settings.stall_timeout_s, audio_max_batch=settings.audio_max_batch, dtype=dtype,
+                   ssm_dtype=dtypes[settings.ssm_dtype],
                    sampling=SamplingConfig(seed=settings.seed))
 
 
@@ -178,7 +180,8 @@ class Engine(EngineAPI):
         self._live: set[_Handle] = set()  # streams whose client has not read to the end (drain waits for these)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._audio = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mamtra-audio")
+        self._audio = AudioWorker(run_batch=self._decode_batch, run_end=lambda job: self._finish_stream(job.handle),
+                                  max_batch=config.audio_max_batch)
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._warm = False
         self._draining = False
@@ -266,7 +269,7 @@ class Engine(EngineAPI):
         self._wake.set()
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10.0)
-        self._audio.shutdown(wait=False, cancel_futures=True)
+        self._audio.shutdown()
 
     # --- admission helpers (called from handles, asyncio thread) ---------------------------------------------------
     def _retry_after(self) -> float:
@@ -393,11 +396,11 @@ class Engine(EngineAPI):
                 if len(handle.tokens) >= need:
                     tokens, handle.tokens = handle.tokens, []
                     handle.chunks_submitted += 1
-                    self._audio.submit(self._decode, handle, tokens, None, time.perf_counter())
+                    self._audio.submit(AudioJob(handle, tokens, None, time.perf_counter()))
             elif ev.kind == "sentence_end":
                 tokens, handle.tokens = handle.tokens, []
                 handle.chunks_submitted += 1
-                self._audio.submit(self._decode, handle, tokens, ev.sentence.tag, time.perf_counter())
+                self._audio.submit(AudioJob(handle, tokens, ev.sentence.tag, time.perf_counter()))
             elif ev.kind == "finished":
                 self.metrics.speech_tokens.inc(handle.tokens_emitted)
                 with self._lock:
@@ -414,33 +417,58 @@ class Engine(EngineAPI):
                     handle.closed = True
                     handle._post(StreamFailed("shutting_down", "the server shut down before the audio was done"))
                 else:  # completed: end after the audio thread has emitted everything queued before this
-                    self._audio.submit(self._finish_stream, handle)
+                    self._audio.submit(AudioJob(handle, None))
 
-    def _decode(self, handle: _Handle, tokens: list[int], sentence: SentenceText | None, submitted: float) -> None:
-        """Audio thread: one decode job, timed (the audio stage's load and backlog are metrics)."""
+    def _decode_batch(self, jobs: list[AudioJob]) -> None:
+        """Audio thread: chunks of distinct requests -> PCM, through the decoder's ``push_many`` when it has one
+        (each request's audio as if decoded alone), else one by one. Timed: the audio stage's load and backlog are
+        metrics."""
         start = time.perf_counter()
-        self.metrics.audio_decode_wait.observe(start - submitted)
-        try:
-            self._decode_chunk(handle, tokens, sentence)
-        finally:
-            self.metrics.audio_decode_seconds.observe(time.perf_counter() - start)
+        live: list[AudioJob] = []
+        for job in jobs:
+            self.metrics.audio_decode_wait.observe(start - job.submitted)
+            handle = job.handle
+            if handle.closed:
+                handle.empty_jobs += 1
+                continue
+            try:
+                if handle.decoder is None:
+                    handle.decoder = self.pipeline.decoder.open(handle.voice, speed=handle.speed)
+            except Exception:
+                self._decode_failed(handle)
+                continue
+            live.append(job)
+        pcms = None
+        push_many = getattr(self.pipeline.decoder, "push_many", None)
+        if push_many is not None and len(live) > 1:
+            try:
+                pcms = push_many([j.handle.decoder for j in live], [j.tokens for j in live],
+                                 [j.sentence is not None for j in live])
+            except Exception:  # push_many leaves every stream as it was: decode them one by one instead
+                log.exception("batched audio decoding of %d chunks failed; decoding one by one", len(live))
+        for k, job in enumerate(live):
+            if pcms is not None:
+                pcm = pcms[k]
+            else:
+                try:
+                    pcm = job.handle.decoder.push(job.tokens, flush=job.sentence is not None)
+                except Exception:
+                    self._decode_failed(job.handle)
+                    continue
+            self._emit(job.handle, pcm, job.sentence)
+        if live:
+            self.metrics.audio_decode_batch_size.observe(len(live))
+        self.metrics.audio_decode_seconds.observe(time.perf_counter() - start)
 
-    def _decode_chunk(self, handle: _Handle, tokens: list[int], sentence: SentenceText | None) -> None:
-        """Audio thread: tokens -> PCM chunk (and word timings at a sentence end)."""
-        if handle.closed:
-            handle.empty_jobs += 1
-            return
-        try:
-            if handle.decoder is None:
-                handle.decoder = self.pipeline.decoder.open(handle.voice, speed=handle.speed)
-            pcm = handle.decoder.push(tokens, flush=sentence is not None)
-        except Exception:
-            log.exception("request %s: audio decoding failed", handle.id)
-            handle.empty_jobs += 1
-            handle.closed = True
-            handle._post(StreamFailed("internal_error", "audio decoding failed"))
-            self._cancel(handle, "error")
-            return
+    def _decode_failed(self, handle: _Handle) -> None:
+        log.exception("request %s: audio decoding failed", handle.id)
+        handle.empty_jobs += 1
+        handle.closed = True
+        handle._post(StreamFailed("internal_error", "audio decoding failed"))
+        self._cancel(handle, "error")
+
+    def _emit(self, handle: _Handle, pcm: np.ndarray, sentence: SentenceText | None) -> None:
+        """Audio thread: a decoded chunk (and word timings at a sentence end) to the request's queue."""
         words = []
         start_sample = handle.sentence_start_sample
         handle.samples_out += len(pcm)

@@ -184,3 +184,51 @@ def test_bundle_factory_maps_voices_and_offsets(tmp_path):
     assert decoder.voice_index("someone") == 0
     pcm = decoder.open("Alice", speed=1.0).push(list(range(7, 27)), flush=True)
     assert pcm.dtype == np.float32 and abs(pcm.size / 24_000 - 20 / 25) < 0.02
+
+
+BATCH_TOL = dict(rtol=0, atol=1e-5)  # batched vs alone: the same ops per row, only a batched conv's float rounding
+
+
+def test_push_many_gives_each_stream_what_it_gives_alone(speech_decoder, monkeypatch):
+    """Batched token -> audio decoding across requests: streams at different points of their utterances (first
+    chunk, steady chunks, sentence ends, an empty flush, another voice and speed) pushed together in rounds give
+    each stream the same PCM as pushing it alone, and streams whose states match really share one batched run."""
+    import model.codec.stream as stream_module
+
+    dec = speech_decoder
+    plans = {  # stream: (voice, speed, [(tokens, flush) per round]); the engine's chunks, scaled down 4x
+        "a": ("alice", 1.0, [(3, False), (4, False), (2, True), (3, False)]),
+        "b": ("alice", 1.0, [(3, False), (4, False), (4, False), (4, True)]),
+        "c": ("bob", 1.0, [(4, False), (0, True), (3, False), (4, False)]),
+        "d": ("bob", 1.3, [(3, False), (4, False), (4, False), (1, True)]),
+    }
+    toks = {name: tokens(16, dec, seed=i) for i, name in enumerate(plans)}
+
+    def pieces(name):
+        i = 0
+        for n, flush in plans[name][2]:
+            yield toks[name][i:i + n], flush
+            i += n
+
+    alone = {}
+    for name, (voice, speed, _) in plans.items():
+        s = dec.open(voice, speed=speed)
+        alone[name] = [s.push(t, flush=f) for t, f in pieces(name)]
+
+    groups = []
+    real = stream_module.run_batched
+    monkeypatch.setattr(stream_module, "run_batched", lambda states, fn: groups.append(len(states)) or
+                        real(states, fn))
+    streams = {name: dec.open(voice, speed=speed) for name, (voice, speed, _) in plans.items()}
+    together = {name: [] for name in plans}
+    for round_ in zip(*(list(pieces(name)) for name in plans)):
+        out = dec.push_many(list(streams.values()), [t for t, _ in round_], [f for _, f in round_])
+        for name, pcm in zip(plans, out):
+            together[name].append(pcm)
+    for name in plans:
+        assert [len(p) for p in together[name]] == [len(p) for p in alone[name]], name
+        torch.testing.assert_close(torch.from_numpy(np.concatenate(together[name])),
+                                   torch.from_numpy(np.concatenate(alone[name])), **BATCH_TOL)
+    assert max(groups) >= 3  # e.g. a, b and d's token decoders in a steady round
+    with pytest.raises(ValueError, match="once"):
+        dec.push_many([streams["a"], streams["a"]], [[], []], [False, False])

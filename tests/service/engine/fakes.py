@@ -44,6 +44,9 @@ class ToneStream:
     def push(self, tokens, *, flush):
         if self.delay_s:
             time.sleep(self.delay_s)  # a slow vocoder
+        return self.render(tokens)
+
+    def render(self, tokens):
         self.pushed.extend(tokens)
         out = [0.3 * np.sin(2 * np.pi * (200 + 10 * (t - SPEECH0)) * np.arange(self.n) / SAMPLE_RATE)
                for t in tokens]
@@ -59,6 +62,21 @@ class ToneDecoder:
         stream = ToneStream(speed, self.delay_s)
         self.streams.append(stream)
         return stream
+
+
+class BatchingToneDecoder(ToneDecoder):
+    """A tone decoder with ``push_many``: one delay per batch (what batching buys), each stream's own output; records
+    the batches (their streams) for the tests."""
+
+    def __init__(self, delay_s=0.0):
+        super().__init__(delay_s)
+        self.batches = []
+
+    def push_many(self, streams, tokens, flush):
+        self.batches.append([id(s) for s in streams])
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return [s.render(t) for s, t in zip(streams, tokens)]
 
 
 class BiasedLM(SpeechLM):
@@ -84,20 +102,24 @@ def tiny_lm(layout="AMAM", max_context=256, eos_bias=0.0):
     return BiasedLM(cfg, eos_bias).eval()
 
 
-def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0):
+def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0, batching=False):
     voices = {
         "ava": VoiceEntry(Voice("ava", "Ava"), (TEXT0, TEXT0 + 1)),
         "ben": VoiceEntry(Voice("ben", "Ben"), (TEXT0 + 2, TEXT0 + 3, TEXT0 + 4)),
     }
-    return Pipeline(model_id="mamtra-test", frontend=FakeFrontend(), decoder=ToneDecoder(decode_delay_s),
+    decoder = (BatchingToneDecoder if batching else ToneDecoder)(decode_delay_s)
+    return Pipeline(model_id="mamtra-test", frontend=FakeFrontend(), decoder=decoder,
                     voices=voices,
                     eos_id=EOS, speech_ids=tuple(range(SPEECH0, SPEECH0 + N_SPEECH)), tokens_per_second=25.0,
                     max_seconds_per_char=0.0, min_cap_seconds=max_cap_seconds)  # a fixed cap per sentence
 
 
-def make_engine(*, layout="AMAM", max_context=256, eos_bias=-50.0, cap_seconds=0.4, decode_delay_s=0.0, **config):
-    """An engine whose sentences run to their cap (EOS suppressed) unless eos_bias is raised: 0.4 s = 10 tokens."""
+def make_engine(*, layout="AMAM", max_context=256, eos_bias=-50.0, cap_seconds=0.4, decode_delay_s=0.0,
+                batching=False, **config):
+    """An engine whose sentences run to their cap (EOS suppressed) unless eos_bias is raised: 0.4 s = 10 tokens.
+    ``batching``: the decoder has ``push_many`` (``BatchingToneDecoder``)."""
     defaults = dict(max_streams=2, max_queue=2, first_chunk_tokens=2, chunk_tokens=4, client_queue_chunks=4)
     defaults.update(config)
-    return Engine(model=tiny_lm(layout, max_context, eos_bias), pipeline=fake_pipeline(cap_seconds, decode_delay_s),
-                  config=EngineConfig(**defaults), metrics=Metrics())
+    return Engine(model=tiny_lm(layout, max_context, eos_bias),
+                  pipeline=fake_pipeline(cap_seconds, decode_delay_s, batching), config=EngineConfig(**defaults),
+                  metrics=Metrics())

@@ -229,3 +229,31 @@ def test_metrics_are_recorded():
     assert "mamtra_state_slots_total 2.0" in text
     assert 'mamtra_step_seconds_count{kind="decode"}' in text
     assert "mamtra_audio_seconds_total 0.4" in text
+
+
+def test_audio_of_concurrent_requests_is_decoded_in_batches_in_order():
+    """With a slow decoder that has push_many, chunks of concurrent requests are decoded together (never two chunks
+    of one request in a batch), and every request gets the same audio, words and chunk order as when chunks are
+    decoded one at a time."""
+    texts = [f"Request number {i} speaks now. Then it says more." for i in range(4)]
+
+    async def go(max_batch):
+        engine = await _started(max_streams=4, max_queue=4, cap_seconds=0.8, batching=True, decode_delay_s=0.03,
+                                audio_max_batch=max_batch)
+        try:
+            handles = [engine.synthesize(t, voice="ava", request_id=f"r{i}", seed=i) for i, t in enumerate(texts)]
+            results = await asyncio.gather(*(_collect(h) for h in handles))
+        finally:
+            await engine.stop()
+        value = engine.metrics.registry.get_sample_value
+        mean = value("mamtra_audio_decode_batch_size_sum") / value("mamtra_audio_decode_batch_size_count")
+        return results, engine.pipeline.decoder.batches, mean
+
+    one, batches_one, _ = run(go(1))
+    many, batches_many, mean_batch = run(go(8))
+    assert batches_one == [] and batches_many and mean_batch > 1.5
+    assert all(len(set(b)) == len(b) <= 4 for b in batches_many)  # distinct requests only
+    for a, b in zip(one, many):
+        assert [c.seq for c in b] == list(range(len(b))) == [c.seq for c in a]
+        assert np.array_equal(np.concatenate([c.pcm for c in a]), np.concatenate([c.pcm for c in b]))
+        assert [w.word for c in a for w in c.words] == [w.word for c in b for w in c.words]

@@ -1,0 +1,93 @@
+"""The audio thread's queue: token -> audio jobs in arrival order, run in batches across requests.
+
+Decoding one chunk of one request is hundreds of small ops (codec decoder, HiFi-GAN, resampler); on a GPU that is
+kernel launches and Python, so one stream at a time cannot keep up with hundreds of streams. The worker takes every
+job queued since its last round and hands the decode jobs to ``run_batch`` in batches of distinct requests (a
+request's next chunk continues the state its previous chunk left, so two jobs of one request never share a batch),
+at most ``max_batch`` at a time. A request's jobs — its chunks and its end-of-stream — keep their order: a batch is
+run before a later job of one of its requests. ``max_batch=1`` decodes one job at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("mamtra.engine")
+
+
+@dataclass
+class AudioJob:
+    handle: Any
+    tokens: list[int] | None  # None: the end-of-stream job
+    sentence: Any = None  # the sentence this chunk ends (flush), else None
+    submitted: float = 0.0
+
+    @property
+    def is_decode(self) -> bool:
+        return self.tokens is not None
+
+
+class AudioWorker:
+    def __init__(self, *, run_batch: Callable[[list[AudioJob]], None], run_end: Callable[[AudioJob], None],
+                 max_batch: int) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._run_batch = run_batch
+        self._run_end = run_end
+        self.max_batch = max_batch
+        self._jobs: deque[AudioJob] = deque()
+        self._cv = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None  # started by the first job
+
+    def submit(self, job: AudioJob) -> None:
+        with self._cv:
+            if self._stopped:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="mamtra-audio", daemon=True)
+                self._thread.start()
+            self._jobs.append(job)
+            self._cv.notify()
+
+    def shutdown(self) -> None:
+        """Drop what is queued and stop after the round in progress."""
+        with self._cv:
+            self._stopped = True
+            self._jobs.clear()
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs and not self._stopped:
+                    self._cv.wait()
+                if self._stopped:
+                    return
+                jobs = list(self._jobs)
+                self._jobs.clear()
+            try:
+                self._round(jobs)
+            except Exception:  # run_batch / run_end handle their own faults; this is a last resort
+                log.exception("audio worker round failed")
+
+    def _round(self, jobs: list[AudioJob]) -> None:
+        batch: list[AudioJob] = []
+        in_batch: set[int] = set()
+        for job in jobs:
+            conflict = id(job.handle) in in_batch
+            if batch and (conflict or (job.is_decode and len(batch) >= self.max_batch)):
+                self._run_batch(batch)
+                batch, in_batch = [], set()
+            if job.is_decode:
+                batch.append(job)
+                in_batch.add(id(job.handle))
+            else:
+                self._run_end(job)
+        if batch:
+            self._run_batch(batch)
