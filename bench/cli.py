@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-streams", type=int, help="MAMTRA_MAX_STREAMS (default: the largest --clients)")
     serve.add_argument("--max-queue", type=int, default=64, help="MAMTRA_MAX_QUEUE")
     serve.add_argument("--max-context", type=int, help="MAMTRA_MAX_CONTEXT (default: the model's)")
+    serve.add_argument("--audio-max-batch", type=int, help="MAMTRA_AUDIO_MAX_BATCH (1: decode chunks one at a time)")
     serve.add_argument("--vocoder-dtype", default="fp32", choices=["fp32", "bf16"], help="random bundles' vocoder")
     serve.add_argument("--timeout", type=float, default=300.0, help="per request, seconds")
     serve.add_argument("--level-timeout", type=float, help="per concurrency level, seconds (default: none)")
@@ -142,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
                       texts=serve.QUICK_TEXTS if quick else serve.TEXTS)
     config = serve.ServeConfig(clients=clients, load=load, prebuffer_s=args.prebuffer, device=device,
                                max_streams=args.max_streams, max_queue=args.max_queue, max_context=args.max_context,
-                               vocoder_dtype=args.vocoder_dtype)
+                               audio_max_batch=args.audio_max_batch, vocoder_dtype=args.vocoder_dtype)
     out = Path(args.out)
     print(serve.HEADER, flush=True)
     result = serve.run(config, out, model_dir=args.model, presets=presets)

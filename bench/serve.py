@@ -232,15 +232,17 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
     def ratio(a: float, b: float) -> float | None:
         return a / b if b > 0 else None
 
-    audio_jobs = delta("mamtra_audio_decode_seconds_count")
+    audio_jobs = delta("mamtra_audio_decode_seconds_count")  # one observation per batch
     return {
         "engine_busy": ratio(delta("mamtra_step_seconds_sum"), wall_s),
         "decode_batch_mean": ratio(delta("mamtra_decode_batch_size_sum"), delta("mamtra_decode_batch_size_count")),
         "audio_busy": ratio(delta("mamtra_audio_decode_seconds_sum"), wall_s),
-        "audio_ms_per_job": ratio(1e3 * delta("mamtra_audio_decode_seconds_sum"), audio_jobs),
+        "audio_batch_mean": ratio(delta("mamtra_audio_decode_batch_size_sum"),
+                                  delta("mamtra_audio_decode_batch_size_count")),
+        "audio_ms_per_batch": ratio(1e3 * delta("mamtra_audio_decode_seconds_sum"), audio_jobs),
         "audio_wait_mean_s": ratio(delta("mamtra_audio_decode_wait_seconds_sum"),
                                    delta("mamtra_audio_decode_wait_seconds_count")),
-        "audio_jobs": audio_jobs,
+        "audio_batches": audio_jobs,
         "speech_tokens": delta("mamtra_speech_tokens_total"),
         "server_underruns": delta("mamtra_underruns_total"),
         "memory": {k: after.get(f"mamtra_{k}") for k in (
@@ -331,6 +333,7 @@ class ServeConfig:
     max_streams: int | None = None  # default: the largest client count
     max_queue: int = 64
     max_context: int | None = None
+    audio_max_batch: int | None = None  # default: the server's
     vocoder_dtype: str = "fp32"  # random bundles only
     startup_timeout_s: float = 900.0
     seed: int = 0
@@ -344,6 +347,8 @@ def run_model(model_dir: Path, label: str, config: ServeConfig, out: Path, *, ra
                 "MAMTRA_MAX_QUEUE": str(config.max_queue), "MAMTRA_REQUEST_TIMEOUT_S": str(config.load.timeout_s)}
     if config.max_context:
         settings["MAMTRA_MAX_CONTEXT"] = str(config.max_context)
+    if config.audio_max_batch:
+        settings["MAMTRA_AUDIO_MAX_BATCH"] = str(config.audio_max_batch)
     log = out / f"serve-{_slug(label)}.log"
     t_start = time.perf_counter()
     with ServerProcess(model_dir, device=config.device, settings=settings, log_path=log,
@@ -401,7 +406,8 @@ def _slug(name: str) -> str:
 # --- the table ------------------------------------------------------------------------------------------------
 
 HEADER = (f"{'model':<18} {'N':>4} {'ok/429/fail':>12} {'TTFA p50/p95/p99 ms':>21} {'gap p50/p95/p99/max ms':>24} "
-          f"{'underruns':>14} {'xRT/stream p50/p5':>18} {'xRT agg':>8} {'engine':>6} {'audio':>6} {'VRAM GiB':>8}")
+          f"{'underruns':>14} {'xRT/stream p50/p5':>18} {'xRT agg':>8} {'engine':>6} {'audio':>6} {'batch':>5} "
+          f"{'VRAM GiB':>8}")
 
 
 def _ms(stats: dict, keys) -> str:
@@ -421,7 +427,8 @@ def format_row(label: str, level: dict) -> str:
             f"{_ms(level['ttfa_s'], ('p50', 'p95', 'p99')):>21} {_ms(level['gap_s'], ('p50', 'p95', 'p99', 'max')):>24} "
             f"{under['events']:>5} ({under['stall_s']:6.1f}s) {num(rt['p50'], '.2f'):>8}/{num(rt['p5'], '.2f'):<9} "
             f"{num(level['x_realtime_aggregate'], '.1f'):>8} {num(srv['engine_busy'], '.2f'):>6} "
-            f"{num(srv['audio_busy'], '.2f'):>6} {num(peak and peak / 2**30, '.2f'):>8}")
+            f"{num(srv['audio_busy'], '.2f'):>6} {num(srv['audio_batch_mean'], '.1f'):>5} "
+            f"{num(peak and peak / 2**30, '.2f'):>8}")
 
 
 def format_table(result: dict) -> str:

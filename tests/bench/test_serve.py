@@ -102,7 +102,7 @@ def test_server_summary_from_prometheus_text():
     after = parse_prometheus(m.render().decode())
     s = server_summary(before, after, wall_s=2.0)
     assert s["engine_busy"] == pytest.approx(0.375) and s["decode_batch_mean"] == pytest.approx(6.0)
-    assert s["audio_busy"] == pytest.approx(0.5) and s["audio_ms_per_job"] == pytest.approx(1000.0)
+    assert s["audio_busy"] == pytest.approx(0.5) and s["audio_ms_per_batch"] == pytest.approx(1000.0)
     assert s["audio_wait_mean_s"] == pytest.approx(0.2) and s["memory"]["state_bytes"] == 1234
 
 
@@ -129,7 +129,8 @@ def test_bench_serve_quick_end_to_end(tmp_path, capsys):
         # random weights end sentences at the natural-rate guard: 26-34 characters -> 1.8-2.4 s each
         assert 1.7 < lv["audio_s_per_request"]["p50"] and lv["audio_s_per_request"]["max"] < 2.5
         srv = lv["server"]
-        assert srv["audio_busy"] > 0 and srv["audio_jobs"] >= 2 * lv["clients"] and srv["engine_busy"] > 0
+        assert srv["audio_busy"] > 0 and srv["audio_batches"] >= 2 and srv["engine_busy"] > 0
+        assert srv["audio_batch_mean"] >= 1
         assert srv["memory"]["state_bytes"] > 0 and "gpu_memory_peak_bytes" in srv["memory"]
     assert (tmp_path / "serve.png").stat().st_size > 0
     assert (tmp_path / "serve-mini-1_3.log").exists() or (tmp_path / "serve-small-1_3.log").exists()
