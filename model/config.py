@@ -129,12 +129,29 @@ _SMALL_ATTENTION = {
 }
 
 
+# Mini family: the shipped default model. 12 layers like the small family (the same scaled attention positions),
+# narrower and with tied embeddings so that the LM (~10.6 M params, ~21 MB fp16) plus the codec decoder (~9 MB)
+# fit the 32 MiB in-repo budget; at 25 tokens/s it decodes far faster than real time on 2 CPU cores.
+_MINI = dict(vocab_size=4096, d_model=256, n_heads=4, n_kv_heads=2, head_dim=64, d_ff=768,
+             rope_theta=1_000_000.0, rms_eps=1e-6, max_context=2048, qkv_bias=True, tie_embeddings=True)
+_MINI_ATTENTION = {
+    "mini-transformer": tuple(range(12)),
+    "mini-1:1": tuple(range(0, 12, 2)),
+    "mini-1:3": (0, 4, 8),
+    "mini-1:5": (0, 8),
+    "mini-1:11": (0,),
+    "mini-mamba": (),
+}
+
+
 def _build_presets() -> dict[str, ModelConfig]:
     presets: dict[str, ModelConfig] = {}
     for name, attn in _PAPER_ATTENTION.items():
         presets[name] = ModelConfig(layout=layout_from_attention(24, attn), **_PAPER)
     for name, attn in _SMALL_ATTENTION.items():
         presets[name] = ModelConfig(layout=layout_from_attention(12, attn), **_SMALL)
+    for name, attn in _MINI_ATTENTION.items():
+        presets[name] = ModelConfig(layout=layout_from_attention(12, attn), **_MINI)
     return presets
 
 

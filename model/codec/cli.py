@@ -133,8 +133,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from model.codec.config import tiny_codec_config
 
         codec_config = tiny_codec_config()
-    summary = train(data, args.out, config=config, codec_config=codec_config, device=args.device,
-                    resume=args.resume, max_minutes=args.max_minutes, progress=not args.no_progress)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    summary = train(data, args.out, config=config, codec_config=codec_config, device=device,
+                    resume=args.resume, max_minutes=args.max_minutes, progress=not args.no_progress,
+                    precision=args.precision)
     print(json.dumps(summary))
     return 0
 
@@ -200,9 +202,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--save-every", type=int, default=1000)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--split", default="train", choices=["train", "test", "all"])
-    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     tr.add_argument("--resume", action="store_true", help="continue from --out's train.json if present")
+    tr.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                    help="on CUDA: bf16 autocast, or fp32 with TF32 (see docs/BENCHMARKS.md for which is faster)")
     tr.add_argument("--max-minutes", type=float, help="save and stop after this long (fits a time-limited call)")
     tr.add_argument("--tiny", action="store_true", help="a tiny codec (smoke tests)")
     tr.add_argument("--no-progress", action="store_true")

@@ -308,8 +308,13 @@ def read_train_state(out: str | Path) -> dict[str, Any] | None:
 
 def train(data: MelData, out: str | Path, *, config: TrainConfig, codec_config: CodecConfig | None = None,
           device: str | torch.device = "cpu", resume: bool = False, max_minutes: float | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a codec into ``out``; returns a summary (step, first/last losses, wall time)."""
+          progress: bool = True, precision: str = "bf16", cudnn_benchmark: bool = True) -> dict[str, Any]:
+    """Train (or resume) a codec into ``out``; returns a summary (step, first/last losses, wall time).
+
+    On CUDA, ``precision`` "bf16" runs the nets under bf16 autocast, "fp32" in fp32 with TF32 matmuls/convs;
+    ``cudnn_benchmark`` lets cuDNN pick its fastest conv algorithms (the crops have one fixed shape)."""
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be bf16 or fp32, got {precision!r}")
     from tqdm import tqdm
 
     out = Path(out)
@@ -350,7 +355,10 @@ def train(data: MelData, out: str | Path, *, config: TrainConfig, codec_config: 
         from model.codec.vocoder import load_generator
 
         vocoder = load_generator(device=device)
-    amp = device.type == "cuda"
+    amp = device.type == "cuda" and precision == "bf16"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     codec.train()
     losses: list[float] = []
     first_loss = None
