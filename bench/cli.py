@@ -45,9 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-queue", type=int, default=64, help="MAMTRA_MAX_QUEUE")
     serve.add_argument("--max-context", type=int, help="MAMTRA_MAX_CONTEXT (default: the model's)")
     serve.add_argument("--audio-max-batch", type=int, help="MAMTRA_AUDIO_MAX_BATCH (1: decode chunks one at a time)")
+    serve.add_argument("--server-env", nargs="+", default=[], metavar="MAMTRA_X=V",
+                       help="more settings for the server (environment variables)")
     serve.add_argument("--vocoder-dtype", default="fp32", choices=["fp32", "bf16"], help="random bundles' vocoder")
     serve.add_argument("--timeout", type=float, default=300.0, help="per request, seconds")
     serve.add_argument("--level-timeout", type=float, help="per concurrency level, seconds (default: none)")
+    serve.add_argument("--startup-timeout", type=float, default=900.0, help="for the server to turn ready, seconds")
     serve.add_argument("--quick", action="store_true", help="1 and 4 clients, one short request each, a random "
                                                             "mini bundle, on CPU (a smoke test, not a measurement)")
     serve.add_argument("--out", default="bench-results", help="output folder")
@@ -143,7 +146,8 @@ def _serve(args: argparse.Namespace) -> int:
                       texts=serve.QUICK_TEXTS if quick else serve.TEXTS)
     config = serve.ServeConfig(clients=clients, load=load, prebuffer_s=args.prebuffer, device=device,
                                max_streams=args.max_streams, max_queue=args.max_queue, max_context=args.max_context,
-                               audio_max_batch=args.audio_max_batch, vocoder_dtype=args.vocoder_dtype)
+                               audio_max_batch=args.audio_max_batch, vocoder_dtype=args.vocoder_dtype,
+                               startup_timeout_s=args.startup_timeout, server_env=_server_env(args.server_env))
     out = Path(args.out)
     print(serve.HEADER, flush=True)
     result = serve.run(config, out, model_dir=args.model, presets=presets)
@@ -156,6 +160,16 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"wrote {path}")
     _try_plots([path])
     return 0
+
+
+def _server_env(items: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("MAMTRA_"):
+            raise ValueError(f"--server-env takes MAMTRA_NAME=VALUE, got {item!r}")
+        pairs.append((key, value))
+    return tuple(pairs)
 
 
 def _carry_hifigan(args: argparse.Namespace) -> int:

@@ -334,6 +334,7 @@ class ServeConfig:
     max_queue: int = 64
     max_context: int | None = None
     audio_max_batch: int | None = None  # default: the server's
+    server_env: tuple[tuple[str, str], ...] = ()  # more MAMTRA_* settings for the server
     vocoder_dtype: str = "fp32"  # random bundles only
     startup_timeout_s: float = 900.0
     seed: int = 0
@@ -349,12 +350,18 @@ def run_model(model_dir: Path, label: str, config: ServeConfig, out: Path, *, ra
         settings["MAMTRA_MAX_CONTEXT"] = str(config.max_context)
     if config.audio_max_batch:
         settings["MAMTRA_AUDIO_MAX_BATCH"] = str(config.audio_max_batch)
+    settings.update(config.server_env)
     log = out / f"serve-{_slug(label)}.log"
     t_start = time.perf_counter()
     with ServerProcess(model_dir, device=config.device, settings=settings, log_path=log,
                        startup_timeout_s=config.startup_timeout_s) as server:
         startup_s = time.perf_counter() - t_start
         voice = server.voices()[0]
+        # One request first, unmeasured: lazy one-time work (espeak-ng's start, first kernel launches) is not latency.
+        warm = Load(requests=1, ramp_s=0.0, timeout_s=config.load.timeout_s, texts=config.load.texts[:1])
+        records, _ = asyncio.run(run_level(server.base, voice, 1, warm))
+        if not records[0].completed:
+            raise RuntimeError(f"the warm-up request failed: {records[0].error}\n{server.log_tail()}")
         idle = server.metrics()
         levels = []
         for n in sorted(config.clients):

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     client_queue_chunks: int = Field(8, ge=1, description="Audio chunks buffered per request before back-pressure")
     audio_max_batch: int = Field(64, ge=1, description="Audio chunks of different requests decoded together (1: one at "
                                  "a time)")
+    audio_batch_wait_ms: float = Field(50.0, ge=0, description="Under load, the longest the audio thread lets a "
+                                       "batch of chunks fill (0: never waits)")
+    gil_switch_interval_ms: float = Field(0.5, gt=0, description="Python's thread switch interval while serving "
+                                          "(the event loop, engine and audio threads share the GIL; Python's "
+                                          "default is 5 ms)")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM: time for in-flight streams to finish")
     stall_timeout_s: float = Field(10.0, gt=0, description="/readyz turns 503 if the engine loop has not ticked for "
                                                            "this long while it has work")

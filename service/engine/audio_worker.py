@@ -6,12 +6,18 @@ job queued since its last round and hands the decode jobs to ``run_batch`` in ba
 request's next chunk continues the state its previous chunk left, so two jobs of one request never share a batch),
 at most ``max_batch`` at a time. A request's jobs — its chunks and its end-of-stream — keep their order: a batch is
 run before a later job of one of its requests. ``max_batch=1`` decodes one job at a time.
+
+Under load the batches are let fill: when jobs arrived while the last round ran (a backlog), the next round waits
+until its oldest job has waited as long as that round took, at most ``max_wait_s``, or until ``max_batch`` jobs are
+there. A batch's cost grows far slower than its size (one launch per op for all streams), and while this thread
+sleeps the engine loop, which shares the GIL with it, produces more chunks. Without a backlog nothing waits.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,12 +40,14 @@ class AudioJob:
 
 class AudioWorker:
     def __init__(self, *, run_batch: Callable[[list[AudioJob]], None], run_end: Callable[[AudioJob], None],
-                 max_batch: int) -> None:
+                 max_batch: int, max_wait_s: float = 0.0) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._run_batch = run_batch
         self._run_end = run_end
         self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._fill_s = 0.0  # how long the next round lets its batch fill (0 without a backlog)
         self._jobs: deque[AudioJob] = deque()
         self._cv = threading.Condition()
         self._stopped = False
@@ -67,14 +75,25 @@ class AudioWorker:
             with self._cv:
                 while not self._jobs and not self._stopped:
                     self._cv.wait()
+                if self._fill_s > 0:
+                    deadline = self._jobs[0].submitted + self._fill_s
+                    while not self._stopped and len(self._jobs) < self.max_batch:
+                        remaining = deadline - time.perf_counter()
+                        if remaining <= 0:
+                            break
+                        self._cv.wait(remaining)
                 if self._stopped:
                     return
                 jobs = list(self._jobs)
                 self._jobs.clear()
+            start = time.perf_counter()
             try:
                 self._round(jobs)
             except Exception:  # run_batch / run_end handle their own faults; this is a last resort
                 log.exception("audio worker round failed")
+            with self._cv:
+                backlog = bool(self._jobs)
+            self._fill_s = min(time.perf_counter() - start, self.max_wait_s) if backlog else 0.0
 
     def _round(self, jobs: list[AudioJob]) -> None:
         batch: list[AudioJob] = []

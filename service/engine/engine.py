@@ -17,8 +17,10 @@ proportion to their length, and marked ``estimated``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import sys
 import threading
 import time
 import uuid
@@ -58,6 +60,8 @@ class EngineConfig:
     client_queue_chunks: int = 8
     stall_timeout_s: float = 10.0
     audio_max_batch: int = 64  # decode jobs of different requests run together (1: one at a time)
+    audio_batch_wait_s: float = 0.05  # under load, how long the audio thread may let a batch fill (audio_worker)
+    gil_switch_interval_s: float = 0.0005  # see Engine.start
     dtype: torch.dtype = torch.float32
     ssm_dtype: torch.dtype = torch.float32
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -71,7 +75,9 @@ class EngineConfig:
                    prefill_budget_tokens=settings.prefill_budget_tokens,
                    request_timeout_s=settings.request_timeout_s, first_chunk_tokens=settings.first_chunk_tokens,
                    chunk_tokens=settings.chunk_tokens, client_queue_chunks=settings.client_queue_chunks,
-                   stall_timeout_s=settings.stall_timeout_s, audio_max_batch=settings.audio_max_batch, dtype=dtype,
+                   stall_timeout_s=settings.stall_timeout_s, audio_max_batch=settings.audio_max_batch,
+                   audio_batch_wait_s=settings.audio_batch_wait_ms / 1e3,
+                   gil_switch_interval_s=settings.gil_switch_interval_ms / 1e3, dtype=dtype,
                    ssm_dtype=dtypes[settings.ssm_dtype],
                    sampling=SamplingConfig(seed=settings.seed))
 
@@ -181,8 +187,9 @@ class Engine(EngineAPI):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._audio = AudioWorker(run_batch=self._decode_batch, run_end=lambda job: self._finish_stream(job.handle),
-                                  max_batch=config.audio_max_batch)
+                                  max_batch=config.audio_max_batch, max_wait_s=config.audio_batch_wait_s)
         self._aloop: asyncio.AbstractEventLoop | None = None
+        self._audio_stream = None  # on CUDA: the audio thread's own stream (see _build_and_warm)
         self._warm = False
         self._draining = False
         self._last_tick = time.monotonic()
@@ -249,6 +256,12 @@ class Engine(EngineAPI):
         return handle
 
     async def start(self) -> None:
+        # Three Python threads share the GIL: the event loop, the engine loop and the audio thread, which is mostly
+        # Python launching small kernels. A thread coming back from a GPU wait or from epoll waits for the GIL
+        # until the holder's switch interval runs out: at Python's default 5 ms that stretched engine steps and
+        # delayed HTTP writes behind the audio thread. A shorter interval interleaves them (never raised here).
+        if sys.getswitchinterval() > self.config.gil_switch_interval_s:
+            sys.setswitchinterval(self.config.gil_switch_interval_s)
         self._aloop = asyncio.get_running_loop()
         await self._aloop.run_in_executor(None, self._build_and_warm)
         self._thread = threading.Thread(target=self._loop, name="mamtra-engine", daemon=True)
@@ -332,8 +345,17 @@ class Engine(EngineAPI):
         self.runner.pool.reset(0)
         if self.runner.graphs is not None:  # capture every decode bucket now, not on the first busy step
             self.runner.graphs.capture_all(self.config.max_streams)
-        stream = self.pipeline.decoder.open(voice.voice.id, speed=1.0)
-        stream.push(list(self.pipeline.speech_ids[:4]), flush=True)
+        if self.runner.device.type == "cuda":
+            # Audio decoding gets its own CUDA stream: the LM step's one host sync (reading the sampled tokens)
+            # then waits for the LM's kernels only, not for vocoder work queued by the audio thread, and vice versa.
+            self._audio_stream = torch.cuda.Stream(device=self.runner.device)
+            self._audio_stream.wait_stream(torch.cuda.current_stream(self.runner.device))
+        with self._audio_context():
+            stream = self.pipeline.decoder.open(voice.voice.id, speed=1.0)
+            stream.push(list(self.pipeline.speech_ids[:4]), flush=True)
+
+    def _audio_context(self):
+        return torch.cuda.stream(self._audio_stream) if self._audio_stream is not None else contextlib.nullcontext()
 
     def _loop(self) -> None:
         try:
@@ -417,13 +439,20 @@ class Engine(EngineAPI):
                     handle.closed = True
                     handle._post(StreamFailed("shutting_down", "the server shut down before the audio was done"))
                 else:  # completed: end after the audio thread has emitted everything queued before this
-                    self._audio.submit(AudioJob(handle, None))
+                    self._audio.submit(AudioJob(handle, None, None, time.perf_counter()))
 
     def _decode_batch(self, jobs: list[AudioJob]) -> None:
         """Audio thread: chunks of distinct requests -> PCM, through the decoder's ``push_many`` when it has one
         (each request's audio as if decoded alone), else one by one. Timed: the audio stage's load and backlog are
         metrics."""
         start = time.perf_counter()
+        with self._audio_context():
+            for job, pcm in self._decode_jobs(jobs, start):
+                self._emit(job.handle, pcm, job.sentence)
+        self.metrics.audio_decode_seconds.observe(time.perf_counter() - start)
+
+    def _decode_jobs(self, jobs: list[AudioJob], start: float):
+        """(job, PCM) for every job whose request is still open and decodes without a fault."""
         live: list[AudioJob] = []
         for job in jobs:
             self.metrics.audio_decode_wait.observe(start - job.submitted)
@@ -438,7 +467,9 @@ class Engine(EngineAPI):
                 self._decode_failed(handle)
                 continue
             live.append(job)
-        pcms = None
+        if not live:
+            return
+        self.metrics.audio_decode_batch_size.observe(len(live))
         push_many = getattr(self.pipeline.decoder, "push_many", None)
         if push_many is not None and len(live) > 1:
             try:
@@ -446,19 +477,16 @@ class Engine(EngineAPI):
                                  [j.sentence is not None for j in live])
             except Exception:  # push_many leaves every stream as it was: decode them one by one instead
                 log.exception("batched audio decoding of %d chunks failed; decoding one by one", len(live))
-        for k, job in enumerate(live):
-            if pcms is not None:
-                pcm = pcms[k]
             else:
-                try:
-                    pcm = job.handle.decoder.push(job.tokens, flush=job.sentence is not None)
-                except Exception:
-                    self._decode_failed(job.handle)
-                    continue
-            self._emit(job.handle, pcm, job.sentence)
-        if live:
-            self.metrics.audio_decode_batch_size.observe(len(live))
-        self.metrics.audio_decode_seconds.observe(time.perf_counter() - start)
+                yield from zip(live, pcms)
+                return
+        for job in live:
+            try:
+                pcm = job.handle.decoder.push(job.tokens, flush=job.sentence is not None)
+            except Exception:
+                self._decode_failed(job.handle)
+                continue
+            yield job, pcm
 
     def _decode_failed(self, handle: _Handle) -> None:
         log.exception("request %s: audio decoding failed", handle.id)

@@ -21,3 +21,37 @@ def test_a_round_batches_distinct_requests_and_keeps_each_requests_order():
                                ("batch", ["c1"])]
     many = [AudioJob(i, [i]) for i in range(5)]
     assert _round(many, 2) == [("batch", [0, 1]), ("batch", [2, 3]), ("batch", [4])]
+
+
+def test_under_load_a_round_lets_its_batch_fill_and_idle_rounds_do_not_wait():
+    import threading
+    import time
+
+    started, gate = [], threading.Event()  # (batch size, time the batch started)
+
+    def run_batch(batch):
+        started.append((len(batch), time.perf_counter()))
+        if len(started) == 1:
+            gate.wait(2)  # a slow first round: jobs pile up behind it (a backlog)
+        time.sleep(0.1)
+
+    def submit(name):
+        worker.submit(AudioJob(name, [name], submitted=time.perf_counter()))
+
+    worker = AudioWorker(run_batch=run_batch, run_end=lambda j: None, max_batch=64, max_wait_s=0.5)
+    submit("first")
+    time.sleep(0.15)
+    for i in range(3):  # queued while the first round runs
+        submit(i)
+    gate.set()  # the round ends ~0.1 s later, having taken ~0.25 s: the next may fill until ~0.25 s after job 0
+    time.sleep(0.17)
+    for i in range(3, 6):
+        submit(i)
+    time.sleep(0.4)
+    assert [n for n, _ in started] == [1, 6]  # without the wait: [1, 3, 3]
+    submit("idle")  # no backlog behind the last round: decoded at once
+    t0 = time.perf_counter()
+    while len(started) < 3 and time.perf_counter() - t0 < 2:
+        time.sleep(0.001)
+    assert started[-1][0] == 1 and started[-1][1] - t0 < 0.05
+    worker.shutdown()
