@@ -76,7 +76,7 @@ class AudioWorker:
                 while not self._jobs and not self._stopped:
                     self._cv.wait()
                 if self._fill_s > 0:
-                    deadline = self._jobs[0].submitted + self._fill_s
+                    deadline = time.perf_counter() + self._fill_s
                     while not self._stopped and len(self._jobs) < self.max_batch:
                         remaining = deadline - time.perf_counter()
                         if remaining <= 0:

@@ -60,6 +60,7 @@ class EngineConfig:
     client_queue_chunks: int = 8
     stall_timeout_s: float = 10.0
     audio_max_batch: int = 64  # decode jobs of different requests run together (1: one at a time)
+    align_chunks: bool = True  # later chunks close on the engine's step clock (see Engine._chunk_ready)
     audio_batch_wait_s: float = 0.05  # under load, how long the audio thread may let a batch fill (audio_worker)
     gil_switch_interval_s: float = 0.0005  # see Engine.start
     dtype: torch.dtype = torch.float32
@@ -193,6 +194,7 @@ class Engine(EngineAPI):
         self._warm = False
         self._draining = False
         self._last_tick = time.monotonic()
+        self._steps = 0  # engine steps executed: the clock later chunks close on
         self._failure: BaseException | None = None
         metrics.state_slots_total.set(config.max_streams)
 
@@ -375,6 +377,7 @@ class Engine(EngineAPI):
                     continue
                 t0 = time.perf_counter()
                 result = self.runner.execute(plan)
+                self._steps += 1
                 dt = time.perf_counter() - t0
                 kind = "mixed" if plan.prefills and plan.decodes else ("prefill" if plan.prefills else "decode")
                 self.metrics.step_seconds.labels(kind=kind).observe(dt)
@@ -414,8 +417,7 @@ class Engine(EngineAPI):
             elif ev.kind == "token":
                 handle.tokens.append(ev.token)
                 handle.tokens_emitted += 1
-                need = self.config.first_chunk_tokens if handle.chunks_submitted == 0 else self.config.chunk_tokens
-                if len(handle.tokens) >= need:
+                if self._chunk_ready(handle):
                     tokens, handle.tokens = handle.tokens, []
                     handle.chunks_submitted += 1
                     self._audio.submit(AudioJob(handle, tokens, None, time.perf_counter()))
@@ -440,6 +442,20 @@ class Engine(EngineAPI):
                     handle._post(StreamFailed("shutting_down", "the server shut down before the audio was done"))
                 else:  # completed: end after the audio thread has emitted everything queued before this
                     self._audio.submit(AudioJob(handle, None, None, time.perf_counter()))
+
+    def _chunk_ready(self, handle: _Handle) -> bool:
+        """Whether a request's pending tokens make a chunk now. The first chunk of a request closes at
+        ``first_chunk_tokens`` (time to first audio). Later ones close on the engine's step clock, every
+        ``chunk_tokens`` steps, with at least half a chunk: every running stream's chunk then reaches the audio thread
+        in the same step and they decode as one batch — unaligned, they arrive spread over ``chunk_tokens`` steps in
+        small groups (the streams admitted together), and each group is decoded on its own."""
+        n = len(handle.tokens)
+        if handle.chunks_submitted == 0:
+            return n >= self.config.first_chunk_tokens
+        c = self.config.chunk_tokens
+        if not self.config.align_chunks:
+            return n >= c
+        return (n >= max(1, c // 2) and self._steps % c == 0) or n >= 2 * c
 
     def _decode_batch(self, jobs: list[AudioJob]) -> None:
         """Audio thread: chunks of distinct requests -> PCM, through the decoder's ``push_many`` when it has one

@@ -25,7 +25,7 @@ async def _started(**kw):
 
 def test_synthesize_streams_small_first_chunk_then_larger_with_word_timings():
     async def main():
-        engine = await _started()
+        engine = await _started(align_chunks=False)
         try:
             handle = engine.synthesize("Hello there world. Second one!", voice="ava", request_id="r1")
             chunks = await _collect(handle)
@@ -253,7 +253,29 @@ def test_audio_of_concurrent_requests_is_decoded_in_batches_in_order():
     many, batches_many, mean_batch = run(go(8))
     assert batches_one == [] and batches_many and mean_batch > 1.5
     assert all(len(set(b)) == len(b) <= 4 for b in batches_many)  # distinct requests only
-    for a, b in zip(one, many):
-        assert [c.seq for c in b] == list(range(len(b))) == [c.seq for c in a]
+    for a, b in zip(one, many):  # chunk boundaries follow the step clock, so only the whole audio must match
+        assert [c.seq for c in b] == list(range(len(b))) and [c.seq for c in a] == list(range(len(a)))
         assert np.array_equal(np.concatenate([c.pcm for c in a]), np.concatenate([c.pcm for c in b]))
         assert [w.word for c in a for w in c.words] == [w.word for c in b for w in c.words]
+
+
+def test_later_chunks_close_on_the_step_clock_so_streams_decode_together():
+    """Streams admitted at different steps: the first chunk is first_chunk_tokens, the second at least half a chunk
+    up to the next clock tick, and from then on every stream's chunk closes on the same steps (one batch)."""
+    async def main():
+        engine = await _started(max_streams=3, max_queue=3, cap_seconds=2.0, batching=True, chunk_tokens=4,
+                                first_chunk_tokens=3)
+        try:
+            first = engine.synthesize("One long sentence here.", voice="ava", request_id="a", seed=1)
+            await asyncio.sleep(0.05)  # admitted some steps later
+            second = engine.synthesize("Another long sentence.", voice="ben", request_id="b", seed=2)
+            results = await asyncio.gather(_collect(first), _collect(second))
+        finally:
+            await engine.stop()
+        return results, engine.pipeline.decoder.batches
+
+    results, batches = run(main())
+    for chunks in results:
+        tokens = [len(c.pcm) // SAMPLES_PER_TOKEN for c in chunks]
+        assert tokens[0] == 3 and 2 <= tokens[1] <= 5 and all(t == 4 for t in tokens[2:-1]), tokens
+    assert sum(len(b) == 2 for b in batches) >= 5  # the two streams' steady chunks decoded together
