@@ -25,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--presets", nargs="*", help="presets to run (default: the paper-scale family)")
         p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
         p.set_defaults(func=_run)
+    audio = kinds.add_parser("audio", help="the token -> audio stage alone: ms per chunk, one stream at a time vs "
+                                           "batched across streams")
+    audio.add_argument("--quick", action="store_true", help="batches 1 and 4, fp32 only (runs on CPU)")
+    audio.add_argument("--out", default="bench-results", help="output folder")
+    audio.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    audio.set_defaults(func=_audio)
     serve = kinds.add_parser("serve", help="the server end to end over HTTP streaming vs concurrent clients: time to "
                                            "first audio, gaps, underruns, real-time factor, VRAM")
     src = serve.add_mutually_exclusive_group()
@@ -118,6 +124,24 @@ def _run(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
     _try_plots([path])
+    return 0
+
+
+def _audio(args: argparse.Namespace) -> int:
+    from bench.audio import audio_stage
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kw = dict(batches=(1, 4), vocoder_dtypes=("fp32",), warmup=2, reps=2) if args.quick else {}
+    rows = audio_stage(device=device, **kw)
+    for r in rows:
+        print(f"{r['vocoder_dtype']:>5} {r['mode']:<22} {r['streams']:>4} streams: {r['ms_per_chunk']:8.2f} ms/chunk")
+    result = {"rows": rows, "environment": _environment(device),
+              "command": "mamtra bench audio" + (" --quick" if args.quick else "")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "audio.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
     return 0
 
 

@@ -35,6 +35,8 @@ fi
 if [[ $what == serve ]]; then
   export PYTHONPATH=$PYTHONPATH:$PWD/.carry/hifigan_pkg
   shift
+  python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'audio', '--out', '$OUT']))" \
+    2>&1 | tee -a "$OUT/serve.log"
   python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT', *sys.argv[1:]]))" \
     "$@" 2>&1 | grep -v '%|' | tee -a "$OUT/serve.log"
 fi
