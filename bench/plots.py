@@ -77,6 +77,8 @@ def _decode(data: dict, path: Path) -> list[Path]:
 def _serve(data: dict, path: Path) -> list[Path]:
     """Four panels vs concurrent clients, one line per model: time to first audio, inter-chunk gaps, underruns,
     real-time factor per stream."""
+    if not any(run["levels"] for run in data["runs"]):
+        return []
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     (ttfa, gap), (under, rtf) = axes
     for k, run in enumerate(data["runs"]):

@@ -35,8 +35,10 @@ fi
 if [[ $what == serve ]]; then
   export PYTHONPATH=$PYTHONPATH:$PWD/.carry/hifigan_pkg
   shift
-  python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'audio', '--out', '$OUT']))" \
-    2>&1 | tee -a "$OUT/serve.log"
+  if [[ ${SERVE_AUDIO:-1} == 1 ]]; then  # the token -> audio stage alone first (SERVE_AUDIO=0 skips it)
+    python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'audio', '--out', '$OUT']))" \
+      2>&1 | tee -a "$OUT/serve.log"
+  fi
   python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT', *sys.argv[1:]]))" \
     "$@" 2>&1 | grep -v '%|' | tee -a "$OUT/serve.log"
 fi

@@ -4,6 +4,7 @@ server subprocess on a random mini bundle, real HTTP streaming)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -132,5 +133,22 @@ def test_bench_serve_quick_end_to_end(tmp_path, capsys):
         assert srv["audio_busy"] > 0 and srv["audio_batches"] >= 2 and srv["engine_busy"] > 0
         assert srv["audio_batch_mean"] >= 1
         assert srv["memory"]["state_bytes"] > 0 and "gpu_memory_peak_bytes" in srv["memory"]
-    assert (tmp_path / "serve.png").stat().st_size > 0
+    if importlib.util.find_spec("matplotlib"):  # the plot needs the bench extra
+        assert (tmp_path / "serve.png").stat().st_size > 0
     assert (tmp_path / "serve-mini-1_3.log").exists() or (tmp_path / "serve-small-1_3.log").exists()
+
+
+def test_merge_serve_puts_runs_side_by_side(tmp_path):
+    from service.cli import main
+
+    def doc(model):
+        return {"runs": [{"model": model, "levels": []}], "environment": {"device": "cuda", "card": "H100"},
+                "method": {"clients": [1]}}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(doc("mamtra-1:3")))
+    b.write_text(json.dumps(doc("transformer")))
+    assert main(["bench", "merge-serve", str(a), str(b), "--out", str(tmp_path / "serve.json")]) == 0
+    merged = json.loads((tmp_path / "serve.json").read_text())
+    assert [r["model"] for r in merged["runs"]] == ["mamtra-1:3", "transformer"]
+    assert len(merged["environments"]) == 2 and merged["method"] == {"clients": [1]}
