@@ -34,7 +34,7 @@ class Settings(BaseSettings):
                                                           "audio; the codec holds ~6 tokens of look-ahead back)")
     chunk_tokens: int = Field(16, ge=1, description="Speech tokens in later audio chunks")
     client_queue_chunks: int = Field(8, ge=1, description="Audio chunks buffered per request before back-pressure")
-    audio_max_batch: int = Field(64, ge=1, description="Audio chunks of different requests decoded together (1: one at "
+    audio_max_batch: int = Field(256, ge=1, description="Audio chunks of different requests decoded together (1: one at "
                                  "a time)")
     audio_batch_wait_ms: float = Field(50.0, ge=0, description="Under load, the longest the audio thread lets a "
                                        "batch of chunks fill (0: never waits)")

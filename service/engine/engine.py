@@ -59,7 +59,7 @@ class EngineConfig:
     chunk_tokens: int = 16
     client_queue_chunks: int = 8
     stall_timeout_s: float = 10.0
-    audio_max_batch: int = 64  # decode jobs of different requests run together (1: one at a time)
+    audio_max_batch: int = 256  # decode jobs of different requests run together (1: one at a time)
     align_chunks: bool = True  # later chunks close on the engine's step clock (see Engine._chunk_ready)
     audio_batch_wait_s: float = 0.05  # under load, how long the audio thread may let a batch fill (audio_worker)
     gil_switch_interval_s: float = 0.0005  # see Engine.start
