@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The GPU stages of the shipped-weights pipeline (README "Training"), one stage per device call.
-# Inputs travel in .carry/ (ignored by git, named in the call's `carry`); results are written to $OUT in pieces of
-# at most 15 MiB (the device returns 16 MiB per file): reassemble here with `bash bench/train_gpu.sh unpack DIR`.
+# Inputs travel in .carry/ (ignored by git, named in the call's `carry`); results come back as one tar in 15 MiB
+# pieces (the device returns 8 files of 16 MiB): `bash bench/train_gpu.sh unpack FILES_AT DEST` restores them.
 #
 #   codec     .carry/codecfeat (mamtra codec-features --dtype u8)        -> $OUT/codec/…
 #   teacher   .carry/tokens.npz (mamtra tokenize)                          -> $OUT/teacher/…
 #   students  .carry/tokens.npz + .carry/teacher (fp16 teacher)            -> $OUT/<run>/… for every student/ablation
-#   unpack    (here) DIR: join *.part-?? pieces back into their files
+#   search    the same inputs: layer ranking + searched vs evenly spaced    -> $OUT/search.json, $OUT/{searched,…}/
+#   unpack    (here) FILES_AT DEST: untar the pieces, join split weights
 set -uo pipefail
-stage=${1:?stage: codec|teacher|students|unpack}
+stage=${1:?stage: codec|teacher|students|search|unpack}
 OUT=${OUT:-runs/gpu-out}
-if [[ $stage == unpack ]]; then
-  dir=${2:?unpack DIR}
-  for first in $(find "$dir" -name '*.part-aa'); do
+if [[ $stage == unpack ]]; then  # unpack FILES_AT DEST: untar the returned pieces, join split weights
+  src=${2:?unpack FILES_AT DEST} dest=${3:?unpack FILES_AT DEST}
+  mkdir -p "$dest" && cat "$src"/result.tar.part-?? | tar -C "$dest" -xf -
+  for first in $(find "$dest" -name '*.part-aa'); do
     base=${first%.part-aa}
-    cat "$base".part-?? > "$base" && echo "joined $base"
+    cat "$base".part-?? > "$base" && rm "$base".part-?? && echo "joined $base"
   done
   exit 0
 fi
@@ -39,8 +41,10 @@ import sys, torch, json
 from pathlib import Path
 from model.checkpoint import load_checkpoint, save_checkpoint
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-model = load_checkpoint(src, device="cpu")
-meta = json.loads((src / "config.json").read_text()).get("meta", {})
+best = src / "best"  # the lowest held-out CE (model.train.loop), else the last step
+weights = best if (best / "config.json").exists() else src
+model = load_checkpoint(weights, device="cpu")
+meta = json.loads((weights / "config.json").read_text()).get("meta", {})
 save_checkpoint(model, dst, dtype=torch.float16, meta=meta)
 state = src / "train_state.pt"
 if state.exists():
@@ -75,7 +79,7 @@ case $stage in
   teacher)
     mamtra train --data .carry/tokens.npz --preset mini-transformer --out runs/teacher --steps "${STEPS:-6000}" \
       --batch 16 --max-len 2048 --lr 1e-3 --eval-every 500 --device cuda --max-minutes "$MINUTES" 2>&1 \
-      | grep -v '%|' | tee "$OUT/teacher.log"
+      | tr '\r' '\n' | grep -v '%|' | tee "$OUT/teacher.log"
     export_lm runs/teacher teacher
     ;;
   students)
@@ -85,11 +89,34 @@ case $stage in
       name=${spec%%:*}; args=${spec#*:}
       # shellcheck disable=SC2086
       mamtra distill --data .carry/tokens.npz --teacher .carry/teacher --out "runs/$name" --subset 0.02 \
-        --steps "${STEPS:-1500}" --batch 16 --max-len 2048 --lr 1e-3 --eval-every 250 --device cuda \
-        --max-minutes "$MINUTES" $args 2>&1 | grep -v '%|' | tee "$OUT/$name.log"
+        --steps "${STEPS:-500}" --batch 16 --max-len 2048 --lr 1e-3 --eval-every 100 --device cuda \
+        --max-minutes "$MINUTES" $args 2>&1 | tr '\r' '\n' | grep -v '%|' | tee "$OUT/$name.log"
       [[ -f runs/$name/config.json ]] && export_lm "runs/$name" "$name"
+    done
+    ;;
+  search)
+    # Placement search at N_ATTENTION attention layers: rank layers (each alone made Mamba, SEARCH_STEPS distillation
+    # steps of its Mamba layer, held-out CE), then distil the searched layout and the evenly spaced one alike.
+    mamtra distill --data .carry/tokens.npz --teacher .carry/teacher --subset 0.02 --search-layout \
+      --attention "${N_ATTENTION:-2}" --search-steps "${SEARCH_STEPS:-80}" --batch 16 --max-len 2048 --device cuda \
+      --out runs/search 2>&1 | tr '\r' '\n' | grep -v '%|' | tee "$OUT/search.log"
+    python3 - "$OUT/search.log" "$OUT/search.json" <<'EOF2'
+import json, sys
+text = open(sys.argv[1]).read()
+doc = json.loads(text[text.rindex('{\n "teacher_eval_ce"'):])
+open(sys.argv[2], "w").write(json.dumps(doc, indent=1))
+EOF2
+    for kind in ${SEARCH_RUNS-searched evenly_spaced}; do  # SEARCH_RUNS='' ranks only
+      layout=$(python3 -c "import json; print(json.load(open('$OUT/search.json'))['${kind}_layout'])")
+      mamtra distill --data .carry/tokens.npz --teacher .carry/teacher --out "runs/$kind" --subset 0.02 \
+        --layout "$layout" --steps "${STEPS:-500}" --batch 16 --max-len 2048 --lr 1e-3 --eval-every 100 \
+        --device cuda --max-minutes "$MINUTES" 2>&1 | tr '\r' '\n' | grep -v '%|' | tee "$OUT/$kind.log"
+      [[ -f runs/$kind/config.json ]] && export_lm "runs/$kind" "$kind"
     done
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
+# The device returns at most 8 files of 16 MiB: everything goes back as one tar in 15 MiB pieces.
 ls -lR "$OUT" | tail -40
+tar -C "$OUT" -cf /tmp/result.tar . && find "$OUT" -mindepth 1 -delete && split -b 15M /tmp/result.tar "$OUT/result.tar.part-"
+ls -l "$OUT"

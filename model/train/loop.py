@@ -24,6 +24,7 @@ from model.train.data import IGNORE, collate
 from model.transfer import ce_loss, distillation_loss, set_trainable
 
 STATE_FILE = "train_state.pt"
+BEST_DIR = "best"  # weights (model.checkpoint format) at the lowest held-out CE seen
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,10 @@ def train(model: SpeechLM, train_seqs: list, eval_seqs: list, cfg: TrainConfig, 
                                             max_batches=cfg.eval_batches)
             history.append(entry)
             bar.write(json.dumps(entry))
+            if "eval_ce" in entry and entry["eval_ce"] <= min(h.get("eval_ce", float("inf")) for h in history):
+                # The lowest held-out CE so far: small data overfits, so the last step is not always the best.
+                save_checkpoint(model, out / BEST_DIR, meta={**(meta or {}), "step": step,
+                                                              "eval_ce": entry["eval_ce"]})
         if step % cfg.save_every == 0 or step == cfg.steps:
             _save(model, opt, step, history, out, cfg, distill, meta)
     bar.close()
