@@ -24,8 +24,9 @@ from service.metrics import Metrics
 
 def _engine(model_dir: str | None) -> Engine:
     model, pipeline = load_bundle(model_dir, device=torch.device("cpu"), backend="ref")
-    return Engine(model=model, pipeline=pipeline, config=EngineConfig(max_streams=1, max_queue=0),
-                  metrics=Metrics())
+    # No wall-clock limit offline: a chapter takes as long as it takes on a CPU (the server keeps its limit).
+    return Engine(model=model, pipeline=pipeline,
+                  config=EngineConfig(max_streams=1, max_queue=0, request_timeout_s=float("inf")), metrics=Metrics())
 
 
 def say(text: str, *, out: str, voice: str | None = None, model_dir: str | None = None, seed: int | None = None,
