@@ -17,7 +17,8 @@ def fake_embed(audio, sr):  # "voice" = dominant frequency band; silent audio ha
     if np.sqrt(np.mean(audio ** 2)) < 1e-4:
         return None
     spec = np.abs(np.fft.rfft(audio[:sr], n=sr))[:2000]  # the first second: 1 Hz bins whatever the length
-    return spec / np.linalg.norm(spec)
+    norm = np.linalg.norm(spec)
+    return spec / norm if norm > 0 else None
 
 
 def test_level_drift_and_pause_are_measured():
