@@ -1,6 +1,8 @@
-"""Shared fixtures: tiny random configs for CPU tests, and the GPU skip."""
+"""Shared fixtures: tiny random configs (and a tiny random model bundle) for CPU tests, and the GPU skip."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,31 @@ def tiny_config(layout: str = "AMAM", **overrides) -> ModelConfig:
                 max_context=128, rope_theta=10_000.0, ssd_chunk_size=8)
     base.update(overrides)
     return ModelConfig(**base)
+
+
+def write_tiny_models(root: Path, speakers: list[str], *, voices: list[dict], model_id: str,
+                      codec_dir: str = "codec", lm_dir: str = "lm") -> dict:
+    """A tiny random codec (trained, nominally, on ``speakers``), a tiny random ``AMAM`` LM whose meta names the
+    same speakers, and a bundle assembled from both with ``voices``. Returns the three directories and the layout."""
+    from model.checkpoint import save_checkpoint
+    from model.codec.codec import SpeechCodec, save_codec
+    from model.codec.config import tiny_codec_config
+    from model.lm import SpeechLM
+    from model.text.vocab import Vocabulary
+    from model.tokens import TokenLayout
+    from service.engine.bundle import assemble_bundle
+
+    torch.manual_seed(0)
+    codec = SpeechCodec(tiny_codec_config(voices=tuple(speakers)))
+    save_codec(codec, root / codec_dir)
+    layout = TokenLayout(text_vocab=len(Vocabulary()), speech_codes=codec.config.codebook_size,
+                         num_voices=len(speakers))
+    cfg = tiny_config("AMAM", vocab_size=layout.vocab_size, max_context=512, ssd_chunk_size=64)
+    save_checkpoint(SpeechLM(cfg, backend="ref"), root / lm_dir,
+                    meta={"layout_tokens": layout.to_dict(), "speakers": list(speakers)})
+    bundle = assemble_bundle(root / "bundle", lm_dir=root / lm_dir, codec_dir=root / codec_dir, model_id=model_id,
+                             voices=voices)
+    return {"codec": root / codec_dir, "lm": root / lm_dir, "bundle": bundle, "layout": layout}
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
+from tests.conftest import write_tiny_models
 from tests.model.eval.speech import espeak_speech
 
 # manifest voice → (espeak-ng voice, manifest speaker). The two are distinct speakers to Resemblyzer.
@@ -42,30 +42,10 @@ def corpus(tmp_path_factory):
 def tiny_models(tmp_path_factory):
     """``{"codec", "lm", "bundle"}`` directories: a tiny random codec and LM trained (nominally) on the manifest
     voices, and a bundle whose voice ids are the manifest *speakers* (so the harness's speaker fallback is used)."""
-    from model.checkpoint import save_checkpoint
-    from model.codec.codec import SpeechCodec, save_codec
-    from model.codec.config import tiny_codec_config
-    from model.config import ModelConfig
-    from model.lm import SpeechLM
-    from model.text.vocab import Vocabulary
-    from model.tokens import TokenLayout
-    from service.engine.bundle import assemble_bundle
-
-    root = tmp_path_factory.mktemp("models")
-    voices = list(VOICES)
-    torch.manual_seed(0)
-    codec = SpeechCodec(tiny_codec_config(voices=tuple(voices)))
-    save_codec(codec, root / "codec")
-    layout = TokenLayout(text_vocab=len(Vocabulary()), speech_codes=codec.config.codebook_size,
-                         num_voices=len(voices))
-    cfg = ModelConfig(layout="AMAM", vocab_size=layout.vocab_size, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16,
-                      d_ff=96, max_context=512, rope_theta=10_000.0)
-    save_checkpoint(SpeechLM(cfg, backend="ref"), root / "lm", meta={"layout_tokens": layout.to_dict(),
-                                                                     "speakers": voices})
-    bundle = assemble_bundle(root / "bundle", lm_dir=root / "lm", codec_dir=root / "codec", model_id="tiny",
-                             voices=[{"id": speaker, "name": speaker, "speaker": v}
-                                     for v, (_, speaker) in VOICES.items()])
-    return {"codec": root / "codec", "lm": root / "lm", "bundle": bundle}
+    models = write_tiny_models(tmp_path_factory.mktemp("models"), list(VOICES), model_id="tiny",
+                               voices=[{"id": speaker, "name": speaker, "speaker": v}
+                                       for v, (_, speaker) in VOICES.items()])
+    return {k: models[k] for k in ("codec", "lm", "bundle")}
 
 
 @pytest.fixture(scope="session")

@@ -11,35 +11,24 @@ import pytest
 import torch
 
 from model.checkpoint import save_checkpoint
-from model.codec.codec import SpeechCodec, save_codec
-from model.codec.config import tiny_codec_config
 from model.config import ModelConfig
 from model.lm import SpeechLM
-from model.text.vocab import Vocabulary
 from model.tokens import TokenLayout
 from service.engine.bundle import BundleError, assemble_bundle, load_bundle
 from service.engine.engine import Engine, EngineConfig
 from service.metrics import Metrics
+from tests.conftest import write_tiny_models
 
 SPEAKERS = ["rhvoice-slt", "flite-rms"]
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundle")
-    torch.manual_seed(0)
-    codec = SpeechCodec(tiny_codec_config(voices=tuple(SPEAKERS)))
-    save_codec(codec, root / "codec-run")
-    layout = TokenLayout(text_vocab=len(Vocabulary()), speech_codes=codec.config.codebook_size,
-                         num_voices=len(SPEAKERS))
-    cfg = ModelConfig(layout="AMAM", vocab_size=layout.vocab_size, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16,
-                      d_ff=96, max_context=512, rope_theta=10_000.0)
-    save_checkpoint(SpeechLM(cfg, backend="ref"), root / "lm-run",
-                    meta={"layout_tokens": layout.to_dict(), "speakers": SPEAKERS})
-    out = assemble_bundle(root / "bundle", lm_dir=root / "lm-run", codec_dir=root / "codec-run", model_id="mamtra-t",
-                          voices=[{"id": "slt", "name": "Slt", "speaker": "rhvoice-slt", "gender": "female"},
-                                  {"id": "rms", "name": "Rms", "speaker": "flite-rms", "gender": "male"}])
-    return out, layout
+    models = write_tiny_models(tmp_path_factory.mktemp("bundle"), SPEAKERS, model_id="mamtra-t",
+                               codec_dir="codec-run", lm_dir="lm-run",
+                               voices=[{"id": "slt", "name": "Slt", "speaker": "rhvoice-slt", "gender": "female"},
+                                       {"id": "rms", "name": "Rms", "speaker": "flite-rms", "gender": "male"}])
+    return models["bundle"], models["layout"]
 
 
 def test_assembled_bundle_layout(bundle):
