@@ -1,23 +1,20 @@
 #!/usr/bin/env bash
 # The GPU stages of the shipped-weights pipeline (README "Training"), one stage per device call.
 # Inputs travel in .carry/ (ignored by git, named in the call's `carry`); results come back as one tar in 15 MiB
-# pieces (the device returns 8 files of 16 MiB): `bash bench/train_gpu.sh unpack FILES_AT DEST` restores them.
+# pieces (the device returns 8 files of 16 MiB, and about 60 MiB in all: two fp16 students per call at most):
+# `bash bench/train_gpu.sh unpack FILES_AT DEST` restores them.
 #
 #   codec     .carry/codecfeat (mamtra codec-features --dtype u8)        -> $OUT/codec/…
 #   teacher   .carry/tokens.npz (mamtra tokenize)                          -> $OUT/teacher/…
 #   students  .carry/tokens.npz + .carry/teacher (fp16 teacher)            -> $OUT/<run>/… for every student/ablation
 #   search    the same inputs: layer ranking + searched vs evenly spaced    -> $OUT/search.json, $OUT/{searched,…}/
-#   unpack    (here) FILES_AT DEST: untar the pieces, join split weights
+#   unpack    (here) FILES_AT DEST: join the pieces and untar them
 set -uo pipefail
 stage=${1:?stage: codec|teacher|students|search|unpack}
 OUT=${OUT:-runs/gpu-out}
-if [[ $stage == unpack ]]; then  # unpack FILES_AT DEST: untar the returned pieces, join split weights
+if [[ $stage == unpack ]]; then  # unpack FILES_AT DEST: join the returned pieces and untar them
   src=${2:?unpack FILES_AT DEST} dest=${3:?unpack FILES_AT DEST}
   mkdir -p "$dest" && cat "$src"/result.tar.part-?? | tar -C "$dest" -xf -
-  for first in $(find "$dest" -name '*.part-aa'); do
-    base=${first%.part-aa}
-    cat "$base".part-?? > "$base" && rm "$base".part-?? && echo "joined $base"
-  done
   exit 0
 fi
 mkdir -p "$OUT"
@@ -33,7 +30,7 @@ MINUTES=${MINUTES:-7}
 mamtra() { python3 -c "import sys; from service.cli import main; sys.exit(main(sys.argv[1:]))" "$@"; }
 codec_cli() { python3 -m model.codec.cli "$@"; }
 
-# fp16 copy of an LM run directory's weights (model.checkpoint format) into $OUT/NAME, split to fit the return.
+# fp16 copy of an LM run directory's weights (model.checkpoint format) into $OUT/NAME.
 export_lm() {
   local run=$1 name=$2
   python3 - "$run" "$OUT/$name" <<'EOF'
@@ -51,10 +48,6 @@ if state.exists():
     history = torch.load(state, map_location="cpu", weights_only=False).get("history", [])
     (dst / "history.json").write_text(json.dumps(history, indent=1) + "\n")
 EOF
-  split_big "$OUT/$name"
-}
-split_big() {
-  find "$1" -type f -size +15M | while read -r f; do split -b 15M "$f" "$f.part-" && rm "$f"; done
 }
 
 case $stage in
@@ -74,7 +67,7 @@ case $stage in
     codec_cli train-codec --features .carry/codecfeat --out runs/codec-gpu --steps "$steps" --batch 32 --device cuda \
       --save-every 100000 --max-minutes "$MINUTES" --precision "$prec" --no-progress 2>&1 | tee -a "$OUT/codec.log"
     rm -f runs/codec-gpu/train_state*
-    mkdir -p "$OUT/codec" && cp -r runs/codec-gpu/. "$OUT/codec/" && split_big "$OUT/codec"
+    mkdir -p "$OUT/codec" && cp -r runs/codec-gpu/. "$OUT/codec/"
     ;;
   teacher)
     mamtra train --data .carry/tokens.npz --preset mini-transformer --out runs/teacher --steps "${STEPS:-6000}" \
