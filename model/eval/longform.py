@@ -25,9 +25,10 @@ from model.data.manifest import audio_path, read_manifest
 SILENCE_DBFS = -45.0  # 10 ms frames below this RMS are silent
 
 
-def long_text(manifest: str | Path, words: int, *, split: str = "test") -> str:
+def long_text(entries: list, words: int, *, split: str = "test") -> str:
+    """The ``split`` sentences of manifest ``entries``, in order, joined until ``words`` words."""
     out, n = [], 0
-    for e in read_manifest(manifest):
+    for e in entries:
         if e.split != split:
             continue
         out.append(e.text)
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     from model.eval.speaker import SpeakerEncoder, reference_embedding
     from service.offline import say
 
-    text = long_text(args.manifest, args.words)
+    entries = read_manifest(args.manifest)
+    text = long_text(entries, args.words)
     wav = args.wav or str(Path(args.out).with_suffix(".wav"))
     t0 = time.perf_counter()
     seconds = say(text, out=wav, voice=args.voice, model_dir=args.model_dir, seed=args.seed)
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = json.loads((Path(args.model_dir or DEFAULT_BUNDLE) / "pipeline.json").read_text())
         ref_voice = spec["decoder"]["voices"][args.voice]
-    refs = [e for e in read_manifest(args.manifest) if e.voice == ref_voice and e.split == "test"][:10]
+    refs = [e for e in entries if e.voice == ref_voice and e.split == "test"][:10]
     encoder = SpeakerEncoder()
     embeddings = []
     for e in refs:
