@@ -54,13 +54,20 @@ class AudioWorker:
         self._thread: threading.Thread | None = None  # started by the first job
 
     def submit(self, job: AudioJob) -> None:
+        self.submit_many([job])
+
+    def submit_many(self, jobs: list[AudioJob]) -> None:
+        """Queue jobs in order, all at once: a round never sees only some of them (the engine hands over one step's
+        chunks together, so they can share a batch)."""
+        if not jobs:
+            return
         with self._cv:
             if self._stopped:
                 return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="mamtra-audio", daemon=True)
                 self._thread.start()
-            self._jobs.append(job)
+            self._jobs.extend(jobs)
             self._cv.notify()
 
     def shutdown(self) -> None:
