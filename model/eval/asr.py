@@ -113,6 +113,17 @@ class Transcriber:
             without_timestamps=True, vad_filter=False, max_new_tokens=MAX_NEW_TOKENS)
         return " ".join(s.text.strip() for s in segments).strip()
 
+    def words(self, audio: np.ndarray) -> list[tuple[str, float, float]]:
+        """``audio`` (float32 mono, 16 kHz) → Whisper's words with its own timestamps (cross-attention DTW),
+        ``(word, start s, end s)``: the independent reference the word aligner is measured against."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if audio.size < ASR_SAMPLE_RATE // 10:
+            return []
+        segments, _ = self.model.transcribe(
+            audio, language="en", beam_size=self.beam_size, temperature=0.0, condition_on_previous_text=False,
+            word_timestamps=True, vad_filter=False, max_new_tokens=MAX_NEW_TOKENS)
+        return [(w.word.strip(), float(w.start), float(w.end)) for s in segments for w in (s.words or [])]
+
     def describe(self) -> dict:
         return {"model": "whisper-base (CTranslate2, int8, CPU)", "language": "en", "beam_size": self.beam_size,
                 "temperature": 0.0, "packages": package_versions()}
