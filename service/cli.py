@@ -44,7 +44,8 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     from service.engine.bundle import assemble_bundle
 
     voices = json.loads(open(args.voices).read()) if args.voices else None
-    out = assemble_bundle(args.out, lm_dir=args.lm, codec_dir=args.codec, model_id=args.model_id, voices=voices)
+    out = assemble_bundle(args.out, lm_dir=args.lm, codec_dir=args.codec, model_id=args.model_id, voices=voices,
+                          aligner_dir=args.aligner)
     print(out)
     return 0
 
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     bundle = sub.add_parser("bundle", help="assemble a servable model bundle from a trained LM and codec")
     bundle.add_argument("--lm", required=True, help="LM checkpoint directory (from mamtra train/distill)")
     bundle.add_argument("--codec", required=True, help="codec directory (from mamtra train-codec)")
+    bundle.add_argument("--aligner", help="word aligner directory (from mamtra train-aligner; word timestamps)")
     bundle.add_argument("--out", required=True)
     bundle.add_argument("--model-id", default="mamtra-small")
     bundle.add_argument("--voices", help='JSON file: [{"id", "name", "speaker", "gender", "description"}], best first')
@@ -154,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     from model.eval.cli import register as register_eval
 
     register_eval(sub)
+
+    from model.align.cli import register as register_align
+
+    register_align(sub)
     return parser
 
 

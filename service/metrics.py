@@ -54,6 +54,8 @@ class Metrics:
         # Work done
         self.audio_seconds = Counter("mamtra_audio_seconds_total", "Seconds of audio generated", registry=r)
         self.speech_tokens = Counter("mamtra_speech_tokens_total", "Speech tokens generated", registry=r)
+        self.word_alignments = Counter("mamtra_word_alignments_total", "Sentences whose word timestamps were aligned "
+                                       "(aligned) or fell back to an estimate (estimated)", ["result"], registry=r)
         self.decode_batch_size = Histogram("mamtra_decode_batch_size", "Streams per decode step",
                                            buckets=BATCH_BUCKETS, registry=r)
         self.step_seconds = Histogram("mamtra_step_seconds", "Engine step wall time by kind", ["kind"],

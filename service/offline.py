@@ -40,7 +40,8 @@ def say(text: str, *, out: str, voice: str | None = None, model_dir: str | None 
     async def run(sink) -> int:
         await engine.start()
         try:
-            handle = engine.synthesize(text, voice=voice, speed=speed, request_id="say", seed=seed)
+            handle = engine.synthesize(text, voice=voice, speed=speed, request_id="say", seed=seed,
+                                       word_timestamps=False)  # a WAV has no place for them
             samples = 0
             async for chunk in handle.chunks():
                 sink(chunk.pcm)

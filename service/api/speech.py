@@ -129,7 +129,8 @@ async def create_speech(body: SpeechRequest, request: Request, engine: EngineDep
                          max_input_chars=settings.max_input_chars)
     encoder = make_encoder(body.response_format)
     try:
-        handle = engine.synthesize(body.input, voice=voice_id, speed=body.speed, request_id=request_id)
+        handle = engine.synthesize(body.input, voice=voice_id, speed=body.speed, request_id=request_id,
+                                   word_timestamps=False)  # this endpoint sends audio only
     except EngineError as exc:
         encoder.close()
         if exc.status in (429, 503):

@@ -8,6 +8,7 @@ A bundle directory::
                                              "max_seconds_per_char"?, "min_cap_seconds"? (the length guard,
                                              default ``Pipeline``'s),
                                              "frontend": {"kind", ...}, "decoder": {"kind", ...},
+                                             "aligner"?: {"path", "token_offset"} (word timestamps),
                                              "voices": [{"id", "name", "language", "gender", "description",
                                                          "prompt_ids"}]}
 
@@ -16,7 +17,8 @@ paths, imported on use) that take the bundle directory and their JSON section. B
 front-end (``model.text`` through the LM's ``model.tokens`` layout) and the ``mamtra-codec`` decoder
 (``model.codec``: token decoder + HiFi-GAN, streaming). A decoder section without a ``device`` gets the engine's
 (on a GPU server the token -> audio path runs on the GPU, not on the host's few cores). ``assemble_bundle`` writes a bundle from a trained LM
-checkpoint and codec. The default bundle ships inside the package (``model/bundled``) once the default voices are
+checkpoint and codec (and, optionally, a word aligner: ``model.align``; without one, word timestamps are
+proportional estimates, labelled). The default bundle ships inside the package (``model/bundled``) once the default voices are
 trained; until then ``mamtra serve`` says so and points at ``MAMTRA_MODEL_DIR``.
 """
 
@@ -91,18 +93,29 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
         voices[voice.id] = VoiceEntry(voice, tuple(v["prompt_ids"]))
     if not voices:
         raise BundleError(f"{spec_path}: no voices")
+    aligner = None
+    if spec.get("aligner"):
+        from model.align.aligner import AlignerError, WordAligner, load_aligner
+
+        try:  # on the CPU: a sentence's alignment is a few ms there and needs no device sync in the audio thread
+            aligner = WordAligner(load_aligner(root / spec["aligner"].get("path", "aligner")),
+                                  token_offset=int(spec["aligner"].get("token_offset", 0)))
+        except AlignerError as e:
+            raise BundleError(str(e)) from None
     first, last = spec["speech_ids"]
     guard = {k: float(spec[k]) for k in ("max_seconds_per_char", "min_cap_seconds") if k in spec}
     pipeline = Pipeline(model_id=spec["model_id"], frontend=frontend, decoder=decoder, voices=voices,
                         eos_id=spec["eos_id"], speech_ids=tuple(range(first, last + 1)),
-                        tokens_per_second=spec.get("tokens_per_second", 25.0), **guard)
+                        tokens_per_second=spec.get("tokens_per_second", 25.0), aligner=aligner, **guard)
     return model, pipeline
 
 
 def assemble_bundle(out: str | Path, *, lm_dir: str | Path, codec_dir: str | Path, model_id: str,
-                    voices: list[dict[str, Any]] | None = None, dtype: torch.dtype = torch.float16) -> Path:
+                    voices: list[dict[str, Any]] | None = None, dtype: torch.dtype = torch.float16,
+                    aligner_dir: str | Path | None = None) -> Path:
     """Write a bundle from a trained LM checkpoint (its meta holds the token layout and speaker list, as
-    ``mamtra train``/``distill`` write them) and a trained codec. ``voices``: optional [{"id", "name", "speaker",
+    ``mamtra train``/``distill`` write them), a trained codec and, optionally, a trained word aligner
+    (``mamtra train-aligner``) for the same codec and text vocabulary. ``voices``: optional [{"id", "name", "speaker",
     "gender", "description"}] in the order to list them (best first); default: every LM speaker, named as is."""
     from model.checkpoint import read_config, save_checkpoint
     from model.codec.codec import load_codec, save_codec
@@ -133,5 +146,16 @@ def assemble_bundle(out: str | Path, *, lm_dir: str | Path, codec_dir: str | Pat
             "decoder": {"kind": "mamtra-codec", "path": "codec", "token_offset": layout.speech_offset,
                         "voices": mapping},
             "voices": entries}
+    if aligner_dir is not None:
+        from model.align.aligner import load_aligner, save_aligner
+
+        aligner = load_aligner(aligner_dir)
+        if aligner.config.codes != layout.speech_codes or aligner.config.symbols < layout.text_vocab:
+            raise BundleError(f"{aligner_dir}: the aligner's {aligner.config.codes} codes / "
+                              f"{aligner.config.symbols} symbols do not fit the LM's {layout.speech_codes} / "
+                              f"{layout.text_vocab}")
+        save_aligner(aligner, out / "aligner", dtype=dtype, meta=json.loads(
+            (Path(aligner_dir) / "aligner.json").read_text()).get("meta", {}))
+        spec["aligner"] = {"path": "aligner", "token_offset": layout.speech_offset}
     (out / "pipeline.json").write_text(json.dumps(spec, indent=1) + "\n")
     return out

@@ -10,8 +10,10 @@ Threads and why:
   ``client_queue_chunks`` chunks is paused in the scheduler (back-pressure): generation for it stops, nothing is
   dropped and nothing buffers without bound.
 
-Word timestamps: until the pipeline provides a measured alignment, a sentence's words are placed across its audio in
-proportion to their length, and marked ``estimated``.
+Word timestamps (for streams that ask for them: the WebSocket's contexts): when a sentence's audio is done, the
+pipeline's ``WordAligner`` (``model.align``: a CTC phone aligner on the speech tokens) places its words on the tokens
+generated for it, measured; without an aligner in the bundle, or where a sentence cannot be aligned, its words are
+spread over its audio in proportion to their length and marked ``estimated``.
 """
 
 from __future__ import annotations
@@ -84,8 +86,10 @@ class EngineConfig:
 
 
 class _Handle(StreamHandle):
-    def __init__(self, engine: "Engine", request_id: str, voice: str, speed: float, seed: int | None) -> None:
+    def __init__(self, engine: "Engine", request_id: str, voice: str, speed: float, seed: int | None,
+                 word_timestamps: bool = True) -> None:
         self.id = request_id
+        self.word_timestamps = word_timestamps
         self.voice = voice
         self.speed = speed
         self.seed = seed
@@ -107,6 +111,7 @@ class _Handle(StreamHandle):
         self.seq = 0
         self.samples_out = 0
         self.sentence_start_sample = 0
+        self.sentence_tokens: list[int] = []  # audio thread: the current sentence's speech tokens (for alignment)
         self.tokens_emitted = 0
 
     # --- text in -------------------------------------------------------------------------------------------------
@@ -220,7 +225,9 @@ class Engine(EngineAPI):
         return not busy or time.monotonic() - self._last_tick < self.config.stall_timeout_s
 
     def open_stream(self, *, voice: str, speed: float = 1.0, request_id: str | None = None,
-                    seed: int | None = None) -> StreamHandle:
+                    seed: int | None = None, word_timestamps: bool = True) -> StreamHandle:
+        """``word_timestamps``: whether chunks carry the words their audio finished (the REST endpoint, which
+        never sends them, turns it off: aligning costs the audio thread a few ms per sentence)."""
         if self._draining:
             raise Draining("the server is shutting down")
         if not self._warm:
@@ -231,7 +238,7 @@ class Engine(EngineAPI):
         if not 0.25 <= speed <= 4.0:
             raise InvalidRequest("speed must be between 0.25 and 4.0", param="speed")
         handle = _Handle(self, request_id or uuid.uuid4().hex, voice, speed,
-                         seed if seed is not None else self.config.sampling.seed)
+                         seed if seed is not None else self.config.sampling.seed, word_timestamps)
         with self._lock:
             try:
                 self.scheduler.add_request(handle.id, voice_ids=entry.prompt_ids)
@@ -248,11 +255,12 @@ class Engine(EngineAPI):
         return handle
 
     def synthesize(self, text: str, *, voice: str, speed: float = 1.0, request_id: str | None = None,
-                   seed: int | None = None) -> StreamHandle:
+                   seed: int | None = None, word_timestamps: bool = True) -> StreamHandle:
         sentences = self.pipeline.frontend.sentences(text)  # once: normalising and G2P are the costly part
         if not sentences:
             raise InvalidRequest("input has nothing speakable", param="input")
-        handle = self.open_stream(voice=voice, speed=speed, request_id=request_id, seed=seed)
+        handle = self.open_stream(voice=voice, speed=speed, request_id=request_id, seed=seed,
+                                  word_timestamps=word_timestamps)
         self._add_sentences(handle, sentences)
         handle.end_input()
         return handle
@@ -407,6 +415,13 @@ class Engine(EngineAPI):
 
     # --- events -> audio -----------------------------------------------------------------------------------------
     def _dispatch(self, events: list[Event]) -> None:
+        jobs: list[AudioJob] = []
+        try:
+            self._dispatch_into(events, jobs)
+        finally:  # one hand-over per step: the audio thread never starts a round with half of a step's chunks
+            self._audio.submit_many(jobs)
+
+    def _dispatch_into(self, events: list[Event], jobs: list[AudioJob]) -> None:
         for ev in events:
             handle = self._handles.get(ev.request_id)
             if handle is None:
@@ -420,11 +435,11 @@ class Engine(EngineAPI):
                 if self._chunk_ready(handle):
                     tokens, handle.tokens = handle.tokens, []
                     handle.chunks_submitted += 1
-                    self._audio.submit(AudioJob(handle, tokens, None, time.perf_counter()))
+                    jobs.append(AudioJob(handle, tokens, None, time.perf_counter()))
             elif ev.kind == "sentence_end":
                 tokens, handle.tokens = handle.tokens, []
                 handle.chunks_submitted += 1
-                self._audio.submit(AudioJob(handle, tokens, ev.sentence.tag, time.perf_counter()))
+                jobs.append(AudioJob(handle, tokens, ev.sentence.tag, time.perf_counter()))
             elif ev.kind == "finished":
                 self.metrics.speech_tokens.inc(handle.tokens_emitted)
                 with self._lock:
@@ -441,7 +456,7 @@ class Engine(EngineAPI):
                     handle.closed = True
                     handle._post(StreamFailed("shutting_down", "the server shut down before the audio was done"))
                 else:  # completed: end after the audio thread has emitted everything queued before this
-                    self._audio.submit(AudioJob(handle, None, None, time.perf_counter()))
+                    jobs.append(AudioJob(handle, None, None, time.perf_counter()))
 
     def _chunk_ready(self, handle: _Handle) -> bool:
         """Whether a request's pending tokens make a chunk now. The first chunk of a request closes at
@@ -464,7 +479,7 @@ class Engine(EngineAPI):
         start = time.perf_counter()
         with self._audio_context():
             for job, pcm in self._decode_jobs(jobs, start):
-                self._emit(job.handle, pcm, job.sentence)
+                self._emit(job.handle, pcm, job.sentence, job.tokens)
         self.metrics.audio_decode_seconds.observe(time.perf_counter() - start)
 
     def _decode_jobs(self, jobs: list[AudioJob], start: float):
@@ -511,14 +526,20 @@ class Engine(EngineAPI):
         handle._post(StreamFailed("internal_error", "audio decoding failed"))
         self._cancel(handle, "error")
 
-    def _emit(self, handle: _Handle, pcm: np.ndarray, sentence: SentenceText | None) -> None:
+    def _emit(self, handle: _Handle, pcm: np.ndarray, sentence: SentenceText | None,
+              tokens: list[int] | None = None) -> None:
         """Audio thread: a decoded chunk (and word timings at a sentence end) to the request's queue."""
         words = []
         start_sample = handle.sentence_start_sample
         handle.samples_out += len(pcm)
+        if handle.word_timestamps and tokens:
+            handle.sentence_tokens += tokens
         if sentence is not None:
-            words = _estimate_word_times(sentence.words, start_sample / SAMPLE_RATE, handle.samples_out / SAMPLE_RATE)
+            if handle.word_timestamps:
+                words = self._word_times(sentence, handle.sentence_tokens, start_sample / SAMPLE_RATE,
+                                         handle.samples_out / SAMPLE_RATE)
             handle.sentence_start_sample = handle.samples_out
+            handle.sentence_tokens = []
         if len(pcm) == 0 and not words:
             handle.empty_jobs += 1
             return
@@ -526,6 +547,24 @@ class Engine(EngineAPI):
         chunk = AudioChunk(pcm=_to_int16(pcm), seq=handle.seq, words=words)
         handle.seq += 1
         handle._post(chunk)
+
+    def _word_times(self, sentence: SentenceText, tokens: list[int], start: float, end: float) -> list[WordTiming]:
+        """A finished sentence's words on its audio ``[start, end)`` s: aligned when the pipeline has an aligner
+        and the sentence can be aligned, else estimated (and labelled)."""
+        aligner = self.pipeline.aligner
+        if aligner is not None and sentence.spans and len(sentence.spans) == len(sentence.words):
+            try:
+                fractions = aligner.align(sentence.token_ids, sentence.spans, tokens)
+            except Exception:  # a timing is never worth a stream: fall back to the estimate
+                log.exception("word alignment failed")
+                fractions = None
+            if fractions is not None:
+                span = end - start
+                self.metrics.word_alignments.labels(result="aligned").inc()
+                return [WordTiming(w, round(start + a * span, 3), round(start + b * span, 3))
+                        for w, (a, b) in zip(sentence.words, fractions)]
+            self.metrics.word_alignments.labels(result="estimated").inc()
+        return _estimate_word_times(sentence.words, start, end)
 
     def _finish_stream(self, handle: _Handle) -> None:
         if handle.closed:

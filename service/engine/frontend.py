@@ -21,9 +21,10 @@ class LayoutFrontend:
     def sentences(self, text: str) -> list[SentenceText]:
         out = []
         for piece in self.phonemes.iter_pieces(text):
-            words = tuple(w.word for w in piece.words if not w.is_punctuation)
-            if piece.encoded.ids and words:
-                out.append(SentenceText(piece.text, words, tuple(piece.encoded.ids)))
+            spoken = [(w.word, span) for w, span in zip(piece.words, piece.encoded.spans) if not w.is_punctuation]
+            if piece.encoded.ids and spoken:
+                out.append(SentenceText(piece.text, tuple(w for w, _ in spoken), tuple(piece.encoded.ids),
+                                        tuple(span for _, span in spoken)))
         return out
 
     def prompt_ids(self, sentence: SentenceText) -> list[int]:

@@ -5,7 +5,8 @@
 - a ``TextFrontend`` that splits text into sentences (with their words, for timestamps) and turns a sentence into
   the LM's prompt ids (text tokens followed by start-of-speech);
 - voices: each a ``Voice`` (id, name, ...) and the prompt ids that condition the LM on it;
-- a ``SpeechDecoder`` whose per-request ``DecoderStream`` turns speech tokens into 24 kHz PCM chunk by chunk.
+- a ``SpeechDecoder`` whose per-request ``DecoderStream`` turns speech tokens into 24 kHz PCM chunk by chunk;
+- optionally a ``WordAligner`` that places a finished sentence's words on its speech tokens (word timestamps).
 
 The engine treats all ids as opaque, except ``eos_id`` (end of speech, which also separates sentences in the
 context) and ``speech_ids`` (what sampling may emit besides EOS).
@@ -27,6 +28,7 @@ class SentenceText:
     text: str
     words: tuple[str, ...]
     token_ids: tuple[int, ...] = ()  # the front-end's encoding, when it computes one while splitting
+    spans: tuple[tuple[int, int], ...] = ()  # per word, its [start, end) range in token_ids (when token_ids is set)
 
 
 class TextFrontend(Protocol):
@@ -45,6 +47,13 @@ class DecoderStream(Protocol):
 
 class SpeechDecoder(Protocol):
     def open(self, voice_id: str, *, speed: float) -> DecoderStream: ...
+
+
+class WordAligner(Protocol):
+    def align(self, text_ids: Sequence[int], spans: Sequence[tuple[int, int]], speech_tokens: Sequence[int]
+              ) -> list[tuple[float, float]] | None:
+        """A sentence's text ids, its words' spans in them and the speech tokens generated for it → each word's
+        ``(start, end)`` as fractions of the sentence's audio, or None where no alignment can be made."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class Pipeline:
     # cannot run on (Generation that behaves: a hard cap derived from the text length).
     max_seconds_per_char: float = 0.2
     min_cap_seconds: float = 2.0
+    aligner: WordAligner | None = None  # None: word timings are proportional estimates, labelled as such
 
     def max_tokens(self, sentence: SentenceText) -> int:
         seconds = max(self.min_cap_seconds, self.max_seconds_per_char * len(sentence.text))

@@ -137,12 +137,15 @@ class EngineAPI(abc.ABC):
     def model_ids(self) -> list[str]: ...
 
     @abc.abstractmethod
-    def open_stream(self, *, voice: str, speed: float = 1.0, request_id: str) -> StreamHandle:
-        """Admit a request (raises QueueFull, Draining, NotReady, InvalidRequest). Text is pushed afterwards."""
+    def open_stream(self, *, voice: str, speed: float = 1.0, request_id: str,
+                    word_timestamps: bool = True) -> StreamHandle:
+        """Admit a request (raises QueueFull, Draining, NotReady, InvalidRequest). Text is pushed afterwards.
+        ``word_timestamps``: whether its chunks carry the words their audio finished."""
 
-    def synthesize(self, text: str, *, voice: str, speed: float = 1.0, request_id: str) -> StreamHandle:
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0, request_id: str,
+                   word_timestamps: bool = True) -> StreamHandle:
         """A whole text at once (the REST endpoint)."""
-        handle = self.open_stream(voice=voice, speed=speed, request_id=request_id)
+        handle = self.open_stream(voice=voice, speed=speed, request_id=request_id, word_timestamps=word_timestamps)
         handle.push_text(text)
         handle.end_input()
         return handle

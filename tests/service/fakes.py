@@ -166,7 +166,8 @@ class FakeEngine(EngineAPI):
     def model_ids(self) -> list[str]:
         return list(self._model_ids)
 
-    def open_stream(self, *, voice: str, speed: float = 1.0, request_id: str) -> FakeStream:
+    def open_stream(self, *, voice: str, speed: float = 1.0, request_id: str,
+                    word_timestamps: bool = True) -> FakeStream:
         if self._draining:
             raise Draining("the server is shutting down")
         if not self._ready:
@@ -180,10 +181,12 @@ class FakeEngine(EngineAPI):
         self.admitted.add(stream)
         return stream
 
-    def synthesize(self, text: str, *, voice: str, speed: float = 1.0, request_id: str) -> FakeStream:
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0, request_id: str,
+                   word_timestamps: bool = True) -> FakeStream:
         if not _WORD.search(text):
             raise InvalidRequest("the input has nothing to speak", param="input")
-        return super().synthesize(text, voice=voice, speed=speed, request_id=request_id)
+        return super().synthesize(text, voice=voice, speed=speed, request_id=request_id,
+                                  word_timestamps=word_timestamps)
 
     @property
     def ready(self) -> bool:

@@ -29,7 +29,17 @@ class FakeFrontend:
     def sentences(self, text):
         parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+", text) if p.strip()]
         parts = [p for p in parts if re.search(r"[A-Za-z0-9]", p)]
-        return [SentenceText(p, tuple(p.split())) for p in parts]
+        return [self._sentence(p) for p in parts]
+
+    @staticmethod
+    def _sentence(text):
+        ids, spans = [], []
+        for word in text.split():  # "text ids": characters, a 0 between words; each word's span of them
+            if ids:
+                ids.append(0)
+            spans.append((len(ids), len(ids) + len(word)))
+            ids += [TEXT0 + ord(c) % N_TEXT for c in word]
+        return SentenceText(text, tuple(text.split()), tuple(ids), tuple(spans))
 
     def prompt_ids(self, sentence):
         return [TEXT0 + ord(c) % N_TEXT for c in sentence.text] + [SOS]
@@ -79,6 +89,24 @@ class BatchingToneDecoder(ToneDecoder):
         return [s.render(t) for s, t in zip(streams, tokens)]
 
 
+class FakeAligner:
+    """Places word i of n at fractions ((i + 0.25) / n, (i + 0.75) / n) of its sentence, records what it was given;
+    ``fail``: "none" (cannot align) or "raise"."""
+
+    def __init__(self, fail=None):
+        self.fail = fail
+        self.calls = []
+
+    def align(self, text_ids, spans, speech_tokens):
+        self.calls.append((tuple(text_ids), tuple(spans), tuple(speech_tokens)))
+        if self.fail == "raise":
+            raise RuntimeError("aligner broke")
+        if self.fail == "none":
+            return None
+        n = len(spans)
+        return [((i + 0.25) / n, (i + 0.75) / n) for i in range(n)]
+
+
 class BiasedLM(SpeechLM):
     """A random tiny LM whose end-of-speech logit is shifted, so tests choose whether sentences end by EOS or cap."""
 
@@ -102,7 +130,7 @@ def tiny_lm(layout="AMAM", max_context=256, eos_bias=0.0):
     return BiasedLM(cfg, eos_bias).eval()
 
 
-def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0, batching=False):
+def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0, batching=False, aligner=None):
     voices = {
         "ava": VoiceEntry(Voice("ava", "Ava"), (TEXT0, TEXT0 + 1)),
         "ben": VoiceEntry(Voice("ben", "Ben"), (TEXT0 + 2, TEXT0 + 3, TEXT0 + 4)),
@@ -111,15 +139,16 @@ def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0, batching=False):
     return Pipeline(model_id="mamtra-test", frontend=FakeFrontend(), decoder=decoder,
                     voices=voices,
                     eos_id=EOS, speech_ids=tuple(range(SPEECH0, SPEECH0 + N_SPEECH)), tokens_per_second=25.0,
-                    max_seconds_per_char=0.0, min_cap_seconds=max_cap_seconds)  # a fixed cap per sentence
+                    max_seconds_per_char=0.0, min_cap_seconds=max_cap_seconds,  # a fixed cap per sentence
+                    aligner=aligner)
 
 
 def make_engine(*, layout="AMAM", max_context=256, eos_bias=-50.0, cap_seconds=0.4, decode_delay_s=0.0,
-                batching=False, **config):
+                batching=False, aligner=None, **config):
     """An engine whose sentences run to their cap (EOS suppressed) unless eos_bias is raised: 0.4 s = 10 tokens.
     ``batching``: the decoder has ``push_many`` (``BatchingToneDecoder``)."""
     defaults = dict(max_streams=2, max_queue=2, first_chunk_tokens=2, chunk_tokens=4, client_queue_chunks=4)
     defaults.update(config)
     return Engine(model=tiny_lm(layout, max_context, eos_bias),
-                  pipeline=fake_pipeline(cap_seconds, decode_delay_s, batching), config=EngineConfig(**defaults),
+                  pipeline=fake_pipeline(cap_seconds, decode_delay_s, batching, aligner), config=EngineConfig(**defaults),
                   metrics=Metrics())

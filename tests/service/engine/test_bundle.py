@@ -4,6 +4,8 @@ real engine through the real text front-end (espeak-ng), the codec's streaming d
 The LM and the codec have random weights of tiny shapes (this checks the wiring, not the voice)."""
 
 import asyncio
+import dataclasses
+import shutil
 import json
 
 import numpy as np
@@ -134,3 +136,48 @@ def test_say_voices_info_on_a_bundle(tmp_path, bundle, capsys):
     a = np.frombuffer(streamed.stdout[44:], dtype="<i2").astype(int)
     b = np.frombuffer(wav.read_bytes()[44:], dtype="<i2").astype(int)
     assert len(a) == len(b) and np.abs(a - b).max() <= 2
+
+
+def test_bundle_with_an_aligner_sends_aligned_word_timestamps(tmp_path, bundle):
+    """``mamtra bundle --aligner``: the aligner travels in fp16, the engine aligns each sentence's words on its
+    generated tokens (a random tiny aligner: the wiring, not the accuracy) instead of estimating them."""
+    from model.align.aligner import AlignerConfig, TokenAligner, save_aligner
+    from service.cli import main
+
+    out, layout = bundle
+    root = out.parent
+    save_aligner(TokenAligner(AlignerConfig(codes=layout.speech_codes, symbols=layout.text_vocab, embed_dim=8,
+                                            channels=16, dilations=(1,))), tmp_path / "al", dtype=torch.float32)
+    assert main(["bundle", "--lm", str(root / "lm-run"), "--codec", str(root / "codec-run"), "--aligner",
+                 str(tmp_path / "al"), "--out", str(tmp_path / "b"), "--model-id", "m1"]) == 0
+    spec = json.loads((tmp_path / "b" / "pipeline.json").read_text())
+    assert spec["aligner"] == {"path": "aligner", "token_offset": layout.speech_offset}
+    from safetensors.torch import load_file
+
+    assert all(t.dtype == torch.float16 for t in load_file(str(tmp_path / "b" / "aligner" / "aligner.safetensors"))
+               .values() if t.is_floating_point())
+    model, pipeline = load_bundle(tmp_path / "b", device=torch.device("cpu"), backend="ref")
+    assert pipeline.aligner is not None
+    pipeline = dataclasses.replace(pipeline, max_seconds_per_char=0.0, min_cap_seconds=2.0)  # 50 tokens a sentence
+    engine = Engine(model=model, pipeline=pipeline, config=EngineConfig(max_streams=1, first_chunk_tokens=12,
+                                                                         chunk_tokens=16), metrics=Metrics())
+
+    async def main_():
+        await engine.start()
+        try:
+            handle = engine.synthesize("Hello world. It works!", voice="rhvoice-slt", request_id="al", seed=3)
+            return [c async for c in handle.chunks()]
+        finally:
+            await engine.stop()
+
+    chunks = asyncio.run(asyncio.wait_for(main_(), 120))
+    words = [w for c in chunks for w in c.words]
+    assert [w.word for w in words] == ["Hello", "world", "It", "works"]
+    assert not any(w.estimated for w in words)
+    assert all(0 <= w.start <= w.end for w in words)
+    assert all(a.start <= b.start for a, b in zip(words, words[1:]))
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "b", bad, symlinks=True)
+    (bad / "aligner" / "aligner.json").write_text("{}")
+    with pytest.raises(BundleError, match="aligner"):
+        load_bundle(bad, device=torch.device("cpu"))

@@ -267,9 +267,14 @@ def test_later_chunks_close_on_the_step_clock_so_streams_decode_together():
                                 first_chunk_tokens=3)
         try:
             first = engine.synthesize("One long sentence here.", voice="ava", request_id="a", seed=1)
-            await asyncio.sleep(0.05)  # admitted some steps later
+            first_chunks = first.chunks()
+            head = [await first_chunks.__anext__()]  # the second is admitted some steps later, while the first runs
             second = engine.synthesize("Another long sentence.", voice="ben", request_id="b", seed=2)
-            results = await asyncio.gather(_collect(first), _collect(second))
+
+            async def rest():
+                return head + [c async for c in first_chunks]
+
+            results = await asyncio.gather(rest(), _collect(second))
         finally:
             await engine.stop()
         return results, engine.pipeline.decoder.batches
@@ -279,3 +284,60 @@ def test_later_chunks_close_on_the_step_clock_so_streams_decode_together():
         tokens = [len(c.pcm) // SAMPLES_PER_TOKEN for c in chunks]
         assert tokens[0] == 3 and 2 <= tokens[1] <= 5 and all(t == 4 for t in tokens[2:-1]), tokens
     assert sum(len(b) == 2 for b in batches) >= 5  # the two streams' steady chunks decoded together
+
+
+def _aligned_run(aligner, word_timestamps=True):
+    async def main():
+        engine = await _started(align_chunks=False, aligner=aligner)
+        try:
+            handle = engine.synthesize("Hello there world. Second one!", voice="ava", request_id="r1",
+                                       word_timestamps=word_timestamps)
+            chunks = await _collect(handle)
+            return chunks, engine.pipeline.decoder.streams[-1].pushed, engine.metrics
+        finally:
+            await engine.stop()
+
+    return run(main())
+
+
+def test_word_timings_come_from_the_pipelines_aligner_on_each_sentences_own_tokens():
+    from tests.service.engine.fakes import FakeAligner
+
+    aligner = FakeAligner()
+    chunks, pushed, metrics = _aligned_run(aligner)
+    words = [w for c in chunks for w in c.words]
+    assert [w.word for w in words] == ["Hello", "there", "world.", "Second", "one!"]
+    assert not any(w.estimated for w in words)
+    # sentence 1 is 0.0-0.4 s (10 tokens), three words at (i + 0.25) / 3 .. (i + 0.75) / 3 of it; sentence 2 0.4-0.8 s
+    expected = [(0.4 * (i + 0.25) / 3, 0.4 * (i + 0.75) / 3) for i in range(3)] + \
+               [(0.4 + 0.4 * (i + 0.25) / 2, 0.4 + 0.4 * (i + 0.75) / 2) for i in range(2)]
+    got = [t for w in words for t in (w.start, w.end)]
+    assert got == pytest.approx([t for pair in expected for t in pair], abs=1e-3)
+    # each call got its sentence's text ids, one span per word, and exactly the speech tokens of that sentence
+    assert len(aligner.calls) == 2
+    assert [len(c[1]) for c in aligner.calls] == [3, 2]
+    assert list(aligner.calls[0][2]) + list(aligner.calls[1][2]) == pushed
+    assert [len(c[2]) for c in aligner.calls] == [10, 10]
+    assert metrics.word_alignments.labels(result="aligned")._value.get() == 2
+
+
+@pytest.mark.parametrize("fail", ["none", "raise"])
+def test_a_sentence_that_cannot_be_aligned_falls_back_to_labelled_estimates(fail):
+    from tests.service.engine.fakes import FakeAligner
+
+    chunks, pushed, metrics = _aligned_run(FakeAligner(fail=fail))
+    words = [w for c in chunks for w in c.words]
+    assert [w.word for w in words] == ["Hello", "there", "world.", "Second", "one!"]
+    assert all(w.estimated for w in words)
+    assert sum(len(c.pcm) for c in chunks) == len(pushed) * SAMPLES_PER_TOKEN  # no audio lost
+    assert metrics.word_alignments.labels(result="estimated")._value.get() == 2
+
+
+def test_streams_without_word_timestamps_skip_the_aligner():
+    from tests.service.engine.fakes import FakeAligner
+
+    aligner = FakeAligner()
+    chunks, pushed, _ = _aligned_run(aligner, word_timestamps=False)
+    assert not any(c.words for c in chunks)
+    assert aligner.calls == []
+    assert sum(len(c.pcm) for c in chunks) == len(pushed) * SAMPLES_PER_TOKEN
