@@ -38,6 +38,10 @@ class Settings(BaseSettings):
                                  "a time)")
     audio_batch_wait_ms: float = Field(50.0, ge=0, description="Under load, the longest the audio thread lets a "
                                        "batch of chunks fill (0: never waits)")
+    audio_process: Literal["auto", "on", "off"] = Field("auto", description="Decode audio (codec decoder + "
+                                                        "vocoder) in a process of its own, beside the LM loop "
+                                                        "instead of sharing its interpreter lock; auto = on with "
+                                                        "CUDA")
     gil_switch_interval_ms: float = Field(0.5, gt=0, description="Python's thread switch interval while serving "
                                           "(the event loop, engine and audio threads share the GIL; Python's "
                                           "default is 5 ms)")

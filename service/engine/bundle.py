@@ -67,8 +67,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: str = "auto"
-                ) -> tuple[SpeechLM, Pipeline]:
+def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: str = "auto",
+                audio_process: bool = False) -> tuple[SpeechLM, Pipeline]:
+    """``audio_process``: the decoder runs in a child process (``service.engine.audio_process``)."""
     root = Path(model_dir) if model_dir else DEFAULT_BUNDLE
     spec_path = root / "pipeline.json"
     if not spec_path.exists():
@@ -82,8 +83,19 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
     model = load_checkpoint(root / "lm", backend=backend, device=device)
     try:
         frontend: TextFrontend = _factory(FRONTENDS, spec["frontend"]["kind"])(root, spec["frontend"])
-        decoder: SpeechDecoder = _factory(DECODERS, spec["decoder"]["kind"])(
-            root, {"device": str(device), **spec["decoder"]})
+        decoder_spec = {"device": str(device), **spec["decoder"]}
+        if audio_process:
+            from service.engine.audio_process import AudioProcessError, ProcessDecoder
+
+            kind = spec["decoder"]["kind"]
+            if kind not in DECODERS:
+                raise KeyError(kind)
+            try:
+                decoder: SpeechDecoder = ProcessDecoder(DECODERS[kind], root, decoder_spec)
+            except AudioProcessError as e:
+                raise BundleError(f"{root}: {e}") from None
+        else:
+            decoder = _factory(DECODERS, spec["decoder"]["kind"])(root, decoder_spec)
     except KeyError as e:
         raise BundleError(f"{spec_path}: unknown front-end or decoder kind {e}") from None
     voices = {}

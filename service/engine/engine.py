@@ -293,6 +293,9 @@ class Engine(EngineAPI):
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10.0)
         self._audio.shutdown()
+        shutdown = getattr(self.pipeline.decoder, "shutdown", None)  # a decoder process (MAMTRA_AUDIO_PROCESS)
+        if shutdown is not None:
+            await asyncio.get_running_loop().run_in_executor(None, shutdown)
 
     # --- admission helpers (called from handles, asyncio thread) ---------------------------------------------------
     def _retry_after(self) -> float:
@@ -363,6 +366,8 @@ class Engine(EngineAPI):
         with self._audio_context():
             stream = self.pipeline.decoder.open(voice.voice.id, speed=1.0)
             stream.push(list(self.pipeline.speech_ids[:4]), flush=True)
+            if hasattr(stream, "close"):
+                stream.close()
 
     def _audio_context(self):
         return torch.cuda.stream(self._audio_stream) if self._audio_stream is not None else contextlib.nullcontext()
@@ -455,8 +460,9 @@ class Engine(EngineAPI):
                 elif ev.reason == "shutdown":  # cut off by the drain deadline: say so, never a silent short file
                     handle.closed = True
                     handle._post(StreamFailed("shutting_down", "the server shut down before the audio was done"))
-                else:  # completed: end after the audio thread has emitted everything queued before this
-                    jobs.append(AudioJob(handle, None, None, time.perf_counter()))
+                # Completed: end after the audio thread has emitted everything queued before this. Otherwise the
+                # stream has ended already; the job still releases its decoder state after what is queued.
+                jobs.append(AudioJob(handle, None, None, time.perf_counter()))
 
     def _chunk_ready(self, handle: _Handle) -> bool:
         """Whether a request's pending tokens make a chunk now. The first chunk of a request closes at
@@ -567,6 +573,15 @@ class Engine(EngineAPI):
         return _estimate_word_times(sentence.words, start, end)
 
     def _finish_stream(self, handle: _Handle) -> None:
+        """Audio thread: the request's last job. Its decoder stream is released (a decoder in another process
+        holds the state until told), then the stream ends unless it has already."""
+        close = getattr(handle.decoder, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("request %s: releasing its decoder stream failed", handle.id)
+        handle.decoder = None
         if handle.closed:
             return
         handle.closed = True
@@ -592,7 +607,9 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     from service.engine.bundle import load_bundle, resolve_device
 
     device = resolve_device(settings.device)
-    model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend)
+    audio_process = settings.audio_process == "on" or (settings.audio_process == "auto" and device.type == "cuda")
+    model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend,
+                                  audio_process=audio_process)
     config = EngineConfig.from_settings(settings, device=device)
     model.cast_(config.dtype)
     return Engine(model=model, pipeline=pipeline, config=config, metrics=metrics)

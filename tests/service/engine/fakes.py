@@ -107,6 +107,42 @@ class FakeAligner:
         return [((i + 0.25) / n, (i + 0.75) / n) for i in range(n)]
 
 
+class PoisonedToneDecoder(BatchingToneDecoder):
+    """A batching tone decoder that fails on the token ``poison`` (a whole batch fails, as push_many does, leaving
+    the streams as they were)."""
+
+    def __init__(self, poison):
+        super().__init__()
+        self.poison = poison
+
+    def push_many(self, streams, tokens, flush):
+        if any(t == self.poison for ts in tokens for t in ts):
+            raise RuntimeError("poisoned token")
+        return super().push_many(streams, tokens, flush)
+
+    def open(self, voice_id, *, speed):
+        stream = PoisonedStream(speed, self.poison)
+        self.streams.append(stream)
+        return stream
+
+
+class PoisonedStream(ToneStream):
+    def __init__(self, speed, poison):
+        super().__init__(speed)
+        self.poison = poison
+
+    def push(self, tokens, *, flush):
+        if any(t == self.poison for t in tokens):
+            raise RuntimeError("poisoned token")
+        return super().push(tokens, flush=flush)
+
+
+def tone_decoder_factory(root, spec):
+    """A decoder factory in ``module:function`` form, for ``ProcessDecoder`` (``spec["poison"]``: see
+    ``PoisonedToneDecoder``)."""
+    return PoisonedToneDecoder(spec["poison"]) if spec.get("poison") else BatchingToneDecoder()
+
+
 class BiasedLM(SpeechLM):
     """A random tiny LM whose end-of-speech logit is shifted, so tests choose whether sentences end by EOS or cap."""
 

@@ -1,0 +1,138 @@
+"""The audio stage in a child process (``MAMTRA_AUDIO_PROCESS``): the same audio as in-process, the same failure
+semantics (one faulty stream fails, the others go on), state released when requests end, a dead child reported."""
+
+import asyncio
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from service.engine.audio_process import AudioProcessError, ProcessDecoder
+from service.engine.bundle import load_bundle
+from service.engine.engine import Engine, EngineConfig
+from service.metrics import Metrics
+from service.engine.types import StreamFailed
+from tests.conftest import write_tiny_models
+from tests.service.engine.fakes import SAMPLES_PER_TOKEN, SPEECH0, make_engine
+
+FACTORY = "tests.service.engine.fakes:tone_decoder_factory"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return write_tiny_models(tmp_path_factory.mktemp("ap"), ["rhvoice-slt", "flite-rms"], model_id="m",
+                             voices=[{"id": "slt", "name": "Slt", "speaker": "rhvoice-slt"},
+                                     {"id": "rms", "name": "Rms", "speaker": "flite-rms"}])["bundle"]
+
+
+def test_child_decoder_gives_what_the_local_decoder_gives(bundle):
+    from model.codec.stream import bundle_decoder
+
+    import json
+
+    spec = {"device": "cpu", **json.loads((bundle / "pipeline.json").read_text())["decoder"]}
+    local = bundle_decoder(bundle, spec)
+    remote = ProcessDecoder("model.codec.stream:bundle_decoder", bundle, spec, threads=1)
+    try:
+        off = spec["token_offset"]
+        rng = np.random.default_rng(0)
+        toks = [[(rng.integers(0, 64, size=n) + off).tolist() for n in (12, 16, 9)] for _ in range(2)]
+        ls = [local.open(v, speed=s) for v, s in (("slt", 1.0), ("rms", 1.3))]
+        rs = [remote.open(v, speed=s) for v, s in (("slt", 1.0), ("rms", 1.3))]
+        for k in range(3):
+            flush = [k == 2, k == 2]
+            want = local.push_many(ls, [t[k] for t in toks], flush)
+            got = remote.push_many(rs, [t[k] for t in toks], flush)
+            for w, g in zip(want, got):
+                assert w.shape == g.shape and np.allclose(w, g, atol=1e-6)
+        assert np.allclose(rs[0].push(toks[0][0], flush=True), ls[0].push(toks[0][0], flush=True), atol=1e-6)
+        rs[0].close()
+        rs[1].close()
+    finally:
+        remote.shutdown()
+    assert not remote.alive
+
+
+def test_a_dead_child_is_reported_not_hung():
+    dec = ProcessDecoder(FACTORY, ".", {})
+    stream = dec.open("ava", speed=1.0)
+    assert len(stream.push([SPEECH0, SPEECH0 + 1], flush=False)) == 2 * SAMPLES_PER_TOKEN
+    dec._proc.kill()
+    dec._proc.join(5)
+    with pytest.raises(AudioProcessError, match="gone"):
+        stream.push([SPEECH0], flush=False)
+    dec.shutdown()
+
+
+def test_a_factory_that_fails_is_a_start_error():
+    with pytest.raises(AudioProcessError, match="failed to start"):
+        ProcessDecoder("tests.service.engine.fakes:no_such_factory", ".", {})
+
+
+def test_engine_with_a_child_decoder_fails_only_the_faulty_stream():
+    """A token the child's decoder rejects fails its batch; the engine retries one by one, and only the stream with
+    that token fails: the other gets all of its audio."""
+    poison = SPEECH0 + 16  # one of the 32 speech tokens: some streams sample it, some do not
+    engine = make_engine(max_streams=2, cap_seconds=0.4, batching=True)
+    engine.pipeline = dataclasses.replace(engine.pipeline, decoder=ProcessDecoder(FACTORY, ".", {"poison": poison}))
+
+    async def collect(handle):
+        chunks = []
+        try:
+            async for c in handle.chunks():
+                chunks.append(c)
+        except StreamFailed as e:
+            return e
+        return chunks
+
+    async def main():
+        await engine.start()
+        try:
+            outs = []
+            for pair in range(6):  # two streams at a time, decoded in shared batches
+                handles = [engine.synthesize("Short one.", voice="ava", request_id=f"r{pair}-{k}", seed=2 * pair + k)
+                           for k in range(2)]
+                outs += await asyncio.gather(*(collect(h) for h in handles))
+            return outs
+        finally:
+            await engine.stop()
+
+    outs = asyncio.run(asyncio.wait_for(main(), 120))
+    failed = [o for o in outs if isinstance(o, StreamFailed)]
+    ok = [o for o in outs if not isinstance(o, StreamFailed)]
+    assert ok and failed, (len(ok), len(failed))
+    assert all(e.code == "internal_error" for e in failed)
+    for chunks in ok:
+        assert sum(len(c.pcm) for c in chunks) == 10 * SAMPLES_PER_TOKEN
+    assert not engine.pipeline.decoder.alive  # stopped with the engine
+
+
+def test_bundle_served_through_a_child_decoder_sounds_the_same(bundle):
+    def run(audio_process):
+        model, pipeline = load_bundle(bundle, device=torch.device("cpu"), backend="ref", audio_process=audio_process)
+        pipeline = dataclasses.replace(pipeline, max_seconds_per_char=0.0, min_cap_seconds=1.0)
+        engine = Engine(model=model, pipeline=pipeline, config=EngineConfig(max_streams=2, first_chunk_tokens=12,
+                                                                             chunk_tokens=16), metrics=Metrics())
+
+        async def main():
+            await engine.start()
+            try:
+                a = engine.synthesize("Hello world. It works!", voice="slt", request_id="a", seed=3)
+                b = engine.synthesize("Two at once.", voice="rms", request_id="b", seed=4)
+
+                async def collect(h):
+                    return [c async for c in h.chunks()]
+
+                return await asyncio.gather(collect(a), collect(b))
+            finally:
+                await engine.stop()
+
+        return asyncio.run(asyncio.wait_for(main(), 120))
+
+    local, remote = run(False), run(True)
+    for l_chunks, r_chunks in zip(local, remote):
+        lp = np.concatenate([c.pcm for c in l_chunks])
+        rp = np.concatenate([c.pcm for c in r_chunks])
+        assert lp.shape == rp.shape and np.abs(lp.astype(np.int32) - rp).max() <= 1
+        assert [w.word for c in l_chunks for w in c.words] == [w.word for c in r_chunks for w in c.words]
