@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("mamtra.engine")
@@ -30,8 +30,9 @@ log = logging.getLogger("mamtra.engine")
 class AudioJob:
     handle: Any
     tokens: list[int] | None  # None: the end-of-stream job
-    sentence: Any = None  # the sentence this chunk ends (flush), else None
+    flush: bool = False  # the decoder emits everything it holds back (and starts afresh)
     submitted: float = 0.0
+    ended: list[tuple[Any, int]] = field(default_factory=list)  # (sentence, k): it ends after tokens[:k]
 
     @property
     def is_decode(self) -> bool:

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -63,6 +64,10 @@ class EngineConfig:
     stall_timeout_s: float = 10.0
     audio_max_batch: int = 256  # decode jobs of different requests run together (1: one at a time)
     align_chunks: bool = True  # later chunks close on the engine's step clock (see Engine._chunk_ready)
+    # A sentence whose successor is already queued does not flush the decoder: the request's audio is one decode
+    # session, its chunks keep the usual size and batch with other streams' (a flush's odd-sized chunk and the
+    # restarted decoder's first chunk each had a batch of their own). Sentences waiting for text still flush.
+    continuous_audio: bool = True
     audio_batch_wait_s: float = 0.05  # under load, how long the audio thread may let a batch fill (audio_worker)
     gil_switch_interval_s: float = 0.0005  # see Engine.start
     dtype: torch.dtype = torch.float32
@@ -110,8 +115,13 @@ class _Handle(StreamHandle):
         self.chunks_submitted = 0  # engine thread: decode jobs handed to the audio thread
         self.seq = 0
         self.samples_out = 0
+        self.ended: list[tuple[SentenceText, int]] = []  # engine thread: sentences ended in ``tokens`` (at k)
+        # Audio thread, word timestamps: the decode session (since the last flush) and the sentences in it
+        self.session_start_sample = 0
+        self.session_tokens = 0
         self.sentence_start_sample = 0
-        self.sentence_tokens: list[int] = []  # audio thread: the current sentence's speech tokens (for alignment)
+        self.sentence_tokens: list[int] = []  # the current sentence's speech tokens so far (for alignment)
+        self.pending_words: deque[tuple[int, int, SentenceText, list[int]]] = deque()  # ended, audio not all out
         self.tokens_emitted = 0
 
     # --- text in -------------------------------------------------------------------------------------------------
@@ -439,12 +449,19 @@ class Engine(EngineAPI):
                 handle.tokens_emitted += 1
                 if self._chunk_ready(handle):
                     tokens, handle.tokens = handle.tokens, []
+                    ended, handle.ended = handle.ended, []
                     handle.chunks_submitted += 1
-                    jobs.append(AudioJob(handle, tokens, None, time.perf_counter()))
+                    jobs.append(AudioJob(handle, tokens, False, time.perf_counter(), ended))
             elif ev.kind == "sentence_end":
-                tokens, handle.tokens = handle.tokens, []
-                handle.chunks_submitted += 1
-                jobs.append(AudioJob(handle, tokens, ev.sentence.tag, time.perf_counter()))
+                handle.ended.append((ev.sentence.tag, len(handle.tokens)))
+                # The next sentence queued: its tokens continue this decode (one stream of audio, chunks of the
+                # usual size, which batch with other streams'). Otherwise flush: the sentence's last audio leaves
+                # now, not when more text arrives.
+                if not (ev.continues and self.config.continuous_audio):
+                    tokens, handle.tokens = handle.tokens, []
+                    ended, handle.ended = handle.ended, []
+                    handle.chunks_submitted += 1
+                    jobs.append(AudioJob(handle, tokens, True, time.perf_counter(), ended))
             elif ev.kind == "finished":
                 self.metrics.speech_tokens.inc(handle.tokens_emitted)
                 with self._lock:
@@ -462,7 +479,7 @@ class Engine(EngineAPI):
                     handle._post(StreamFailed("shutting_down", "the server shut down before the audio was done"))
                 # Completed: end after the audio thread has emitted everything queued before this. Otherwise the
                 # stream has ended already; the job still releases its decoder state after what is queued.
-                jobs.append(AudioJob(handle, None, None, time.perf_counter()))
+                jobs.append(AudioJob(handle, None, False, time.perf_counter()))
 
     def _chunk_ready(self, handle: _Handle) -> bool:
         """Whether a request's pending tokens make a chunk now. The first chunk of a request closes at
@@ -485,7 +502,7 @@ class Engine(EngineAPI):
         start = time.perf_counter()
         with self._audio_context():
             for job, pcm in self._decode_jobs(jobs, start):
-                self._emit(job.handle, pcm, job.sentence, job.tokens)
+                self._emit(job.handle, pcm, job)
         self.metrics.audio_decode_seconds.observe(time.perf_counter() - start)
 
     def _decode_jobs(self, jobs: list[AudioJob], start: float):
@@ -511,7 +528,7 @@ class Engine(EngineAPI):
         if push_many is not None and len(live) > 1:
             try:
                 pcms = push_many([j.handle.decoder for j in live], [j.tokens for j in live],
-                                 [j.sentence is not None for j in live])
+                                 [j.flush for j in live])
             except Exception:  # push_many leaves every stream as it was: decode them one by one instead
                 log.exception("batched audio decoding of %d chunks failed; decoding one by one", len(live))
             else:
@@ -519,7 +536,7 @@ class Engine(EngineAPI):
                 return
         for job in live:
             try:
-                pcm = job.handle.decoder.push(job.tokens, flush=job.sentence is not None)
+                pcm = job.handle.decoder.push(job.tokens, flush=job.flush)
             except Exception:
                 self._decode_failed(job.handle)
                 continue
@@ -532,20 +549,10 @@ class Engine(EngineAPI):
         handle._post(StreamFailed("internal_error", "audio decoding failed"))
         self._cancel(handle, "error")
 
-    def _emit(self, handle: _Handle, pcm: np.ndarray, sentence: SentenceText | None,
-              tokens: list[int] | None = None) -> None:
-        """Audio thread: a decoded chunk (and word timings at a sentence end) to the request's queue."""
-        words = []
-        start_sample = handle.sentence_start_sample
+    def _emit(self, handle: _Handle, pcm: np.ndarray, job: AudioJob) -> None:
+        """Audio thread: a decoded chunk (and the words whose audio it completes) to the request's queue."""
         handle.samples_out += len(pcm)
-        if handle.word_timestamps and tokens:
-            handle.sentence_tokens += tokens
-        if sentence is not None:
-            if handle.word_timestamps:
-                words = self._word_times(sentence, handle.sentence_tokens, start_sample / SAMPLE_RATE,
-                                         handle.samples_out / SAMPLE_RATE)
-            handle.sentence_start_sample = handle.samples_out
-            handle.sentence_tokens = []
+        words = self._advance_words(handle, job) if handle.word_timestamps else []
         if len(pcm) == 0 and not words:
             handle.empty_jobs += 1
             return
@@ -553,6 +560,33 @@ class Engine(EngineAPI):
         chunk = AudioChunk(pcm=_to_int16(pcm), seq=handle.seq, words=words)
         handle.seq += 1
         handle._post(chunk)
+
+    def _advance_words(self, handle: _Handle, job: AudioJob) -> list[WordTiming]:
+        """Audio thread: place the sentences this job ends in the stream's audio and return the words of those
+        whose audio has now all been sent. Within a decode session (flush to flush) token i starts at sample
+        i · 24000 / (25 · speed) (the decoder is exact to the token); a flush's end is the samples sent."""
+        tokens = job.tokens or []
+        per_token = SAMPLE_RATE / self.pipeline.tokens_per_second / handle.speed
+        pos = 0
+        for sentence, k in job.ended:
+            if job.flush and k == len(tokens):
+                end = handle.samples_out
+            else:
+                end = handle.session_start_sample + round((handle.session_tokens + k) * per_token)
+            handle.pending_words.append((handle.sentence_start_sample, end, sentence,
+                                         handle.sentence_tokens + tokens[pos:k]))
+            handle.sentence_tokens, handle.sentence_start_sample, pos = [], end, k
+        handle.sentence_tokens += tokens[pos:]
+        handle.session_tokens += len(tokens)
+        if job.flush:
+            handle.session_start_sample = handle.sentence_start_sample = handle.samples_out
+            handle.session_tokens = 0
+        words: list[WordTiming] = []
+        while handle.pending_words and (job.flush or handle.pending_words[0][1] <= handle.samples_out):
+            start, end, sentence, sentence_tokens = handle.pending_words.popleft()
+            end = min(end, handle.samples_out)
+            words += self._word_times(sentence, sentence_tokens, start / SAMPLE_RATE, end / SAMPLE_RATE)
+        return words
 
     def _word_times(self, sentence: SentenceText, tokens: list[int], start: float, end: float) -> list[WordTiming]:
         """A finished sentence's words on its audio ``[start, end)`` s: aligned when the pipeline has an aligner

@@ -103,6 +103,7 @@ class Event:
     token: int | None = None
     sentence: Sentence | None = None
     reason: str = ""
+    continues: bool = False  # sentence_end: the request's next sentence is queued and starts at once
 
 
 @dataclass
@@ -307,7 +308,7 @@ class Scheduler:
             # is fed too, followed by the EOS the model did not say.
             req.pending_tokens = [eos] if token == eos else [token, eos]
             self.events.append(Event(req.id, "sentence_end", sentence=req.current,
-                                     reason="eos" if token == eos else "cap"))
+                                     reason="eos" if token == eos else "cap", continues=bool(req.sentences)))
             if req.sentences:
                 self._start_next_sentence(req)
             elif req.input_open:

@@ -50,10 +50,12 @@ class ToneStream:
         self.n = int(SAMPLES_PER_TOKEN / speed)
         self.delay_s = delay_s
         self.pushed = []
+        self.flushes = []  # per push: its flush flag
 
     def push(self, tokens, *, flush):
         if self.delay_s:
             time.sleep(self.delay_s)  # a slow vocoder
+        self.flushes.append(flush)
         return self.render(tokens)
 
     def render(self, tokens):
@@ -86,6 +88,8 @@ class BatchingToneDecoder(ToneDecoder):
         self.batches.append([id(s) for s in streams])
         if self.delay_s:
             time.sleep(self.delay_s)
+        for s, f in zip(streams, flush):
+            s.flushes.append(f)
         return [s.render(t) for s, t in zip(streams, tokens)]
 
 

@@ -341,3 +341,34 @@ def test_streams_without_word_timestamps_skip_the_aligner():
     assert not any(c.words for c in chunks)
     assert aligner.calls == []
     assert sum(len(c.pcm) for c in chunks) == len(pushed) * SAMPLES_PER_TOKEN
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_queued_sentences_continue_one_decode_session_and_only_the_last_flushes(continuous):
+    """Three sentences given at once: with continuous audio the decoder is flushed once, at the end, and every chunk
+    but the first and the last has the steady size (sentence ends do not cut chunks); without it each sentence
+    flushes. Either way the words come once each, in order, inside their sentence's audio."""
+    async def main():
+        engine = await _started(align_chunks=False, continuous_audio=continuous)
+        try:
+            handle = engine.synthesize("One two. Three four. Five six.", voice="ava", request_id="r1")
+            return await _collect(handle), engine.pipeline.decoder.streams[-1]
+        finally:
+            await engine.stop()
+
+    chunks, stream = run(main())
+    sizes = [len(c.pcm) // SAMPLES_PER_TOKEN for c in chunks]
+    assert sum(sizes) == 30
+    if continuous:
+        assert stream.flushes == [False] * (len(stream.flushes) - 1) + [True]
+        assert sizes[0] == 2 and all(n == 4 for n in sizes[1:-1]), sizes
+    else:
+        assert stream.flushes.count(True) == 3
+    words = [w for c in chunks for w in c.words]
+    assert [w.word for w in words] == ["One", "two.", "Three", "four.", "Five", "six."]
+    ends = [0.4, 0.4, 0.8, 0.8, 1.2, 1.2]
+    assert all(w.end <= e + 1e-6 and w.start >= e - 0.4 - 1e-6 for w, e in zip(words, ends))
+    sent = 0.0  # a word is sent with (or after) the chunk that completes its audio
+    for c in chunks:
+        sent += len(c.pcm) / 24000
+        assert all(w.end <= sent + 1e-6 for w in c.words)
