@@ -57,6 +57,9 @@ class EngineConfig:
     max_queue: int = 64
     max_context: int | None = None
     prefill_budget_tokens: int = 512
+    # At most this many requests prefilled per step. The fused Mamba-2 prefill (fla-core's Triton kernels) autotunes
+    # per batch size: every size is warmed at startup, so a burst of arrivals never stalls the loop on autotuning.
+    max_prefill_seqs: int = 8
     request_timeout_s: float = 300.0
     first_chunk_tokens: int = 12
     chunk_tokens: int = 16
@@ -194,7 +197,8 @@ class Engine(EngineAPI):
         self._max_context = max_context
         self.scheduler = Scheduler(SchedulerConfig(
             max_streams=config.max_streams, max_queue=config.max_queue, max_context=max_context,
-            prefill_budget_tokens=config.prefill_budget_tokens, eos_id=pipeline.eos_id))
+            prefill_budget_tokens=config.prefill_budget_tokens, eos_id=pipeline.eos_id,
+            max_prefill_seqs=config.max_prefill_seqs))
         self.runner: Runner | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -366,6 +370,14 @@ class Engine(EngineAPI):
         self.runner.execute(StepPlan(decodes=(DecodeItem("warmup", 0, len(ids), self.pipeline.eos_id),)))
         self.runner.close_request("warmup")
         self.runner.pool.reset(0)
+        if self.runner.device.type == "cuda" and "M" in self.model.config.layout:
+            # every prefill batch size the scheduler can form: fla-core autotunes its kernels per batch size
+            sizes = range(1, min(self.config.max_prefill_seqs or self.config.max_streams, self.config.max_streams) + 1)
+            for b in sizes:
+                self.runner.execute(StepPlan(resets=tuple(range(b)), prefills=tuple(
+                    PrefillChunk(f"warmup{i}", i, 0, ids * 4, False) for i in range(b))))
+            for b in range(max(sizes, default=0)):
+                self.runner.pool.reset(b)
         if self.runner.graphs is not None:  # capture every decode bucket now, not on the first busy step
             self.runner.graphs.capture_all(self.config.max_streams)
         if self.runner.device.type == "cuda":

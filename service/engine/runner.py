@@ -40,9 +40,10 @@ class Runner:
         self.graphs = GraphedDecoder(model, self.pool, scratch_slot=max_streams) if self.use_graphs else None
         self.max_context = self.pool.max_context
         self.sampling = sampling
-        allowed = torch.zeros(model.config.vocab_size, dtype=torch.bool)
-        allowed[torch.tensor(allowed_ids, dtype=torch.long)] = True
-        self.allowed = allowed.to(self.device)
+        # The ids sampling may pick, ascending: it samples over those columns only (see model.sampling.sample)
+        self.allowed = torch.tensor(sorted(set(allowed_ids)), dtype=torch.long, device=self.device)
+        if self.allowed.numel() == 0 or int(self.allowed[-1]) >= model.config.vocab_size or int(self.allowed[0]) < 0:
+            raise ValueError("allowed ids must be non-empty and inside the vocabulary")
         self._samplers: dict[str, _SamplerState] = {}
 
     # --- per-request sampling state ------------------------------------------------------------------------------

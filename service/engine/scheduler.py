@@ -88,6 +88,7 @@ class SchedulerConfig:
     max_context: int
     prefill_budget_tokens: int
     eos_id: int
+    max_prefill_seqs: int = 0  # sequences prefilled per step (0: as many as the token budget takes)
 
     def __post_init__(self) -> None:
         if self.max_streams < 1 or self.max_queue < 0 or self.prefill_budget_tokens < 1 or self.max_context < 2:
@@ -220,7 +221,7 @@ class Scheduler:
         prefills = []
         # Oldest first, so a long prompt cannot be overtaken indefinitely by newer short ones.
         for req in sorted((r for r in self._running() if r.phase == Phase.PREFILL), key=lambda r: r.seq):
-            if budget <= 0:
+            if budget <= 0 or (self.config.max_prefill_seqs and len(prefills) >= self.config.max_prefill_seqs):
                 break
             take = req.pending_prompt[:budget]
             last = len(take) == len(req.pending_prompt)

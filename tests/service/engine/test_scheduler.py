@@ -176,3 +176,29 @@ def test_admitting_a_request_whose_empty_input_already_ended_completes():
     s.plan()
     assert s.phase("a") == Phase.FINISHED and s.num_running == 0
     assert [e.reason for e in s.pop_events() if e.kind == "finished"] == ["completed"]
+
+
+def test_prefill_takes_at_most_max_prefill_seqs_requests_per_step_oldest_first():
+    s = _sched(max_streams=5, max_queue=0, prefill_budget_tokens=100, max_prefill_seqs=2)
+    for rid in "abcde":
+        s.add_request(rid, voice_ids=[1])
+        s.add_sentence(rid, Sentence((10, 11), max_tokens=5))
+    seen = []
+    for _ in range(3):
+        plan, _ = _step(s)
+        assert len(plan.prefills) <= 2
+        seen += [c.request_id for c in plan.prefills]
+    assert seen == list("abcde")
+
+
+def test_sentence_end_says_whether_the_next_sentence_is_queued():
+    s = _sched(prefill_budget_tokens=64)
+    s.add_request("a", voice_ids=[1])
+    s.add_sentence("a", Sentence((10,), max_tokens=1))
+    s.add_sentence("a", Sentence((11,), max_tokens=1))
+    s.end_input("a")
+    ends = []
+    for _ in range(6):
+        _, events = _step(s)
+        ends += [e.continues for e in events if e.kind == "sentence_end"]
+    assert ends == [True, False]
