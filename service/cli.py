@@ -45,7 +45,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 
     voices = json.loads(open(args.voices).read()) if args.voices else None
     out = assemble_bundle(args.out, lm_dir=args.lm, codec_dir=args.codec, model_id=args.model_id, voices=voices,
-                          aligner_dir=args.aligner)
+                          aligner_dir=args.aligner, blank_penalty=args.blank_penalty)
     print(out)
     return 0
 
@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--lm", required=True, help="LM checkpoint directory (from mamtra train/distill)")
     bundle.add_argument("--codec", required=True, help="codec directory (from mamtra train-codec)")
     bundle.add_argument("--aligner", help="word aligner directory (from mamtra train-aligner; word timestamps)")
+    bundle.add_argument("--blank-penalty", type=float, help="the aligner's blank penalty (python -m model.align.eval "
+                        "chooses it; default: the aligner's own)")
     bundle.add_argument("--out", required=True)
     bundle.add_argument("--model-id", default="mamtra-small")
     bundle.add_argument("--voices", help='JSON file: [{"id", "name", "speaker", "gender", "description"}], best first')

@@ -22,7 +22,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             config = AlignerConfig(codes=int(z["speech_codes"]), symbols=int(z["text_vocab"]), embed_dim=8,
                                    channels=16, dilations=(1, 2))
     result = train(args.tokens, args.out, steps=args.steps, frames=args.frames, lr=args.lr,
-                   eval_every=args.eval_every, seed=args.seed, device=args.device, config=config)
+                   eval_every=args.eval_every, seed=args.seed, device=args.device, config=config, init=args.init)
     print(json.dumps({"best_test_ctc_per_phone": round(result["best_test_loss"], 4), "out": result["out"]}))
     return 0
 
@@ -38,5 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="cpu")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    tr.add_argument("--init", help="start from this aligner directory (continue training) instead of random weights")
     tr.add_argument("--tiny", action="store_true", help="a tiny aligner (smoke tests)")
     tr.set_defaults(func=_cmd_train)

@@ -94,16 +94,23 @@ def held_out(model: TokenAligner, examples: list[Example], frames: int) -> float
 
 def train(tokens: str | Path, out: str | Path, *, steps: int = 3000, frames: int = 4096, lr: float = 2e-3,
           eval_every: int = 250, seed: int = 0, device: str = "cpu", config: AlignerConfig | None = None,
-          log=print) -> dict:
+          init: str | Path | None = None, log=print) -> dict:
+    """``init``: start from these weights (an aligner directory; its config is used) instead of random ones."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     with np.load(tokens, allow_pickle=False) as npz:
         base = AlignerConfig(codes=int(npz["speech_codes"]), symbols=max(int(npz["text_vocab"]), 2))
+    start = None
+    if init is not None:
+        from model.align.aligner import load_aligner
+
+        start = load_aligner(init)
+        config = start.config
     config = config or base
     train_set, test_set = load_examples(tokens, config)
     log(f"aligner: {len(train_set)} train / {len(test_set)} test utterances, "
         f"{sum(len(e.codes) for e in train_set)} train tokens")
-    model = TokenAligner(config).to(device).train()
+    model = (start if start is not None else TokenAligner(config)).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = min(200, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -129,7 +136,8 @@ def train(tokens: str | Path, out: str | Path, *, steps: int = 3000, frames: int
             history.append({"step": step, "train_loss": round(run_loss, 4), "test_loss": round(test_loss, 4),
                             "seconds": round(time.perf_counter() - t0, 1)})
             log(json.dumps(history[-1]))
-            meta = {"step": step, "test_ctc_per_phone": test_loss, "tokens": str(tokens), "history": history}
+            meta = {"step": step, "test_ctc_per_phone": test_loss, "tokens": str(tokens), "history": history,
+                    "init": str(init) if init else None}
             save_aligner(model, out / "last", meta=meta)
             if test_loss < best:
                 best = test_loss

@@ -124,10 +124,11 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
 
 def assemble_bundle(out: str | Path, *, lm_dir: str | Path, codec_dir: str | Path, model_id: str,
                     voices: list[dict[str, Any]] | None = None, dtype: torch.dtype = torch.float16,
-                    aligner_dir: str | Path | None = None) -> Path:
+                    aligner_dir: str | Path | None = None, blank_penalty: float | None = None) -> Path:
     """Write a bundle from a trained LM checkpoint (its meta holds the token layout and speaker list, as
     ``mamtra train``/``distill`` write them), a trained codec and, optionally, a trained word aligner
-    (``mamtra train-aligner``) for the same codec and text vocabulary. ``voices``: optional [{"id", "name", "speaker",
+    (``mamtra train-aligner``) for the same codec and text vocabulary, with ``blank_penalty`` (its alignment
+    setting, chosen by ``python -m model.align.eval``) if given. ``voices``: optional [{"id", "name", "speaker",
     "gender", "description"}] in the order to list them (best first); default: every LM speaker, named as is."""
     from model.checkpoint import read_config, save_checkpoint
     from model.codec.codec import load_codec, save_codec
@@ -162,6 +163,10 @@ def assemble_bundle(out: str | Path, *, lm_dir: str | Path, codec_dir: str | Pat
         from model.align.aligner import load_aligner, save_aligner
 
         aligner = load_aligner(aligner_dir)
+        if blank_penalty is not None:
+            import dataclasses
+
+            aligner.config = dataclasses.replace(aligner.config, blank_penalty=float(blank_penalty))
         if aligner.config.codes != layout.speech_codes or aligner.config.symbols < layout.text_vocab:
             raise BundleError(f"{aligner_dir}: the aligner's {aligner.config.codes} codes / "
                               f"{aligner.config.symbols} symbols do not fit the LM's {layout.speech_codes} / "

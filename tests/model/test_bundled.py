@@ -78,3 +78,41 @@ def test_empty_text_is_refused(bad, tmp_path):
 
     with pytest.raises(InvalidRequest):
         say(bad, out=str(tmp_path / "x.wav"))
+
+
+def test_shipped_aligner_places_the_default_voices_words_where_whisper_hears_them():
+    """The bundle ships a word aligner: a sentence synthesised with word timestamps gets aligned (not estimated)
+    words, in order, inside its audio, and each word's middle lies inside Whisper's span for the same word (±0.15 s)
+    for most of the words Whisper heard."""
+    import asyncio
+
+    import numpy as np
+
+    from model.align.eval import pair_words
+    from model.eval.asr import Transcriber
+    from model.eval.audio import resample
+    from service.offline import _engine
+
+    engine = _engine(None)
+    assert engine.pipeline.aligner is not None
+
+    async def main():
+        await engine.start()
+        try:
+            handle = engine.synthesize(SENTENCES[1], voice=next(iter(engine.pipeline.voices)), request_id="t", seed=0)
+            return [c async for c in handle.chunks()]
+        finally:
+            await engine.stop()
+
+    chunks = asyncio.run(asyncio.wait_for(main(), 300))
+    pcm = np.concatenate([c.pcm for c in chunks]).astype(np.float32) / 32767.0
+    words = [w for c in chunks for w in c.words]
+    assert [w.word for w in words] == SENTENCES[1].rstrip(".").split()
+    assert not any(w.estimated for w in words)
+    assert all(0 <= w.start <= w.end <= len(pcm) / 24000 + 1e-3 for w in words)
+    assert all(a.start <= b.start for a, b in zip(words, words[1:]))
+    ref = Transcriber(beam_size=1).words(resample(pcm, 24000, 16000))
+    pairs = pair_words([w.word for w in words], [w for w, _, _ in ref])
+    assert len(pairs) >= len(words) // 2
+    inside = [ref[j][1] - 0.15 <= (words[i].start + words[i].end) / 2 <= ref[j][2] + 0.15 for i, j in pairs]
+    assert np.mean(inside) >= 0.8, list(zip(pairs, inside))

@@ -149,7 +149,7 @@ def test_bundle_with_an_aligner_sends_aligned_word_timestamps(tmp_path, bundle):
     save_aligner(TokenAligner(AlignerConfig(codes=layout.speech_codes, symbols=layout.text_vocab, embed_dim=8,
                                             channels=16, dilations=(1,))), tmp_path / "al", dtype=torch.float32)
     assert main(["bundle", "--lm", str(root / "lm-run"), "--codec", str(root / "codec-run"), "--aligner",
-                 str(tmp_path / "al"), "--out", str(tmp_path / "b"), "--model-id", "m1"]) == 0
+                 str(tmp_path / "al"), "--blank-penalty", "3", "--out", str(tmp_path / "b"), "--model-id", "m1"]) == 0
     spec = json.loads((tmp_path / "b" / "pipeline.json").read_text())
     assert spec["aligner"] == {"path": "aligner", "token_offset": layout.speech_offset}
     from safetensors.torch import load_file
@@ -157,7 +157,7 @@ def test_bundle_with_an_aligner_sends_aligned_word_timestamps(tmp_path, bundle):
     assert all(t.dtype == torch.float16 for t in load_file(str(tmp_path / "b" / "aligner" / "aligner.safetensors"))
                .values() if t.is_floating_point())
     model, pipeline = load_bundle(tmp_path / "b", device=torch.device("cpu"), backend="ref")
-    assert pipeline.aligner is not None
+    assert pipeline.aligner is not None and pipeline.aligner.model.config.blank_penalty == 3.0
     pipeline = dataclasses.replace(pipeline, max_seconds_per_char=0.0, min_cap_seconds=2.0)  # 50 tokens a sentence
     engine = Engine(model=model, pipeline=pipeline, config=EngineConfig(max_streams=1, first_chunk_tokens=12,
                                                                          chunk_tokens=16), metrics=Metrics())
