@@ -42,6 +42,33 @@ def write_tiny_models(root: Path, speakers: list[str], *, voices: list[dict], mo
     return {"codec": root / codec_dir, "lm": root / lm_dir, "bundle": bundle, "layout": layout}
 
 
+def serve_texts(model, pipeline, requests: list[tuple[str, str, str, int]], *, max_streams: int = 2,
+                timeout_s: float = 120.0):
+    """Start a real engine on ``model`` and ``pipeline`` (first chunk 12 tokens, then 16), synthesise
+    ``(text, voice, request_id, seed)`` requests concurrently, stop it. Returns (engine, each request's chunks)."""
+    import asyncio
+
+    from service.engine.engine import Engine, EngineConfig
+    from service.metrics import Metrics
+
+    engine = Engine(model=model, pipeline=pipeline, config=EngineConfig(max_streams=max_streams, first_chunk_tokens=12,
+                                                                         chunk_tokens=16), metrics=Metrics())
+
+    async def collect(handle):
+        return [c async for c in handle.chunks()]
+
+    async def main():
+        await engine.start()
+        try:
+            handles = [engine.synthesize(text, voice=voice, request_id=rid, seed=seed)
+                       for text, voice, rid, seed in requests]
+            return await asyncio.gather(*(collect(h) for h in handles))
+        finally:
+            await engine.stop()
+
+    return engine, asyncio.run(asyncio.wait_for(main(), timeout_s))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -10,10 +10,8 @@ import torch
 
 from service.engine.audio_process import AudioProcessError, ProcessDecoder
 from service.engine.bundle import load_bundle
-from service.engine.engine import Engine, EngineConfig
-from service.metrics import Metrics
 from service.engine.types import StreamFailed
-from tests.conftest import write_tiny_models
+from tests.conftest import serve_texts, write_tiny_models
 from tests.service.engine.fakes import SAMPLES_PER_TOKEN, SPEECH0, make_engine
 
 FACTORY = "tests.service.engine.fakes:tone_decoder_factory"
@@ -112,23 +110,8 @@ def test_bundle_served_through_a_child_decoder_sounds_the_same(bundle):
     def run(audio_process):
         model, pipeline = load_bundle(bundle, device=torch.device("cpu"), backend="ref", audio_process=audio_process)
         pipeline = dataclasses.replace(pipeline, max_seconds_per_char=0.0, min_cap_seconds=1.0)
-        engine = Engine(model=model, pipeline=pipeline, config=EngineConfig(max_streams=2, first_chunk_tokens=12,
-                                                                             chunk_tokens=16), metrics=Metrics())
-
-        async def main():
-            await engine.start()
-            try:
-                a = engine.synthesize("Hello world. It works!", voice="slt", request_id="a", seed=3)
-                b = engine.synthesize("Two at once.", voice="rms", request_id="b", seed=4)
-
-                async def collect(h):
-                    return [c async for c in h.chunks()]
-
-                return await asyncio.gather(collect(a), collect(b))
-            finally:
-                await engine.stop()
-
-        return asyncio.run(asyncio.wait_for(main(), 120))
+        return serve_texts(model, pipeline, [("Hello world. It works!", "slt", "a", 3),
+                                             ("Two at once.", "rms", "b", 4)])[1]
 
     local, remote = run(False), run(True)
     for l_chunks, r_chunks in zip(local, remote):

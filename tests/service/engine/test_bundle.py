@@ -3,7 +3,6 @@ real engine through the real text front-end (espeak-ng), the codec's streaming d
 
 The LM and the codec have random weights of tiny shapes (this checks the wiring, not the voice)."""
 
-import asyncio
 import dataclasses
 import shutil
 import json
@@ -17,9 +16,7 @@ from model.config import ModelConfig
 from model.lm import SpeechLM
 from model.tokens import TokenLayout
 from service.engine.bundle import BundleError, assemble_bundle, load_bundle
-from service.engine.engine import Engine, EngineConfig
-from service.metrics import Metrics
-from tests.conftest import write_tiny_models
+from tests.conftest import serve_texts, write_tiny_models
 
 SPEAKERS = ["rhvoice-slt", "flite-rms"]
 
@@ -49,18 +46,7 @@ def test_bundle_serves_text_through_the_whole_pipeline(bundle):
     out, _ = bundle
     model, pipeline = load_bundle(out, device=torch.device("cpu"), backend="ref")
     assert [v.id for v in (e.voice for e in pipeline.voices.values())] == ["slt", "rms"]
-    engine = Engine(model=model, pipeline=pipeline, config=EngineConfig(max_streams=2, first_chunk_tokens=12,
-                                                                         chunk_tokens=16), metrics=Metrics())
-
-    async def main():
-        await engine.start()
-        try:
-            handle = engine.synthesize("Hello world. It works!", voice="rms", request_id="e2e", seed=3)
-            return [c async for c in handle.chunks()]
-        finally:
-            await engine.stop()
-
-    chunks = asyncio.run(asyncio.wait_for(main(), 120))
+    engine, (chunks,) = serve_texts(model, pipeline, [("Hello world. It works!", "rms", "e2e", 3)])
     pcm = np.concatenate([c.pcm for c in chunks])
     words = [w.word for c in chunks for w in c.words]
     assert words == ["Hello", "world", "It", "works"]
@@ -159,18 +145,7 @@ def test_bundle_with_an_aligner_sends_aligned_word_timestamps(tmp_path, bundle):
     model, pipeline = load_bundle(tmp_path / "b", device=torch.device("cpu"), backend="ref")
     assert pipeline.aligner is not None and pipeline.aligner.model.config.blank_penalty == 3.0
     pipeline = dataclasses.replace(pipeline, max_seconds_per_char=0.0, min_cap_seconds=2.0)  # 50 tokens a sentence
-    engine = Engine(model=model, pipeline=pipeline, config=EngineConfig(max_streams=1, first_chunk_tokens=12,
-                                                                         chunk_tokens=16), metrics=Metrics())
-
-    async def main_():
-        await engine.start()
-        try:
-            handle = engine.synthesize("Hello world. It works!", voice="rhvoice-slt", request_id="al", seed=3)
-            return [c async for c in handle.chunks()]
-        finally:
-            await engine.stop()
-
-    chunks = asyncio.run(asyncio.wait_for(main_(), 120))
+    _, (chunks,) = serve_texts(model, pipeline, [("Hello world. It works!", "rhvoice-slt", "al", 3)], max_streams=1)
     words = [w for c in chunks for w in c.words]
     assert [w.word for w in words] == ["Hello", "world", "It", "works"]
     assert not any(w.estimated for w in words)
