@@ -12,7 +12,8 @@ Semantics are the local decoder's: ``push_many`` gives each stream what it would
 leaves every stream as it was (the child's decoder guarantees that), so the engine falls back to one-by-one pushes
 and only the faulty stream fails. A stream's state is created in the child on its first push and freed after
 ``close()`` (the engine closes a request's stream when the request ends). If the child dies, every call raises
-``AudioProcessError``: the streams in flight fail with an internal error, the rest of the engine keeps running.
+``AudioProcessError``: the streams in flight fail with an internal error, and the engine reports itself unready
+(``/readyz`` 503), so an orchestrator replaces the pod; the child is not restarted in place.
 """
 
 from __future__ import annotations

@@ -234,6 +234,8 @@ class Engine(EngineAPI):
             return False
         if self._thread is None or not self._thread.is_alive():
             return False
+        if not getattr(self.pipeline.decoder, "alive", True):  # the audio process died: every stream would fail
+            return False
         with self._lock:
             busy = self.scheduler.has_work
         return not busy or time.monotonic() - self._last_tick < self.config.stall_timeout_s

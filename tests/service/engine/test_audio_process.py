@@ -63,6 +63,23 @@ def test_a_dead_child_is_reported_not_hung():
     dec.shutdown()
 
 
+def test_the_engine_turns_unready_when_its_audio_process_dies():
+    engine = make_engine(batching=True)
+    engine.pipeline = dataclasses.replace(engine.pipeline, decoder=ProcessDecoder(FACTORY, ".", {}))
+
+    async def main():
+        await engine.start()
+        try:
+            assert engine.ready
+            engine.pipeline.decoder._proc.kill()
+            engine.pipeline.decoder._proc.join(5)
+            return engine.ready
+        finally:
+            await engine.stop()
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) is False
+
+
 def test_a_factory_that_fails_is_a_start_error():
     with pytest.raises(AudioProcessError, match="failed to start"):
         ProcessDecoder("tests.service.engine.fakes:no_such_factory", ".", {})
