@@ -7,8 +7,7 @@ request's next chunk continues the state its previous chunk left, so two jobs of
 at most ``max_batch`` at a time. A request's jobs — its chunks and its end-of-stream — keep their order: a batch is
 run before a later job of one of its requests. ``max_batch=1`` decodes one job at a time.
 
-A request's first chunk (its time to first audio) is decoded before the other chunks of its round, in a batch of
-its own, and a round does not wait to fill while one is queued. Under load the batches are let fill: when jobs arrived while the last round ran (a backlog), the next round waits
+Under load the batches are let fill: when jobs arrived while the last round ran (a backlog), the next round waits
 until its oldest job has waited as long as that round took, at most ``max_wait_s``, or until ``max_batch`` jobs are
 there. A batch's cost grows far slower than its size (one launch per op for all streams), and while this thread
 sleeps the engine loop, which shares the GIL with it, produces more chunks. Without a backlog nothing waits.
@@ -34,7 +33,6 @@ class AudioJob:
     flush: bool = False  # the decoder emits everything it holds back (and starts afresh)
     submitted: float = 0.0
     ended: list[tuple[Any, int]] = field(default_factory=list)  # (sentence, k): it ends after tokens[:k]
-    first: bool = False  # the request's first chunk: decoded ahead of the round's other chunks (time to first audio)
 
     @property
     def is_decode(self) -> bool:
@@ -85,7 +83,7 @@ class AudioWorker:
             with self._cv:
                 while not self._jobs and not self._stopped:
                     self._cv.wait()
-                if self._fill_s > 0 and not any(j.first for j in self._jobs):
+                if self._fill_s > 0:
                     deadline = time.perf_counter() + self._fill_s
                     while not self._stopped and len(self._jobs) < self.max_batch:
                         remaining = deadline - time.perf_counter()
@@ -106,15 +104,6 @@ class AudioWorker:
             self._fill_s = min(time.perf_counter() - start, self.max_wait_s) if backlog else 0.0
 
     def _round(self, jobs: list[AudioJob]) -> None:
-        """Requests' first chunks go first, as a batch of their own (a first job precedes every other job of its
-        request, so moving it ahead keeps each request's order); then the rest in arrival order."""
-        firsts = [j for j in jobs if j.first]
-        if firsts and len(firsts) < len(jobs):
-            self._run_in_order(firsts)
-            jobs = [j for j in jobs if not j.first]
-        self._run_in_order(jobs)
-
-    def _run_in_order(self, jobs: list[AudioJob]) -> None:
         batch: list[AudioJob] = []
         in_batch: set[int] = set()
         for job in jobs:

@@ -465,8 +465,7 @@ class Engine(EngineAPI):
                     tokens, handle.tokens = handle.tokens, []
                     ended, handle.ended = handle.ended, []
                     handle.chunks_submitted += 1
-                    jobs.append(AudioJob(handle, tokens, False, time.perf_counter(), ended,
-                                         first=handle.chunks_submitted == 1))
+                    jobs.append(AudioJob(handle, tokens, False, time.perf_counter(), ended))
             elif ev.kind == "sentence_end":
                 handle.ended.append((ev.sentence.tag, len(handle.tokens)))
                 # The next sentence queued: its tokens continue this decode (one stream of audio, chunks of the
@@ -476,8 +475,7 @@ class Engine(EngineAPI):
                     tokens, handle.tokens = handle.tokens, []
                     ended, handle.ended = handle.ended, []
                     handle.chunks_submitted += 1
-                    jobs.append(AudioJob(handle, tokens, True, time.perf_counter(), ended,
-                                         first=handle.chunks_submitted == 1))
+                    jobs.append(AudioJob(handle, tokens, True, time.perf_counter(), ended))
             elif ev.kind == "finished":
                 self.metrics.speech_tokens.inc(handle.tokens_emitted)
                 with self._lock:

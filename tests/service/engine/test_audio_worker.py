@@ -23,15 +23,6 @@ def test_a_round_batches_distinct_requests_and_keeps_each_requests_order():
     assert _round(many, 2) == [("batch", [0, 1]), ("batch", [2, 3]), ("batch", [4])]
 
 
-def test_first_chunks_are_decoded_first_in_a_batch_of_their_own():
-    a, b, c = "A", "B", "C"
-    jobs = [AudioJob(a, ["a2"]), AudioJob(b, ["b2"]), AudioJob(c, ["c1"], first=True), AudioJob(c, ["c2"]),
-            AudioJob(a, ["a3"]), AudioJob(c, None)]
-    assert _round(jobs, 8) == [("batch", ["c1"]), ("batch", ["a2", "b2", "c2"]), ("end", "C"), ("batch", ["a3"])]
-    only_firsts = [AudioJob(a, ["a1"], first=True), AudioJob(b, ["b1"], first=True)]
-    assert _round(only_firsts, 8) == [("batch", ["a1", "b1"])]
-
-
 def test_under_load_a_round_lets_its_batch_fill_and_idle_rounds_do_not_wait():
     import threading
     import time
