@@ -11,6 +11,7 @@ Bad inputs (missing manifest, unknown voice, bad ``--system``, a voice a system 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -52,6 +53,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"mamtra eval: {e}", file=sys.stderr)
         return 2
     write_results(results, args.out)
+    results = json.loads(Path(args.out).read_text())  # the tables show exactly the numbers the JSON keeps
     if args.markdown:
         write_markdown(results, args.markdown)
     print(markdown(results).split("## By system and voice")[0].rstrip())
