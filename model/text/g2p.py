@@ -17,6 +17,7 @@ their own symbols placed before the phone they stress, so the vocabulary stays s
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -50,8 +51,12 @@ def _backend(language: str):
 
     EspeakWrapper.set_library(espeakng_loader.get_library_path())
     EspeakWrapper.set_data_path(espeakng_loader.get_data_path())
+    # phonemizer warns on every call whose word count differs from its input's ("words count mismatch"): a server
+    # log line per such sentence. Phonemizer.words handles that case itself, so only its errors are logged.
+    quiet = logging.getLogger("mamtra.text.phonemizer")
+    quiet.setLevel(logging.ERROR)
     return EspeakBackend(language, preserve_punctuation=False, with_stress=True, language_switch="remove-flags",
-                         words_mismatch="ignore")
+                         words_mismatch="ignore", logger=quiet)
 
 
 @lru_cache(maxsize=1)
