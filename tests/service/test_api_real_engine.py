@@ -89,3 +89,29 @@ def test_queue_full_is_429_with_retry_after(served):
     finally:
         for h in handles:
             h.cancel()
+
+
+def test_websocket_timestamps_from_an_aligner_are_not_marked_estimated():
+    """With an aligner in the pipeline the WebSocket's words carry measured times (no ``estimated`` key); the REST
+    endpoint never asks for them."""
+    from tests.service.engine.fakes import FakeAligner
+
+    aligner = FakeAligner()
+    engine = make_engine(max_streams=2, max_queue=1, aligner=aligner)
+    app = create_app(Settings(log_json=False, log_level="warning"), engine=engine, metrics=engine.metrics)
+    with TestClient(app) as client:
+        with client.websocket_connect("/v1/audio/stream") as ws:
+            ws.send_json({"type": "start", "context_id": "a", "voice": "ava", "format": "pcm"})
+            ws.send_json({"type": "text", "context_id": "a", "text": "First one here. Second one."})
+            ws.send_json({"type": "close", "context_id": "a"})
+            frames = []
+            while (msg := ws.receive_json())["type"] != "done":
+                frames.append(msg)
+        words = [w for f in frames if f["type"] == "timestamps" for w in f["words"]]
+        assert [w["word"] for w in words] == ["First", "one", "here.", "Second", "one."]
+        assert all("estimated" not in w for w in words)
+        assert all(a["start"] <= b["start"] for a, b in zip(words, words[1:]))
+        calls = len(aligner.calls)
+        r = client.post("/v1/audio/speech", json={"model": "tts-1", "voice": "ava", "input": "No words. Needed.",
+                                                    "response_format": "pcm"})
+        assert r.status_code == 200 and len(aligner.calls) == calls
