@@ -9,20 +9,13 @@ import json
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from model.align.aligner import AlignerConfig
     from model.align.train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = None
-    if args.tiny:
-        import numpy as np
-
-        with np.load(args.tokens, allow_pickle=False) as z:
-            config = AlignerConfig(codes=int(z["speech_codes"]), symbols=int(z["text_vocab"]), embed_dim=8,
-                                   channels=16, dilations=(1, 2))
+    sizes = dict(embed_dim=8, channels=16, dilations=(1, 2)) if args.tiny else None
     result = train(args.tokens, args.out, steps=args.steps, frames=args.frames, lr=args.lr,
-                   eval_every=args.eval_every, seed=args.seed, device=args.device, config=config, init=args.init)
+                   eval_every=args.eval_every, seed=args.seed, device=args.device, sizes=sizes, init=args.init)
     print(json.dumps({"best_test_ctc_per_phone": round(result["best_test_loss"], 4), "out": result["out"]}))
     return 0
 

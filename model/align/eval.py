@@ -102,10 +102,10 @@ def _corpus(args, entries, asr) -> dict:
     from model.data.manifest import audio_path
     from model.eval.audio import read_mono, resample
     from model.text.frontend import TextFrontend
+    from model.train.data import load_utterances
 
-    with np.load(args.tokens, allow_pickle=False) as npz:
-        z = {k: npz[k] for k in ("split", "speech", "speech_offsets")}
-    if len(entries) != len(z["split"]) or any((e.split == "test") != bool(s) for e, s in zip(entries, z["split"])):
+    utterances = load_utterances(args.tokens).utterances
+    if len(entries) != len(utterances) or any(e.split != u.split for e, u in zip(entries, utterances)):
         raise SystemExit("the token file does not match the manifest (count or splits differ)")
     model = load_aligner(args.aligner)
     penalties = args.blank_penalty or [model.config.blank_penalty]
@@ -115,7 +115,7 @@ def _corpus(args, entries, asr) -> dict:
     for voice, chosen in selection.items():
         for i in chosen:
             e = entries[i]
-            codes = z["speech"][z["speech_offsets"][i]:z["speech_offsets"][i + 1]].astype(np.int64)
+            codes = utterances[i].speech_codes
             duration = len(codes) / model.config.token_rate
             ids, spans, words = [], [], []
             for piece in frontend.prepare(e.text):  # as the engine sees it: words without punctuation

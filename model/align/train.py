@@ -20,6 +20,7 @@ import torch
 
 from model.align.aligner import BLANK, AlignerConfig, TokenAligner, frames_needed, phone_targets, save_aligner, \
     silent_ids
+from model.train.data import TokenData, load_utterances
 
 
 @dataclass(frozen=True)
@@ -28,22 +29,20 @@ class Example:
     targets: np.ndarray
 
 
-def load_examples(tokens: str | Path, config: AlignerConfig) -> tuple[list[Example], list[Example]]:
-    """(train, test) examples from a token file; utterances whose frames cannot hold their phones are left out."""
-    with np.load(tokens, allow_pickle=False) as npz:
-        z = {k: npz[k] for k in npz.files}
-    if int(z["speech_codes"]) != config.codes or int(z["text_vocab"]) > config.symbols:
-        raise ValueError(f"{tokens}: {int(z['speech_codes'])} codes / {int(z['text_vocab'])} text symbols do not "
-                         f"match the aligner's {config.codes} / {config.symbols}")
+def load_examples(data: TokenData, config: AlignerConfig) -> tuple[list[Example], list[Example]]:
+    """(train, test) examples of a token file's utterances; those whose frames cannot hold their phones are left
+    out."""
+    layout = data.layout
+    if layout.speech_codes != config.codes or layout.text_vocab > config.symbols:
+        raise ValueError(f"{layout.speech_codes} codes / {layout.text_vocab} text symbols do not match the "
+                         f"aligner's {config.codes} / {config.symbols}")
     silent = silent_ids()
-    t_off, s_off = z["text_offsets"], z["speech_offsets"]
     train, test = [], []
-    for i in range(len(z["speaker"])):
-        codes = z["speech"][s_off[i]:s_off[i + 1]].astype(np.int64)
-        targets, _ = phone_targets(z["text"][t_off[i]:t_off[i + 1]].tolist(), silent=silent)
-        if not targets or len(codes) * config.upsample < frames_needed(targets):
+    for u in data.utterances:
+        targets, _ = phone_targets(u.text_ids.tolist(), silent=silent)
+        if not targets or len(u.speech_codes) * config.upsample < frames_needed(targets):
             continue
-        (test if z["split"][i] else train).append(Example(codes, np.asarray(targets, dtype=np.int64)))
+        (test if u.split == "test" else train).append(Example(u.speech_codes, np.asarray(targets, dtype=np.int64)))
     return train, test
 
 
@@ -93,21 +92,22 @@ def held_out(model: TokenAligner, examples: list[Example], frames: int) -> float
 
 
 def train(tokens: str | Path, out: str | Path, *, steps: int = 3000, frames: int = 4096, lr: float = 2e-3,
-          eval_every: int = 250, seed: int = 0, device: str = "cpu", config: AlignerConfig | None = None,
+          eval_every: int = 250, seed: int = 0, device: str = "cpu", sizes: dict | None = None,
           init: str | Path | None = None, log=print) -> dict:
-    """``init``: start from these weights (an aligner directory; its config is used) instead of random ones."""
+    """The aligner's codes and symbols come from the token file; ``sizes`` overrides other ``AlignerConfig``
+    fields (e.g. a tiny aligner for tests). ``init``: start from these weights (an aligner directory; its config is
+    used) instead of random ones."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    with np.load(tokens, allow_pickle=False) as npz:
-        base = AlignerConfig(codes=int(npz["speech_codes"]), symbols=max(int(npz["text_vocab"]), 2))
+    data = load_utterances(tokens)
+    config = AlignerConfig(codes=data.layout.speech_codes, symbols=max(data.layout.text_vocab, 2), **(sizes or {}))
     start = None
     if init is not None:
         from model.align.aligner import load_aligner
 
         start = load_aligner(init)
         config = start.config
-    config = config or base
-    train_set, test_set = load_examples(tokens, config)
+    train_set, test_set = load_examples(data, config)
     log(f"aligner: {len(train_set)} train / {len(test_set)} test utterances, "
         f"{sum(len(e.codes) for e in train_set)} train tokens")
     model = (start if start is not None else TokenAligner(config)).to(device).train()

@@ -9,6 +9,7 @@ import torch
 from model.align.aligner import (BLANK, AlignerConfig, AlignerError, TokenAligner, WordAligner, force_align,
                                  frames_needed, load_aligner, phone_targets, save_aligner, word_frames)
 from model.text.vocab import Vocabulary
+from model.train.data import Utterance, save_utterances
 
 
 def _log_probs(frames: list[int], v: int = 6, sharp: float = 8.0) -> np.ndarray:
@@ -71,7 +72,7 @@ def _synthetic_tokens(path, n_utts: int, seed: int) -> list[tuple[list[int], lis
     rng = np.random.default_rng(seed)
     vocab = Vocabulary()
     phones = [vocab.symbol_ids(s)[0] for s in ["p", "t", "k", "s", "m", "n", "ɪ", "ɛ", "æ", "oʊ", "l", "ɹ"]]
-    utts, texts, speech, speakers, splits = [], [], [], [], []
+    utts, stored = [], []
     for u in range(n_utts):
         ids, spans, codes, truth = [], [], [int(rng.integers(0, 2))] * int(rng.integers(0, 3)), []
         for w in range(int(rng.integers(2, 5))):
@@ -88,14 +89,8 @@ def _synthetic_tokens(path, n_utts: int, seed: int) -> list[tuple[list[int], lis
             truth.append((start, len(codes)))
         codes += [1] * int(rng.integers(0, 3))
         utts.append((ids, spans, np.array(codes), truth))
-        texts.append(ids)
-        speech.append(codes)
-        speakers.append(0)
-        splits.append(u % 10 == 0)
-    np.savez(path, speaker=np.array(speakers, np.int32), split=np.array(splits),
-             text=np.concatenate(texts).astype(np.int16), speech=np.concatenate(speech).astype(np.int16),
-             text_offsets=np.cumsum([0] + [len(t) for t in texts]), speech_offsets=np.cumsum([0] + [len(s) for s in speech]),
-             speakers=np.array(["x"]), text_vocab=np.int64(len(vocab)), speech_codes=np.int64(160))
+        stored.append(Utterance(0, np.array(ids), np.array(codes), "test" if u % 10 == 0 else "train"))
+    save_utterances(path, stored, speakers=["x"], text_vocab=len(vocab), speech_codes=160)
     return utts
 
 
@@ -105,9 +100,8 @@ def test_training_learns_to_place_words(tmp_path):
 
     torch.set_num_threads(2)
     _synthetic_tokens(tmp_path / "tokens.npz", 600, seed=0)
-    config = AlignerConfig(codes=160, symbols=len(Vocabulary()), embed_dim=16, channels=48, dilations=(1, 2, 1))
     result = train(tmp_path / "tokens.npz", tmp_path / "al", steps=300, frames=512, lr=5e-3, eval_every=100,
-                   config=config, log=lambda *_: None)
+                   sizes=dict(embed_dim=16, channels=48, dilations=(1, 2, 1)), log=lambda *_: None)
     history = result["history"]
     assert history[-1]["test_loss"] < 0.5 * history[0]["test_loss"]
     model = load_aligner(tmp_path / "al" / "best")
