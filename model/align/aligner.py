@@ -142,6 +142,16 @@ def phone_targets(ids: Sequence[int], spans: Sequence[tuple[int, int]] = (), *,
 
 # -- alignment ---------------------------------------------------------------------------------------------------
 
+def proportional_spans(words: Sequence[str]) -> list[tuple[float, float]]:
+    """The fallback when a sentence cannot be aligned: each word's ``(start, end)`` as fractions of the sentence,
+    in proportion to its length + 1 (an estimate; the engine labels it as one)."""
+    if not words:
+        return []
+    weights = np.array([len(w) + 1 for w in words], dtype=np.float64)
+    edges = np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
 def frames_needed(targets: Sequence[int]) -> int:
     """The fewest frames a CTC path through ``targets`` takes (a blank between equal neighbours)."""
     return len(targets) + sum(1 for a, b in zip(targets, targets[1:]) if a == b)

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.align.aligner import proportional_spans
+
 
 def _key(word: str) -> str:
     return re.sub(r"[^a-z0-9']", "", word.lower()).strip("'")
@@ -49,10 +51,8 @@ def pair_words(ours: list[str], theirs: list[str]) -> list[tuple[int, int]]:
 
 
 def estimate(words: list[str], duration: float) -> list[tuple[float, float]]:
-    """The engine's fallback (``service.engine.engine._estimate_word_times``): proportional to length + 1."""
-    w = np.array([len(x) + 1 for x in words], dtype=np.float64)
-    edges = duration * np.concatenate([[0.0], np.cumsum(w) / w.sum()])
-    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+    """The engine's fallback, in seconds over ``duration``."""
+    return [(a * duration, b * duration) for a, b in proportional_spans(words)]
 
 
 def summarise(diffs: list[tuple[float, float]]) -> dict:

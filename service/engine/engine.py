@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from model.align.aligner import proportional_spans
 from model.lm import SpeechLM
 from model.sampling import SamplingConfig
 from service.engine.audio_worker import AudioJob, AudioWorker
@@ -642,12 +643,9 @@ def _to_int16(pcm: np.ndarray) -> np.ndarray:
 
 def _estimate_word_times(words: tuple[str, ...], start: float, end: float) -> list[WordTiming]:
     """Spread a sentence's words over its audio in proportion to their length (an estimate, labelled as one)."""
-    if not words:
-        return []
-    weights = np.array([len(w) + 1 for w in words], dtype=np.float64)
-    edges = start + (end - start) * np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
-    return [WordTiming(w, round(float(a), 3), round(float(b), 3), estimated=True)
-            for w, a, b in zip(words, edges[:-1], edges[1:])]
+    span = end - start
+    return [WordTiming(w, round(start + a * span, 3), round(start + b * span, 3), estimated=True)
+            for w, (a, b) in zip(words, proportional_spans(words))]
 
 
 def build_engine(settings: Settings, metrics: Metrics) -> Engine:
