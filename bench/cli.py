@@ -13,6 +13,13 @@ from pathlib import Path
 import torch
 
 
+def _common(p: argparse.ArgumentParser, quick_help: str) -> None:
+    """--quick, --out and --device, shared by the benchmarks that run in this process."""
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--out", default="bench-results", help="output folder")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON + PNG under --out)")
     kinds = bench.add_subparsers(dest="bench", required=True)
@@ -20,16 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         ("decode", "decode step time vs batch and context, CUDA graphs vs eager"),
                         ("longform", "step time at token 100 vs 8,000")):
         p = kinds.add_parser(name, help=help_)
-        p.add_argument("--quick", action="store_true", help="small presets and sizes (runs on CPU)")
-        p.add_argument("--out", default="bench-results", help="output folder")
+        _common(p, "small presets and sizes (runs on CPU)")
         p.add_argument("--presets", nargs="*", help="presets to run (default: the paper-scale family)")
-        p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
         p.set_defaults(func=_run)
     audio = kinds.add_parser("audio", help="the token -> audio stage alone: ms per chunk, one stream at a time vs "
                                            "batched across streams")
-    audio.add_argument("--quick", action="store_true", help="batches 1 and 4, fp32 only (runs on CPU)")
-    audio.add_argument("--out", default="bench-results", help="output folder")
-    audio.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    _common(audio, "batches 1 and 4, fp32 only (runs on CPU)")
     audio.set_defaults(func=_audio)
     serve = kinds.add_parser("serve", help="the server end to end over HTTP streaming vs concurrent clients: time to "
                                            "first audio, gaps, underruns, real-time factor, VRAM")
