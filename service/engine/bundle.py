@@ -84,18 +84,16 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
     try:
         frontend: TextFrontend = _factory(FRONTENDS, spec["frontend"]["kind"])(root, spec["frontend"])
         decoder_spec = {"device": str(device), **spec["decoder"]}
+        make_decoder = _factory(DECODERS, spec["decoder"]["kind"])
         if audio_process:
             from service.engine.audio_process import AudioProcessError, ProcessDecoder
 
-            kind = spec["decoder"]["kind"]
-            if kind not in DECODERS:
-                raise KeyError(kind)
-            try:
-                decoder: SpeechDecoder = ProcessDecoder(DECODERS[kind], root, decoder_spec)
+            try:  # the same factory, called in the child
+                decoder: SpeechDecoder = ProcessDecoder(make_decoder, root, decoder_spec)
             except AudioProcessError as e:
                 raise BundleError(f"{root}: {e}") from None
         else:
-            decoder = _factory(DECODERS, spec["decoder"]["kind"])(root, decoder_spec)
+            decoder = make_decoder(root, decoder_spec)
     except KeyError as e:
         raise BundleError(f"{spec_path}: unknown front-end or decoder kind {e}") from None
     voices = {}
