@@ -97,6 +97,8 @@ class CodecDecoderStream:
     @torch.inference_mode()
     def push(self, tokens: Sequence[int], *, flush: bool) -> np.ndarray:
         codec = self.owner.codec
+        for st in self.states:  # its state may be stacked with others' since a push_many
+            st.unpack()
         ids = self.owner.token_ids([tokens])  # (1, n)
         grid = self.net.step(codec.fsq.indices_to_codes(ids), flush)
         mel = self.interp.step_frames(grid, flush)

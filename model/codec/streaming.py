@@ -131,9 +131,26 @@ def _cells(obj: Any, state: list[Cell], counters: list[Cell], tallies: list[Cell
         _cells(getattr(obj, name), state, counters, tallies)
 
 
+class _Pack:
+    """The state tensors of the streams that last ran as one batch, kept stacked (row r = the batch's r-th stream):
+    the next round that batches the same streams in the same order reuses them as they are, and one that mixes
+    streams gathers their rows (a slice or an ``index_select`` per source and cell), never a split into rows.
+    Never modified in place, like every state tensor."""
+
+    __slots__ = ("values", "rows", "shapes")
+
+    def __init__(self, values: list[Any], rows: int):
+        self.values, self.rows = values, rows
+        self.shapes = tuple(_shape(v, rows=1) for v in values)
+
+
 class StreamState:
     """The per-stream state of one streaming object tree (e.g. a ``VocoderStream``), found once from the classes'
-    declarations: read it, compare it, stack several trees' states into one and split them back."""
+    declarations: read it, compare it, stack several trees' states into one and split them back.
+
+    After ``run_batched`` a stream's state tensors live in the batch's ``_Pack`` (``pack``, ``row``) and the
+    tree's own state attributes are None; ``unpack`` puts its rows back (views of the pack) before anything reads
+    the tree directly. Counters and tallies are always the tree's own."""
 
     def __init__(self, root: Any):
         self.root = root
@@ -141,30 +158,56 @@ class StreamState:
         self.counters: list[Cell] = []
         self.tallies: list[Cell] = []
         _cells(root, self.state, self.counters, self.tallies)
+        self.pack: _Pack | None = None
+        self.row = 0
+
+    def unpack(self) -> None:
+        """Make the tree's own attributes hold this stream's state again (before ``step``/``push`` on the tree)."""
+        if self.pack is None:
+            return
+        pack, row = self.pack, self.row
+        self.pack = None
+        for (o, n), v in zip(self.state, pack.values):
+            setattr(o, n, _take(v, slice(row, row + 1)))
 
     def values(self) -> list[Any]:
+        self.unpack()
         return [getattr(o, n) for o, n in self.state]
 
     def signature(self, extra: Any = None) -> tuple:
         """Equal signatures (and equal ``extra``, e.g. the input's shape) = the same ops on every row."""
-        shapes = tuple(_shape(getattr(o, n)) for o, n in self.state)
+        shapes = self.pack.shapes if self.pack is not None else tuple(_shape(getattr(o, n)) for o, n in self.state)
         return shapes, tuple(getattr(o, n) for o, n in self.counters), extra
 
-    def snapshot(self) -> tuple[list[Any], list[Any], list[Any]]:
-        return self.values(), [getattr(o, n) for o, n in self.counters], [getattr(o, n) for o, n in self.tallies]
+    def snapshot(self) -> tuple:
+        own = None if self.pack is not None else [getattr(o, n) for o, n in self.state]
+        return (self.pack, self.row, own, [getattr(o, n) for o, n in self.counters],
+                [getattr(o, n) for o, n in self.tallies])
 
-    def restore(self, snap: tuple[list[Any], list[Any], list[Any]]) -> None:
-        for cells, vals in zip((self.state, self.counters, self.tallies), snap):
+    def restore(self, snap: tuple) -> None:
+        self.pack, self.row, own, counters, tallies = snap
+        for (o, n), v in zip(self.state, own if own is not None else [None] * len(self.state)):
+            setattr(o, n, v)
+        for cells, vals in ((self.counters, counters), (self.tallies, tallies)):
             for (o, n), v in zip(cells, vals):
                 setattr(o, n, v)
 
 
-def _shape(v: Any) -> Any:
+def _shape(v: Any, rows: int | None = None) -> Any:
     if v is None:
         return None
     if isinstance(v, list):
-        return tuple(_shape(x) for x in v)
-    return (tuple(v.shape[1:]), v.shape[0])
+        return tuple(_shape(x, rows) for x in v)
+    return (tuple(v.shape[1:]), v.shape[0] if rows is None else rows)
+
+
+def _take(value: Any, rows: slice | torch.Tensor) -> Any:
+    """Rows of a (possibly nested) state value: a view for a slice, a gather for an index tensor."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_take(v, rows) for v in value]
+    return value[rows] if isinstance(rows, slice) else value.index_select(0, rows)
 
 
 def _stack(values: Sequence[Any]) -> Any:
@@ -173,45 +216,75 @@ def _stack(values: Sequence[Any]) -> Any:
         return None
     if isinstance(first, list):
         return [_stack([v[i] for v in values]) for i in range(len(first))]
-    return torch.cat(values, dim=0)
+    return values[0] if len(values) == 1 else torch.cat(values, dim=0)
 
 
-def _split(value: Any, rows: int) -> list[Any]:
-    if value is None:
-        return [None] * rows
-    if isinstance(value, list):
-        parts = [_split(v, rows) for v in value]
-        return [[p[r] for p in parts] for r in range(rows)]
-    return list(value.split(1, dim=0))  # views of one copy: no per-row kernel
+def _gather(states: Sequence[StreamState]) -> list[Any]:
+    """The stacked state (one value per cell, row r = ``states[r]``'s) of streams with one signature."""
+    segments: list[tuple[_Pack | None, list]] = []  # runs of streams from one pack, or one unpacked stream
+    for st in states:
+        if st.pack is not None and segments and segments[-1][0] is st.pack:
+            segments[-1][1].append(st.row)
+        else:
+            segments.append((st.pack, [st.row] if st.pack is not None else [st]))
+    parts = []  # per segment: its cells' values
+    for pack, members in segments:
+        if pack is None:
+            parts.append([getattr(o, n) for o, n in members[0].state])
+            continue
+        r0 = members[0]
+        if members == list(range(r0, r0 + len(members))):
+            if r0 == 0 and len(members) == pack.rows:
+                parts.append(pack.values)  # the same batch as last time: nothing to copy
+                continue
+            rows: slice | torch.Tensor = slice(r0, r0 + len(members))
+        else:
+            rows = torch.tensor(members, device=_device(pack.values))
+        parts.append([_take(v, rows) for v in pack.values])
+    return [_stack(cell) for cell in zip(*parts)]
+
+
+def _device(values: list[Any]) -> torch.device:
+    for v in values:
+        if isinstance(v, list):
+            v = next((x for x in v if x is not None), None)
+        if v is not None:
+            return v.device
+    return torch.device("cpu")
 
 
 def run_batched(states: Sequence[StreamState], fn: Callable[[Any], torch.Tensor]) -> torch.Tensor:
     """Run ``fn(root)`` once for several streams of one signature (``StreamState.signature`` equal; each with a
-    batch of 1): their state tensors are stacked into the first stream's tree, ``fn`` runs on it (its input must be
-    the streams' inputs stacked in the same order), and every stream gets its row of the new state and the same
-    tally increments. Returns ``fn``'s output (row r is stream r's). On an exception every stream is left as it
-    was."""
+    batch of 1): their state tensors are stacked into the first stream's tree (``_gather``: nothing to copy when
+    they ran together last time, in this order), ``fn`` runs on it (its input must be the streams' inputs stacked
+    in the same order), and the new state stays stacked in a ``_Pack`` that every stream points into, with the
+    same counters and tally increments. Returns ``fn``'s output (row r is stream r's). On an exception every
+    stream is left as it was."""
     lead = states[0]
     if len(states) == 1:
+        lead.unpack()
         return fn(lead.root)
-    before = lead.snapshot()
-    stacked = [_stack(vals) for vals in zip(*(st.values() for st in states))]
+    snaps = [st.snapshot() for st in states]
+    stacked = _gather(states)
     for (o, n), v in zip(lead.state, stacked):
         setattr(o, n, v)
     try:
         out = fn(lead.root)
     except BaseException:
-        lead.restore(before)
+        for st, snap in zip(states, snaps):
+            st.restore(snap)
         raise
-    rows = [_split(v, len(states)) for v in lead.values()]
+    pack = _Pack([getattr(o, n) for o, n in lead.state], len(states))
     counters = [getattr(o, n) for o, n in lead.counters]
-    increments = [getattr(o, n) - b for (o, n), b in zip(lead.tallies, before[2])]
-    for r, st in enumerate(states):
-        for (o, n), v in zip(st.state, rows):
-            setattr(o, n, v[r])
-        for (o, n), v in zip(st.counters, counters):
-            setattr(o, n, v)
+    increments = [getattr(o, n) - b for (o, n), b in zip(lead.tallies, snaps[0][4])]
+    for r, (st, snap) in enumerate(zip(states, snaps)):
+        if snap[2] is not None or r == 0:  # its attributes held tensors: the pack holds them now
+            for o, n in st.state:
+                setattr(o, n, None)
+        st.pack, st.row = pack, r
         if r:
+            for (o, n), v in zip(st.counters, counters):
+                setattr(o, n, v)
             for (o, n), d in zip(st.tallies, increments):
                 setattr(o, n, getattr(o, n) + d)
     return out
