@@ -48,15 +48,23 @@ class FrameInterpStream:
         self.base = 0  # absolute index of buf[..., 0]
         self.j = 0  # next output index
 
+    def _n_end(self, have: int, final: bool) -> int:
+        """One past the last output index that ``have`` received grid frames determine."""
+        if final:
+            return int((have - 1) / self.step + 1e-9) + 1 if have > 0 else 0
+        # output j needs grid frame floor(j·step) + 1
+        n_end = max(0, math.ceil((have - 1) / self.step - 1e-9)) if have > 1 else 0
+        while n_end > self.j and math.floor((n_end - 1) * self.step) + 1 > have - 1:
+            n_end -= 1
+        return n_end
+
+    def _keep_from(self, have: int) -> int:
+        return min(math.floor(self.j * self.step), have - 1) if have > 0 else 0
+
     def step_frames(self, x: torch.Tensor, final: bool) -> torch.Tensor:
         self.buf = x if self.buf is None else torch.cat([self.buf, x], dim=-1)
         have = self.base + self.buf.shape[-1]
-        if final:
-            n_end = int((have - 1) / self.step + 1e-9) + 1 if have > 0 else 0
-        else:  # output j needs grid frame floor(j·step) + 1
-            n_end = max(0, math.ceil((have - 1) / self.step - 1e-9)) if have > 1 else 0
-            while n_end > self.j and math.floor((n_end - 1) * self.step) + 1 > have - 1:
-                n_end -= 1
+        n_end = self._n_end(have, final)
         if n_end <= self.j:
             return self.buf.new_zeros(*self.buf.shape[:-1], 0)
         pos = torch.arange(self.j, n_end, dtype=torch.float64) * self.step
@@ -67,9 +75,42 @@ class FrameInterpStream:
         lo_i, hi_i = (lo - self.base).to(self.buf.device), (hi - self.base).to(self.buf.device)
         out = self.buf[..., lo_i] * (1 - w) + self.buf[..., hi_i] * w
         self.j = n_end
-        keep_from = min(math.floor(self.j * self.step), have - 1) if have > 0 else 0
+        keep_from = self._keep_from(have)
         self.buf = self.buf[..., keep_from - self.base:].clone()  # not a view of everything received
         self.base = keep_from
+        return out
+
+    def batch_key(self, n_in: int, final: bool) -> tuple | None:
+        """Streams with equal keys can run one ``step_many``: not the end, a buffer already there, the same step,
+        buffer and input lengths and number of outputs (their phases, i.e. positions, may differ). None: run alone."""
+        if final or self.buf is None:
+            return None
+        n_out = self._n_end(self.base + self.buf.shape[-1] + n_in, False) - self.j
+        return (self.step, self.buf.shape[-1], n_in, n_out) if n_out > 0 else None
+
+    @staticmethod
+    def step_many(streams: Sequence[FrameInterpStream], x: torch.Tensor) -> torch.Tensor:
+        """``step_frames(x[r:r+1], False)`` of streams with one ``batch_key``, as one gather: ``x`` ``(B, C, n)``
+        → ``(B, C, m)``, each row what its stream gives alone (the same float64 positions, the same ops)."""
+        first = streams[0]
+        buf = torch.cat([torch.cat([s.buf for s in streams]), x], dim=-1)  # (B, C, L)
+        B, C, L = buf.shape
+        base = np.array([s.base for s in streams], dtype=np.int64)
+        j0 = np.array([s.j for s in streams], dtype=np.int64)
+        have = base + L
+        m = first._n_end(int(have[0]), False) - first.j
+        pos = np.minimum((j0[:, None] + np.arange(m)).astype(np.float64) * first.step, (have - 1)[:, None])
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, (have - 1)[:, None])
+        w = torch.from_numpy(pos - lo).to(buf.dtype).to(buf.device)[:, None, :]
+        idx = torch.from_numpy(np.stack([lo - base[:, None], hi - base[:, None]])).to(buf.device)
+        out = (buf.gather(2, idx[0][:, None, :].expand(B, C, m)) * (1 - w)
+               + buf.gather(2, idx[1][:, None, :].expand(B, C, m)) * w)
+        for r, s in enumerate(streams):
+            s.j += m
+            keep_from = s._keep_from(int(have[r]))
+            s.buf = buf[r:r + 1, :, keep_from - s.base:]  # a row's view; the batch's buffer is only (B, C, L)
+            s.base = keep_from
         return out
 
 
@@ -145,20 +186,33 @@ class CodecSpeechDecoder:
         """``[s.push(t, flush=f) for s, t, f in zip(streams, tokens, flush)]`` for distinct streams, in fewer and
         larger steps: the token decoder and the vocoder run once per group of streams whose states have the same
         signature (``model.codec.streaming.StreamState``), so each stream's output is what it would be alone up to
-        the float rounding of a batched conv; the frame interpolation and the resampler run per stream (their
-        phases differ). One device → host copy for all. If anything fails, every stream is left as it was."""
+        the float rounding of a batched conv; the frame interpolation and the resampler run once per group of
+        streams with equal lengths, each row at its own phase (``FrameInterpStream.step_many``,
+        ``ResamplerStream.push_many``); sentence ends and first chunks run per stream. One device → host copy for
+        all. If anything fails, every stream is left as it was."""
         if len({id(s) for s in streams}) != len(streams):
             raise ValueError("a stream may appear once per push_many (its pushes depend on each other)")
         snapshots = [[st.snapshot() for st in s.states] for s in streams]
         try:
-            grids = self._run_groups([s.states[0] for s in streams], flush, [len(t) for t in tokens],
-                                     lambda idx: self.codec.fsq.indices_to_codes(self.token_ids([tokens[i] for i in idx])),
-                                     lambda net, x, final: net.step(x, final))
-            mels = [s.interp.step_frames(g, f) for s, g, f in zip(streams, grids, flush)]
-            audio = self._run_groups([s.states[2] for s in streams], flush, [m.shape[-1] for m in mels],
-                                     lambda idx: torch.cat([mels[i] for i in idx]),
-                                     lambda vocoder, x, final: vocoder.push(x, final))
-            pcm = [s.resampler.push(a[0], f) for s, a, f in zip(streams, audio, flush)]
+            grids = [None] * len(streams)
+            for idx, y in self._run_groups([s.states[0] for s in streams], flush, [len(t) for t in tokens],
+                                           lambda idx: self.codec.fsq.indices_to_codes(
+                                               self.token_ids([tokens[i] for i in idx])),
+                                           lambda net, x, final: net.step(x, final)):
+                for r, i in enumerate(idx):
+                    grids[i] = y[r:r + 1]
+            mels = self._interp([s.interp for s in streams], grids, flush)
+            pcm = [None] * len(streams)
+            for idx, y in self._run_groups([s.states[2] for s in streams], flush, [m.shape[-1] for m in mels],
+                                           lambda idx: torch.cat([mels[i] for i in idx]),
+                                           lambda vocoder, x, final: vocoder.push(x, final)):
+                resamplers = [streams[i].resampler for i in idx]
+                if len(idx) > 1 and not flush[idx[0]]:
+                    rows = ResamplerStream.push_many(resamplers, y)
+                else:
+                    rows = [rs.push(y[r], flush[i]) for r, (rs, i) in enumerate(zip(resamplers, idx))]
+                for i, row in zip(idx, rows):
+                    pcm[i] = row
         except BaseException:
             for s, snap in zip(streams, snapshots):
                 for st, one in zip(s.states, snap):
@@ -172,20 +226,37 @@ class CodecSpeechDecoder:
         return out
 
     @staticmethod
-    def _run_groups(states, flush, lengths, inputs, step) -> list[torch.Tensor]:
+    def _run_groups(states, flush, lengths, inputs, step):
         """Group streams by (state signature, input length, flush), run ``step`` once per group on the stacked
-        ``inputs(indices)``; → each stream's ``(1, ...)`` output row."""
+        ``inputs(indices)``; yields ``(indices, output)`` per group (output row r is stream ``indices[r]``'s)."""
         groups: dict[tuple, list[int]] = {}
         for i, st in enumerate(states):
             groups.setdefault(st.signature((lengths[i], flush[i])), []).append(i)
-        out: list[torch.Tensor | None] = [None] * len(states)
         for idx in groups.values():
             x = inputs(idx)
             final = flush[idx[0]]
-            y = run_batched([states[i] for i in idx], lambda root: step(root, x, final))
+            yield idx, run_batched([states[i] for i in idx], lambda root: step(root, x, final))
+
+    @staticmethod
+    def _interp(interps: Sequence[FrameInterpStream], grids: Sequence[torch.Tensor],
+                flush: Sequence[bool]) -> list[torch.Tensor]:
+        """Each stream's ``step_frames``; streams with one ``batch_key`` as one ``step_many``."""
+        mels: list[torch.Tensor | None] = [None] * len(interps)
+        groups: dict[tuple, list[int]] = {}
+        for i, (s, g, f) in enumerate(zip(interps, grids, flush)):
+            key = s.batch_key(g.shape[-1], f)
+            if key is None:
+                mels[i] = s.step_frames(g, f)
+            else:
+                groups.setdefault(key, []).append(i)
+        for idx in groups.values():
+            if len(idx) == 1:
+                mels[idx[0]] = interps[idx[0]].step_frames(grids[idx[0]], False)
+                continue
+            out = FrameInterpStream.step_many([interps[i] for i in idx], torch.cat([grids[i] for i in idx]))
             for r, i in enumerate(idx):
-                out[i] = y[r:r + 1]
-        return out
+                mels[i] = out[r:r + 1]
+        return mels
 
     def voice_index(self, voice_id: str | None) -> int:
         if voice_id is None:

@@ -26,10 +26,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
@@ -219,10 +221,14 @@ def resample_to_output(audio: torch.Tensor, sr_in: int = VOCODER_SAMPLE_RATE,
 
 
 class ResamplerStream:
-    """``torchaudio.functional.resample(x, sr_in, sr_out)`` computed block by block on a stream of 1-D audio."""
+    """``torchaudio.functional.resample(x, sr_in, sr_out)`` computed block by block on a stream of 1-D audio.
+
+    ``buf`` ends with the ``held`` input samples not yet consumed (after a batched push it is a fixed-length tail
+    whose first samples were consumed already). ``push_many`` runs streams with equal input lengths in one
+    gather-and-matmul, whatever their phases."""
 
     STATE = ("buf",)  # 1-D: one stream per object (declared for snapshots, not for batching)
-    COUNTERS = ("n_in", "n_out")
+    COUNTERS = ("n_in", "n_out", "held")
 
     def __init__(self, sr_in: int = VOCODER_SAMPLE_RATE, sr_out: int = OUTPUT_SAMPLE_RATE, *,
                  device: torch.device | str = "cpu"):
@@ -231,12 +237,14 @@ class ResamplerStream:
         self.kernel, self.width = _get_sinc_resample_kernel(sr_in, sr_out, g, device=torch.device(device),
                                                             dtype=torch.float32)  # (new, 1, 2·width + orig)
         self.buf = torch.zeros(self.width, device=device)  # the offline op's left zero padding
+        self.held = self.width
         self.n_in = 0
         self.n_out = 0
 
     def push(self, audio: torch.Tensor, final: bool = False) -> torch.Tensor:
         self.n_in += audio.shape[-1]
-        x = torch.cat([self.buf, audio.to(self.buf)])
+        held = self.buf if self.held == self.buf.shape[-1] else self.buf[self.buf.shape[-1] - self.held:]
+        x = torch.cat([held, audio.to(self.buf)])
         if final:
             x = F.pad(x, (0, self.width + self.orig))
         k = self.kernel.shape[-1]
@@ -247,9 +255,41 @@ class ResamplerStream:
             x = x[blocks * self.orig:].clone()  # kept: not a view of the whole block
         else:
             y = x.new_zeros(0)
-        self.buf = x
+        self.buf, self.held = x, x.shape[-1]
         if final:
             total = math.ceil(self.new * self.n_in / self.orig)
             y = y[: max(0, total - self.n_out)]
         self.n_out += y.shape[-1]
         return y
+
+    @staticmethod
+    def push_many(streams: Sequence[ResamplerStream], audio: torch.Tensor) -> list[torch.Tensor]:
+        """``[s.push(audio[r], False) for r, s in enumerate(streams)]`` for streams of one rate pair and inputs of
+        one length, as one batched op: each stream's blocks are gathered from its own offset (the phases differ)
+        and multiplied by the kernel (a matmul, not a strided conv: rows equal their ``push`` up to float
+        rounding). Every stream keeps the same fixed-length tail (``k − 1`` samples, ``held`` of them unconsumed)
+        as a view of one copy."""
+        first = streams[0]
+        k, orig, new = first.kernel.shape[-1], first.orig, first.new
+        B, n = audio.shape
+        tail = k - 1  # the most samples a push leaves unconsumed
+        widths = [s.buf.shape[-1] for s in streams]
+        T = max(widths)
+        bufs = torch.stack([s.buf if w == T else F.pad(s.buf, (T - w, 0)) for s, w in zip(streams, widths)])
+        x = torch.cat([bufs, audio.to(bufs)], dim=1)  # (B, T + n); stream r's samples start at T - held_r
+        off = np.array([T - s.held for s in streams], dtype=np.int64)
+        blocks = np.maximum((x.shape[1] - off - k) // orig + 1, 0)
+        nb = int(blocks.max())
+        if nb == 0 or x.shape[1] < tail:
+            return [s.push(a, False) for s, a in zip(streams, audio)]
+        starts = np.minimum(off[:, None] + orig * np.arange(nb), x.shape[1] - k)  # (B, nb); past a row's end: unused
+        frames = x.unfold(1, k, 1)[torch.arange(B, device=x.device)[:, None], torch.from_numpy(starts).to(x.device)]
+        y = (frames @ first.kernel[:, 0, :].T).reshape(B, nb * new)  # (B, nb·new) interleaved phases
+        kept = x[:, x.shape[1] - tail:].clone().unbind(0)
+        out = []
+        for r, s in enumerate(streams):
+            s.n_in += n
+            s.buf, s.held = kept[r], int(x.shape[1] - off[r] - blocks[r] * orig)
+            s.n_out += int(blocks[r]) * new
+            out.append(y[r, : int(blocks[r]) * new])
+        return out

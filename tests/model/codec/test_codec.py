@@ -81,6 +81,37 @@ def test_frame_interp_stream_equals_offline(step):
     torch.testing.assert_close(torch.cat(outs, -1), interp_frames(x, step), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("step", [512 / 441, 512 / 441 * 0.6, 512 / 441 * 2.7])
+def test_frame_interp_step_many_is_each_stream_alone(step):
+    """Streams at different phases (different frames received before), stepped together where their batch keys
+    match, give exactly (bit for bit) what each gives alone, and stay in step afterwards."""
+    torch.manual_seed(0)
+    xs = [torch.randn(1, 3, 200) for _ in range(5)]
+    leads = [1, 3, 4, 6, 9]  # each stream's first piece: phases differ
+    alone, batched = [FrameInterpStream(step) for _ in xs], [FrameInterpStream(step) for _ in xs]
+    want = [[a.step_frames(x[..., :n], False)] for a, x, n in zip(alone, xs, leads)]
+    got = [[b.step_frames(x[..., :n], False)] for b, x, n in zip(batched, xs, leads)]
+    pos, ran_together = list(leads), 0
+    for _ in range(8):
+        for i, (a, x) in enumerate(zip(alone, xs)):
+            want[i].append(a.step_frames(x[..., pos[i]:pos[i] + 16], False))
+        groups = {}
+        for i, b in enumerate(batched):
+            groups.setdefault(b.batch_key(16, False), []).append(i)
+        for key, idx in groups.items():
+            assert key is not None
+            out = FrameInterpStream.step_many([batched[i] for i in idx],
+                                              torch.cat([xs[i][..., pos[i]:pos[i] + 16] for i in idx]))
+            ran_together += len(idx) > 1
+            for r, i in enumerate(idx):
+                got[i].append(out[r:r + 1])
+        pos = [q + 16 for q in pos]
+    for w, g in zip(want, got):
+        assert torch.equal(torch.cat(w, -1), torch.cat(g, -1))
+    assert ran_together >= 4
+    assert FrameInterpStream(step).batch_key(16, False) is None and batched[0].batch_key(16, True) is None
+
+
 @pytest.mark.parametrize("sizes", [[1, 3, 7, 2, 11, 5], [1] * 25, [40]])
 def test_streamed_pcm_equals_offline_decode(speech_decoder, sizes):
     toks = tokens(40, speech_decoder)
@@ -215,10 +246,15 @@ def test_push_many_gives_each_stream_what_it_gives_alone(speech_decoder, monkeyp
         s = dec.open(voice, speed=speed)
         alone[name] = [s.push(t, flush=f) for t, f in pieces(name)]
 
-    groups = []
+    groups, interp_groups, resample_groups = [], [], []
     real = stream_module.run_batched
     monkeypatch.setattr(stream_module, "run_batched", lambda states, fn: groups.append(len(states)) or
                         real(states, fn))
+    real_interp, real_resample = FrameInterpStream.step_many, stream_module.ResamplerStream.push_many
+    monkeypatch.setattr(FrameInterpStream, "step_many", staticmethod(
+        lambda streams, x: interp_groups.append(len(streams)) or real_interp(streams, x)))
+    monkeypatch.setattr(stream_module.ResamplerStream, "push_many", staticmethod(
+        lambda streams, x: resample_groups.append(len(streams)) or real_resample(streams, x)))
     streams = {name: dec.open(voice, speed=speed) for name, (voice, speed, _) in plans.items()}
     together = {name: [] for name in plans}
     for round_ in zip(*(list(pieces(name)) for name in plans)):
@@ -230,5 +266,6 @@ def test_push_many_gives_each_stream_what_it_gives_alone(speech_decoder, monkeyp
         torch.testing.assert_close(torch.from_numpy(np.concatenate(together[name])),
                                    torch.from_numpy(np.concatenate(alone[name])), **BATCH_TOL)
     assert max(groups) >= 3  # e.g. a, b and d's token decoders in a steady round
+    assert max(interp_groups) >= 2 and max(resample_groups) >= 2  # a and b in step at round 2
     with pytest.raises(ValueError, match="once"):
         dec.push_many([streams["a"], streams["a"]], [[], []], [False, False])

@@ -116,6 +116,31 @@ def test_streamed_resampler_equals_torchaudio(sizes):
     torch.testing.assert_close(got, ref, **RESAMPLE_TOL)
 
 
+def test_resampler_push_many_is_each_stream_alone():
+    """Streams at different phases (a fresh one among them) pushed together, several rounds, then each ended
+    alone: every stream's output equals pushing it alone (up to the matmul's float rounding) and torchaudio's
+    resample of its whole input."""
+    xs = [torch.from_numpy(chirp_tones(2.0, seed=s)) for s in range(4)]
+    leads = [0, 100, 1234, 4097]  # samples pushed alone first: stream 0 stays fresh
+    alone, together = [ResamplerStream() for _ in xs], [ResamplerStream() for _ in xs]
+    want = [[a.push(x[:n])] for a, x, n in zip(alone, xs, leads)]
+    got = [[t.push(x[:n])] for t, x, n in zip(together, xs, leads)]
+    pos = list(leads)
+    for n in (2816, 2560, 14080, 3):
+        for i, a in enumerate(alone):
+            want[i].append(a.push(xs[i][pos[i]:pos[i] + n]))
+        rows = ResamplerStream.push_many(together, torch.stack([x[q:q + n] for x, q in zip(xs, pos)]))
+        for i, row in enumerate(rows):
+            got[i].append(row)
+        pos = [q + n for q in pos]
+    for i, (a, t, x) in enumerate(zip(alone, together, xs)):
+        want[i].append(a.push(x[pos[i]:], final=True))
+        got[i].append(t.push(x[pos[i]:], final=True))
+        assert [len(w) for w in want[i]] == [len(g) for g in got[i]]
+        torch.testing.assert_close(torch.cat(got[i]), torch.cat(want[i]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.cat(got[i]), resample_to_output(x), **RESAMPLE_TOL)
+
+
 def test_random_generator_has_the_pretrained_architecture_and_needs_no_weight_file(vocoder, tmp_path):
     """The benchmarks' random vocoder: same parameter names and shapes as the pretrained one, seeded, and buildable
     from a copy of the package that holds no .pth file (what the GPU machine gets)."""
