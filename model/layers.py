@@ -120,6 +120,10 @@ class Attention(nn.Module):
             state.k[batch.slots, pos] = k[:, 0].to(state.k.dtype)
             state.v[batch.slots, pos] = v[:, 0].to(state.v.dtype)
             return
+        if batch.dense_writes:
+            state.k[batch.slots[:, None], batch.positions] = k.to(state.k.dtype)
+            state.v[batch.slots[:, None], batch.positions] = v.to(state.v.dtype)
+            return
         rows, cols = batch.valid.nonzero(as_tuple=True)  # padding is never written
         slots, pos = batch.slots[rows], batch.positions[rows, cols]
         state.k[slots, pos] = k[rows, cols].to(state.k.dtype)

@@ -107,6 +107,9 @@ class Batch:
     valid: Tensor  # (b, t) bool: False on right padding
     lengths: Tensor  # (b,) int64: new tokens per request (>= 1)
     kv_len: int  # max over the batch of (start + length): how many cache positions the step must read
+    # Write every (row, column) to the KV cache, padding included (no host sync to find the valid entries; a
+    # row's padding lands beyond its length, where its own later tokens overwrite it before any query sees it)
+    dense_writes: bool = False
 
     @property
     def num_new_tokens(self) -> int:

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond it: 429")
     max_context: int | None = Field(None, ge=16, description="Tokens of context per slot (default: the model's)")
     prefill_budget_tokens: int = Field(512, ge=16, description="Prompt tokens prefilled per engine step")
+    prefill_graphs: bool = Field(True, description="On CUDA, replay prefills from CUDA graphs (sequences × tokens "
+                                 "buckets) instead of launching their kernels one by one")
     max_input_chars: int = Field(4096, ge=1, description="Longest accepted `input`")
     request_timeout_s: float = Field(300.0, gt=0, description="Per-request wall-clock limit")
     first_chunk_tokens: int = Field(12, ge=1, description="Speech tokens in the first audio chunk (time to first "

@@ -61,6 +61,7 @@ class EngineConfig:
     # At most this many requests prefilled per step. The fused Mamba-2 prefill (fla-core's Triton kernels) autotunes
     # per batch size: every size is warmed at startup, so a burst of arrivals never stalls the loop on autotuning.
     max_prefill_seqs: int = 8
+    prefill_graphs: bool = True  # on CUDA: prefills replayed from CUDA graphs where a bucket holds them
     request_timeout_s: float = 300.0
     first_chunk_tokens: int = 12
     chunk_tokens: int = 16
@@ -84,7 +85,7 @@ class EngineConfig:
         dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if settings.dtype == "auto" \
             else dtypes[settings.dtype]
         return cls(max_streams=settings.max_streams, max_queue=settings.max_queue, max_context=settings.max_context,
-                   prefill_budget_tokens=settings.prefill_budget_tokens,
+                   prefill_budget_tokens=settings.prefill_budget_tokens, prefill_graphs=settings.prefill_graphs,
                    request_timeout_s=settings.request_timeout_s, first_chunk_tokens=settings.first_chunk_tokens,
                    chunk_tokens=settings.chunk_tokens, client_queue_chunks=settings.client_queue_chunks,
                    stall_timeout_s=settings.stall_timeout_s, audio_max_batch=settings.audio_max_batch,
@@ -360,7 +361,7 @@ class Engine(EngineAPI):
         speech = list(self.pipeline.speech_ids) + [self.pipeline.eos_id]
         self.runner = Runner(self.model, max_streams=self.config.max_streams, max_context=self._max_context,
                              allowed_ids=speech, sampling=self.config.sampling, dtype=self.config.dtype,
-                             ssm_dtype=self.config.ssm_dtype)
+                             ssm_dtype=self.config.ssm_dtype, prefill_graphs=self.config.prefill_graphs)
         self.metrics.state_bytes.set(self.runner.pool.allocated_bytes()["total"])
         self.metrics.state_bytes_per_stream.set(self.runner.pool.bytes_per_stream)
         # Warm-up: one prefill and one decode through the real code paths (kernels compiled, caches touched).
@@ -381,6 +382,8 @@ class Engine(EngineAPI):
                     PrefillChunk(f"warmup{i}", i, 0, ids * 4, False) for i in range(b))))
             for b in range(max(sizes, default=0)):
                 self.runner.pool.reset(b)
+        if self.runner.prefill_graphs is not None:  # every prefill bucket, then every decode bucket, now
+            self.runner.prefill_graphs.capture_all()
         if self.runner.graphs is not None:  # capture every decode bucket now, not on the first busy step
             self.runner.graphs.capture_all(self.config.max_streams)
         if self.runner.device.type == "cuda":

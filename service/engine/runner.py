@@ -1,8 +1,9 @@
 """The torch side of the engine: executes a ``StepPlan`` on the model and the state pool, returns sampled tokens.
 
 The runner owns the state pool and the per-request sampling state (generator, repetition guard); the model owns
-neither. One step = slot resets, one batched prefill of this step's prompt chunks (right-padded), one batched decode
-step of every running stream (replayed from a CUDA graph per batch bucket on GPU), then sampling — all under
+neither. One step = slot resets, one batched prefill of this step's prompt chunks (right-padded; on GPU replayed from a
+CUDA graph per sequences × tokens bucket when one holds them), one batched decode step of every running stream
+(replayed from a CUDA graph per batch bucket on GPU), then sampling — all under
 ``torch.inference_mode``. The only host syncs are reading
 the sampled token ids back, once per step.
 """
@@ -15,7 +16,7 @@ import torch
 
 from model.lm import SpeechLM
 from model.sampling import SamplingConfig, sample
-from model.cuda_graphs import GraphedDecoder
+from model.cuda_graphs import GraphedDecoder, GraphedPrefill
 from model.state import Batch, StatePool
 from service.engine.scheduler import StepPlan, StepResult
 
@@ -30,7 +31,7 @@ class _SamplerState:
 class Runner:
     def __init__(self, model: SpeechLM, *, max_streams: int, max_context: int, allowed_ids: list[int],
                  sampling: SamplingConfig, dtype: torch.dtype = torch.float32,
-                 ssm_dtype: torch.dtype = torch.float32, cuda_graphs: bool = True) -> None:
+                 ssm_dtype: torch.dtype = torch.float32, cuda_graphs: bool = True, prefill_graphs: bool = True) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
@@ -38,6 +39,8 @@ class Runner:
         self.pool = StatePool(model.config, max_streams=max_streams + int(self.use_graphs), max_context=max_context,
                               dtype=dtype, ssm_dtype=ssm_dtype, device=self.device)
         self.graphs = GraphedDecoder(model, self.pool, scratch_slot=max_streams) if self.use_graphs else None
+        self.prefill_graphs = (GraphedPrefill(model, self.pool, scratch_slot=max_streams)
+                               if self.use_graphs and prefill_graphs else None)
         self.max_context = self.pool.max_context
         self.sampling = sampling
         # The ids sampling may pick, ascending: it samples over those columns only (see model.sampling.sample)
@@ -66,13 +69,19 @@ class Runner:
         logits = []
         if plan.prefills:
             chunks = plan.prefills
-            t = max(len(c.token_ids) for c in chunks)
-            ids = torch.zeros(len(chunks), t, dtype=torch.long)
-            for i, c in enumerate(chunks):
-                ids[i, : len(c.token_ids)] = torch.tensor(c.token_ids)
-            batch = Batch.make([c.slot for c in chunks], [c.start for c in chunks],
-                               [len(c.token_ids) for c in chunks], max_context=self.max_context, device=self.device)
-            out = self.model.prefill(ids.to(self.device), states=self.pool.layers, batch=batch)
+            out = None
+            if self.prefill_graphs is not None:  # None when no captured bucket holds this step's prompts
+                out = self.prefill_graphs([c.token_ids for c in chunks], [c.slot for c in chunks],
+                                          [c.start for c in chunks])
+            if out is None:
+                t = max(len(c.token_ids) for c in chunks)
+                ids = torch.zeros(len(chunks), t, dtype=torch.long)
+                for i, c in enumerate(chunks):
+                    ids[i, : len(c.token_ids)] = torch.tensor(c.token_ids)
+                batch = Batch.make([c.slot for c in chunks], [c.start for c in chunks],
+                                   [len(c.token_ids) for c in chunks], max_context=self.max_context,
+                                   device=self.device)
+                out = self.model.prefill(ids.to(self.device), states=self.pool.layers, batch=batch)
             keep = [i for i, c in enumerate(chunks) if c.sample]
             if keep:
                 logits.append(out[keep])

@@ -42,3 +42,45 @@ def test_graphed_decode_equals_eager(layout):
     assert_close(results["graph"][0], results["eager"][0], **TF32)
     for g, e in zip(results["graph"][1], results["eager"][1]):
         assert_close(g[:4], e[:4], **TF32)  # every real slot's state; the scratch slot is free to differ
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("layout", ["AMMA", "AAAA", "MMMM"])
+def test_graphed_prefill_equals_eager(layout):
+    """Prompts prefilled from a captured (sequences × tokens) bucket — fresh contexts and a continuation at a later
+    start, padded rows on the scratch slot, padded columns — give the eager prefill's logits and leave every real
+    slot's state as the eager prefill does; what the eager path cannot hold in a bucket is refused (None)."""
+    from model.cuda_graphs import GraphedPrefill
+
+    cfg = tiny_config(layout, d_model=128, head_dim=32, max_context=256)
+    model = SpeechLM(cfg, backend="auto").cuda().eval()
+    g = torch.Generator().manual_seed(0)
+    first = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in (17, 30, 5)]
+    more = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in (9, 21)]
+    slots = [3, 0, 1]
+    results = {}
+    for mode in ("eager", "graph"):
+        pool = StatePool(cfg, max_streams=5, device="cuda")
+        graphs = GraphedPrefill(model, pool, scratch_slot=4, seq_buckets=(1, 4), len_buckets=(16, 32)) \
+            if mode == "graph" else None
+        outs = []
+        for prompts, rows, starts in ((first, slots, [0, 0, 0]), (more, slots[:2], [17, 30])):
+            if graphs is None:
+                t = max(map(len, prompts))
+                ids = torch.zeros(len(prompts), t, dtype=torch.long)
+                for i, p in enumerate(prompts):
+                    ids[i, :len(p)] = torch.tensor(p)
+                batch = Batch.make(rows, starts, [len(p) for p in prompts], max_context=256, device="cuda")
+                outs.append(model.prefill(ids.cuda(), states=pool.layers, batch=batch).clone())
+            else:  # 3 prompts run in the 4-row bucket, 2 in it again; 17-30 tokens in the 32-token bucket
+                outs.append(graphs([tuple(p) for p in prompts], rows, starts).clone())
+        # one decode step after both prefills reads every real slot's state
+        b = Batch.make(slots, [17 + 9, 30 + 21, 5], [1, 1, 1], max_context=256, device="cuda")
+        outs.append(model.decode_step(torch.tensor([1, 2, 3], device="cuda"), states=pool.layers, batch=b).clone())
+        results[mode] = outs
+        if graphs is not None:
+            assert graphs([tuple(range(33))], [2], [0]) is None  # more tokens than the largest bucket
+            assert graphs([(1,)] * 5, [0, 1, 2, 3, 2], [0] * 5) is None  # more rows than the largest bucket
+            assert graphs([(1, 2)], [2], [250]) is None  # the bucket's window would pass max_context
+    for got, want in zip(results["graph"], results["eager"]):
+        assert_close(got, want, **TF32)

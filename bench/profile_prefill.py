@@ -1,0 +1,108 @@
+"""What one prefill step costs the engine loop, per number of sequences prefilled together (GPU profiling aid).
+
+python -m bench.profile_prefill [--preset mamtra-1:3] [--sizes 1 2 4 8] [--tokens 40] [--long]
+Eager vs CUDA-graph prefill (``model.cuda_graphs.GraphedPrefill``): first call per size (fla-core autotunes per
+batch size), the median of the next ones, continuations later in the context; GPU time of one; a decode step of 64
+streams with and without 8 prefills in it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="mamtra-1:3")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--tokens", type=int, default=40)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--long", action="store_true", help="the model's 8,192-token window (the server's)")
+    a = ap.parse_args()
+    from bench.lm import Device, build_model
+    from model.config import preset
+    from model.sampling import SamplingConfig
+    from service.engine.runner import Runner
+    from service.engine.scheduler import DecodeItem, PrefillChunk, StepPlan
+
+    dev = Device(torch.device("cuda"))
+    config = preset(a.preset)
+    model = build_model(config, dev, dtype=torch.bfloat16)
+    n = max(a.sizes)
+    rows = []
+    for mode in ("eager", "graphs"):
+        runner = Runner(model, max_streams=64 + max(n, 8), max_context=8192 if a.long else 1024,
+                        allowed_ids=list(range(1000)), sampling=SamplingConfig(), dtype=torch.bfloat16,
+                        cuda_graphs=True, prefill_graphs=mode == "graphs")
+        t0 = time.perf_counter()
+        if runner.prefill_graphs is not None:
+            runner.prefill_graphs.capture_all()
+        capture_s = time.perf_counter() - t0
+        runner.graphs.capture_all(64)
+        g = torch.Generator().manual_seed(0)
+        for b in a.sizes:
+            for i in range(b):
+                runner.open_request(f"r{i}", seed=i)
+
+            def plan(start=0):
+                ids = [tuple(torch.randint(0, 1000, (a.tokens,), generator=g).tolist()) for _ in range(b)]
+                return StepPlan(resets=tuple(range(64, 64 + b)) if start == 0 else (), prefills=tuple(
+                    PrefillChunk(f"r{i}", 64 + i, start, ids[i], True) for i in range(b)))
+
+            times = []
+            for k in range(1 + a.reps):
+                p = plan()
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                runner.execute(p)  # ends in the step's host sync
+                times.append(time.perf_counter() - t)
+            cont = []
+            for k in range(a.reps):  # continuations: the same prompts later in the context
+                p = plan(start=a.tokens * (k + 1))
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                runner.execute(p)
+                cont.append(time.perf_counter() - t)
+            from torch.profiler import ProfilerActivity, profile
+            p = plan()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                runner.execute(p)
+                torch.cuda.synchronize()
+            ka = prof.key_averages()
+            gpu = sum(e.self_device_time_total for e in ka) / 1e3
+            row = dict(mode=mode, seqs=b, tokens=a.tokens, first_ms=times[0] * 1e3,
+                       median_ms=statistics.median(times[1:]) * 1e3, continuation_ms=statistics.median(cont) * 1e3,
+                       gpu_ms=gpu, capture_all_s=capture_s)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        # decode steps at 64 streams, graphs, with and without a prefill of 8 in the same step
+        for i in range(64):
+            runner.open_request(f"d{i}", seed=i)
+        for i in range(8):
+            runner.open_request(f"r{i}", seed=i)
+        dec = tuple(DecodeItem(f"d{i}", i, 50, 5) for i in range(64))
+        for label, pre in (("decode 64", ()), ("decode 64 + prefill 8", tuple(
+                PrefillChunk(f"r{i}", 64 + i, 0, tuple(range(a.tokens)), True) for i in range(8)))):
+            ts = []
+            for _ in range(6):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                runner.execute(StepPlan(prefills=pre, decodes=dec))
+                ts.append(time.perf_counter() - t)
+            row = dict(mode=mode, step=label, median_ms=statistics.median(ts[1:]) * 1e3)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del runner
+        torch.cuda.empty_cache()
+    if a.out:
+        with open(f"{a.out}/profile_prefill.json", "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
