@@ -136,3 +136,45 @@ def test_bundle_served_through_a_child_decoder_sounds_the_same(bundle):
         rp = np.concatenate([c.pcm for c in r_chunks])
         assert lp.shape == rp.shape and np.abs(lp.astype(np.int32) - rp).max() <= 1
         assert [w.word for c in l_chunks for w in c.words] == [w.word for c in r_chunks for w in c.words]
+
+
+def test_a_pool_spreads_streams_over_children_and_decodes_as_one(bundle):
+    """``MAMTRA_AUDIO_PROCESSES`` > 1: streams go round robin to the children, one push_many is answered by all of
+    them, and each stream's PCM is what the local decoder gives; when a child fails mid-push, the children that
+    succeeded undo their part, so every stream is as it was (it goes on exactly as if that push never happened)."""
+    import json
+
+    from model.codec.stream import bundle_decoder
+    from service.engine.audio_process import ProcessDecoderPool
+
+    BATCHED = 1e-5  # the children batch other subsets of the streams than the local decoder: conv rounding
+    spec = {"device": "cpu", **json.loads((bundle / "pipeline.json").read_text())["decoder"]}
+    local = bundle_decoder(bundle, spec)
+    pool = ProcessDecoderPool("model.codec.stream:bundle_decoder", bundle, spec, processes=2, threads=1)
+    try:
+        off = spec["token_offset"]
+        rng = np.random.default_rng(1)
+        toks = [[(rng.integers(0, 64, size=n) + off).tolist() for n in (12, 16, 16, 9)] for _ in range(3)]
+        voices = (("slt", 1.0), ("rms", 1.0), ("slt", 1.3))
+        ls = [local.open(v, speed=s) for v, s in voices]
+        ps = [pool.open(v, speed=s) for v, s in voices]
+        assert {s.owner for s in ps} == set(pool.children)  # both children hold streams
+        for k in range(2):
+            want = local.push_many(ls, [t[k] for t in toks], [False] * 3)
+            got = pool.push_many(ps, [t[k] for t in toks], [False] * 3)
+            for w, g in zip(want, got):
+                assert w.shape == g.shape and np.allclose(w, g, atol=BATCHED)
+        dead = ps[1].owner
+        dead._proc.kill()
+        dead._proc.join(5)
+        with pytest.raises(AudioProcessError):  # stream 1's child is gone; streams 0 and 2 are undone
+            pool.push_many(ps, [t[2] for t in toks], [False] * 3)
+        assert not pool.alive
+        live = [0, 2]
+        want = local.push_many([ls[i] for i in live], [toks[i][2] for i in live], [False, False])
+        got = pool.push_many([ps[i] for i in live], [toks[i][2] for i in live], [False, False])
+        for w, g in zip(want, got):
+            assert w.shape == g.shape and np.allclose(w, g, atol=BATCHED)
+        assert np.allclose(ps[0].push(toks[0][3], flush=True), ls[0].push(toks[0][3], flush=True), atol=BATCHED)
+    finally:
+        pool.shutdown()
