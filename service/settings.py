@@ -44,8 +44,6 @@ class Settings(BaseSettings):
                                                         "vocoder) in a process of its own, beside the LM loop "
                                                         "instead of sharing its interpreter lock; auto = on with "
                                                         "CUDA")
-    audio_processes: int = Field(2, ge=1, le=16, description="With the audio process on: how many such processes "
-                                 "share the streams (each decodes on one CPU core; they run in parallel)")
     gil_switch_interval_ms: float = Field(0.5, gt=0, description="Python's thread switch interval while serving "
                                           "(the event loop, engine and audio threads share the GIL; Python's "
                                           "default is 5 ms)")

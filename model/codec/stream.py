@@ -135,17 +135,6 @@ class CodecDecoderStream:
         self.resampler = ResamplerStream(device=o.vocoder.device)
         self.states = tuple(StreamState(stage) for stage in (self.net, self.interp, self.vocoder, self.resampler))
 
-    def snapshot(self) -> tuple:
-        """Everything a push changes (a flush replaces the stages), for ``restore``: cheap, state tensors are
-        never modified in place."""
-        return (self.net, self.interp, self.vocoder, self.resampler, self.states,
-                [st.snapshot() for st in self.states])
-
-    def restore(self, snap: tuple) -> None:
-        self.net, self.interp, self.vocoder, self.resampler, self.states, states = snap
-        for st, one in zip(self.states, states):
-            st.restore(one)
-
     @torch.inference_mode()
     def push(self, tokens: Sequence[int], *, flush: bool) -> np.ndarray:
         codec = self.owner.codec

@@ -14,13 +14,6 @@ and only the faulty stream fails. A stream's state is created in the child on it
 ``close()`` (the engine closes a request's stream when the request ends). If the child dies, every call raises
 ``AudioProcessError``: the streams in flight fail with an internal error, and the engine reports itself unready
 (``/readyz`` 503), so an orchestrator replaces the pod; the child is not restarted in place.
-
-``ProcessDecoderPool`` (``MAMTRA_AUDIO_PROCESSES`` > 1) runs several such children and spreads the streams over
-them (round robin at open): one ``push_many`` sends each child its share and collects the replies, so the children
-decode in parallel. A child's decoding is launch- and Python-bound (one CPU core), not GPU-bound: measured on an
-H100, two children decode 2.7x the single-stream chunks per second of one, and 1.27x the 64-stream batches. If one
-child fails, the children that succeeded undo that push (each keeps the pre-push snapshot of the streams it
-pushed), so the pool keeps ``push_many``'s contract: on failure every stream is as it was.
 """
 
 from __future__ import annotations
@@ -66,7 +59,6 @@ def _child(conn, factory: str, root: str, spec: dict, threads: int | None) -> No
     conn.send(("ready", None))
     streams: dict[int, Any] = {}
     push_many = getattr(decoder, "push_many", None)
-    undo: list[tuple[Any, Any]] | None = None  # the last undoable push: (stream, its state before it)
     while True:
         try:
             msg = conn.recv()
@@ -74,31 +66,20 @@ def _child(conn, factory: str, root: str, spec: dict, threads: int | None) -> No
             return
         if msg[0] == "stop":
             return
-        if msg[0] == "undo":  # put the streams of the last push back as they were before it
-            if undo is not None:
-                for stream, snap in undo:
-                    stream.restore(snap)
-            conn.send(("ok", undo is not None))
-            undo = None
-            continue
-        _, items, tokens, flush, freed, undoable = msg
+        _, items, tokens, flush, freed = msg
         for sid in freed:
             streams.pop(sid, None)
-        undo = None
         try:
             batch = []
             for sid, voice, speed in items:
                 if sid not in streams:
                     streams[sid] = decoder.open(voice, speed=speed)
                 batch.append(streams[sid])
-            snaps = [(s, s.snapshot()) for s in batch] if undoable and all(
-                hasattr(s, "snapshot") for s in batch) else None
             if push_many is not None and len(batch) > 1:
                 pcm = push_many(batch, tokens, flush)
             else:
                 pcm = [s.push(t, flush=f) for s, t, f in zip(batch, tokens, flush)]
             reply = ("ok", [np.asarray(p, dtype=np.float32) for p in pcm])
-            undo = snaps
         except Exception as e:  # noqa: BLE001
             reply = ("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}")
         conn.send(reply)
@@ -121,7 +102,7 @@ class ProcessDecoder:
     """``SpeechDecoder`` (``open``, ``push_many``) backed by the bundle's decoder in a child process."""
 
     def __init__(self, factory: Callable | str, root: str | Path, spec: dict, *, threads: int | None = None,
-                 start_timeout_s: float = 600.0, wait: bool = True):
+                 start_timeout_s: float = 600.0):
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         self._proc = ctx.Process(target=_child, name="mamtra-audio",
@@ -131,15 +112,9 @@ class ProcessDecoder:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._freed: list[int] = []
-        self.start_timeout_s = start_timeout_s
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self) -> None:
-        """Block until the child has built its decoder (``wait=False`` starts several children at once)."""
-        if not self._conn.poll(self.start_timeout_s):
+        if not self._conn.poll(start_timeout_s):
             self.shutdown()
-            raise AudioProcessError(f"the audio process did not start within {self.start_timeout_s:.0f} s")
+            raise AudioProcessError(f"the audio process did not start within {start_timeout_s:.0f} s")
         status, detail = self._recv()
         if status != "ready":
             self.shutdown()
@@ -153,44 +128,18 @@ class ProcessDecoder:
 
     def push_many(self, streams: Sequence[ProcessStream], tokens: Sequence[Sequence[int]],
                   flush: Sequence[bool]) -> list[np.ndarray]:
-        self.begin_push(streams, tokens, flush)
-        return self.end_push()
-
-    def begin_push(self, streams: Sequence[ProcessStream], tokens: Sequence[Sequence[int]], flush: Sequence[bool],
-                   *, undoable: bool = False) -> None:
-        """Send a push and return at once; ``end_push`` waits for its PCM (no other call in between).
-        ``undoable``: the child keeps the streams' states from before it for one ``undo``."""
         items = [(s.id, s.voice, s.speed) for s in streams]
         toks = [np.asarray(t, dtype=np.int64).tolist() for t in tokens]
-        self._lock.acquire()
-        freed, self._freed = self._freed, []
-        try:
-            self._conn.send(("push", items, toks, [bool(f) for f in flush], freed, undoable))
-        except (OSError, ValueError) as e:
-            self._lock.release()
-            raise AudioProcessError(f"the audio process is gone: {e}") from None
-
-    def end_push(self) -> list[np.ndarray]:
-        try:
+        with self._lock:
+            freed, self._freed = self._freed, []
+            try:
+                self._conn.send(("push", items, toks, [bool(f) for f in flush], freed))
+            except (OSError, ValueError) as e:
+                raise AudioProcessError(f"the audio process is gone: {e}") from None
             status, detail = self._recv()
-        finally:
-            self._lock.release()
         if status != "ok":
             raise AudioProcessError(detail)
         return detail
-
-    def undo(self) -> bool:
-        """Put the streams of the last undoable push back as they were before it; False if the child could not."""
-        with self._lock:
-            try:
-                self._conn.send(("undo",))
-            except (OSError, ValueError):
-                return False
-            try:
-                status, detail = self._recv()
-            except AudioProcessError:
-                return False
-        return status == "ok" and bool(detail)
 
     def _recv(self) -> tuple[str, Any]:
         try:
@@ -213,70 +162,3 @@ class ProcessDecoder:
             self._proc.terminate()
             self._proc.join(timeout_s)
         self._conn.close()
-
-
-class ProcessDecoderPool:
-    """``SpeechDecoder`` over several ``ProcessDecoder`` children: streams spread round robin at ``open``, one
-    ``push_many`` decoded by the children in parallel (see the module docstring)."""
-
-    def __init__(self, factory: Callable | str, root: str | Path, spec: dict, *, processes: int,
-                 threads: int | None = None, start_timeout_s: float = 600.0):
-        if processes < 1:
-            raise ValueError("processes must be at least 1")
-        self.children: list[ProcessDecoder] = []
-        try:
-            for _ in range(processes):  # started together, then waited for: they build their decoders at once
-                self.children.append(ProcessDecoder(factory, root, spec, threads=threads,
-                                                    start_timeout_s=start_timeout_s, wait=False))
-            for child in self.children:
-                child.wait_ready()
-        except BaseException:
-            self.shutdown()
-            raise
-        self._next = itertools.count()
-
-    def open(self, voice_id: str, *, speed: float = 1.0) -> ProcessStream:
-        return self.children[next(self._next) % len(self.children)].open(voice_id, speed=speed)
-
-    def push_many(self, streams: Sequence[ProcessStream], tokens: Sequence[Sequence[int]],
-                  flush: Sequence[bool]) -> list[np.ndarray]:
-        groups: dict[ProcessDecoder, list[int]] = {}
-        for i, s in enumerate(streams):
-            groups.setdefault(s.owner, []).append(i)
-        if len(groups) == 1:
-            return next(iter(groups)).push_many(streams, tokens, flush)
-        sent: list[tuple[ProcessDecoder, list[int]]] = []
-        error: BaseException | None = None
-        for child, idx in groups.items():
-            try:
-                child.begin_push([streams[i] for i in idx], [tokens[i] for i in idx], [flush[i] for i in idx],
-                                 undoable=True)
-            except AudioProcessError as e:
-                error = e
-                break
-            sent.append((child, idx))
-        out: list[np.ndarray | None] = [None] * len(streams)
-        done = []
-        for child, idx in sent:
-            try:
-                pcm = child.end_push()
-            except AudioProcessError as e:
-                error = error or e
-                continue
-            done.append(child)
-            for i, p in zip(idx, pcm):
-                out[i] = p
-        if error is not None:
-            for child in done:  # the contract: on failure every stream is as it was
-                if not child.undo():
-                    raise AudioProcessError(f"{error} (and a child could not undo its part of the push)") from None
-            raise error
-        return out
-
-    @property
-    def alive(self) -> bool:
-        return all(child.alive for child in self.children)
-
-    def shutdown(self, timeout_s: float = 5.0) -> None:
-        for child in self.children:
-            child.shutdown(timeout_s)

@@ -68,9 +68,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: str = "auto",
-                audio_process: bool = False, audio_processes: int = 1) -> tuple[SpeechLM, Pipeline]:
-    """``audio_process``: the decoder runs in a child process (``service.engine.audio_process``), or in
-    ``audio_processes`` of them sharing the streams."""
+                audio_process: bool = False) -> tuple[SpeechLM, Pipeline]:
+    """``audio_process``: the decoder runs in a child process (``service.engine.audio_process``)."""
     root = Path(model_dir) if model_dir else DEFAULT_BUNDLE
     spec_path = root / "pipeline.json"
     if not spec_path.exists():
@@ -87,12 +86,10 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
         decoder_spec = {"device": str(device), **spec["decoder"]}
         make_decoder = _factory(DECODERS, spec["decoder"]["kind"])
         if audio_process:
-            from service.engine.audio_process import AudioProcessError, ProcessDecoder, ProcessDecoderPool
+            from service.engine.audio_process import AudioProcessError, ProcessDecoder
 
-            try:  # the same factory, called in the child(ren)
-                decoder: SpeechDecoder = (ProcessDecoder(make_decoder, root, decoder_spec) if audio_processes == 1
-                                          else ProcessDecoderPool(make_decoder, root, decoder_spec,
-                                                                  processes=audio_processes))
+            try:  # the same factory, called in the child
+                decoder: SpeechDecoder = ProcessDecoder(make_decoder, root, decoder_spec)
             except AudioProcessError as e:
                 raise BundleError(f"{root}: {e}") from None
         else:

@@ -58,12 +58,6 @@ class ToneStream:
         self.flushes.append(flush)
         return self.render(tokens)
 
-    def snapshot(self):
-        return list(self.pushed), list(self.flushes)
-
-    def restore(self, snap):
-        self.pushed, self.flushes = list(snap[0]), list(snap[1])
-
     def render(self, tokens):
         self.pushed.extend(tokens)
         out = [0.3 * np.sin(2 * np.pi * (200 + 10 * (t - SPEECH0)) * np.arange(self.n) / SAMPLE_RATE)
