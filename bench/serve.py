@@ -245,6 +245,14 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
         "audio_batches": audio_jobs,
         "speech_tokens": delta("mamtra_speech_tokens_total"),
         "server_underruns": delta("mamtra_underruns_total"),
+        # per step kind (decode, prefill, mixed): steps and mean wall time; what prefills cost the decode loop
+        "steps": {kind: {"count": delta(f'mamtra_step_seconds_count{{kind="{kind}"}}'),
+                         "mean_ms": ratio(1e3 * delta(f'mamtra_step_seconds_sum{{kind="{kind}"}}'),
+                                          delta(f'mamtra_step_seconds_count{{kind="{kind}"}}'))}
+                  for kind in ("decode", "prefill", "mixed")},
+        # audio batches of at most N chunks (cumulative histogram buckets): how well chunks of streams batch
+        "audio_batches_le": {le: delta(f'mamtra_audio_decode_batch_size_bucket{{le="{le}"}}')
+                             for le in ("1.0", "8.0", "64.0", "256.0")},
         "memory": {k: after.get(f"mamtra_{k}") for k in (
             "gpu_memory_allocated_bytes", "gpu_memory_reserved_bytes", "gpu_memory_peak_bytes",
             "gpu_device_memory_used_bytes", "gpu_device_memory_total_bytes", "process_resident_memory_bytes",
