@@ -28,17 +28,24 @@ from model.state import Batch, StatePool
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-class GraphedDecoder:
-    def __init__(self, model: SpeechLM, pool: StatePool, *, scratch_slot: int,
-                 buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> None:
+class _Graphs:
+    """Graphs of one model over one state pool, padding rows on a scratch slot, in a memory pool of their own."""
+
+    def __init__(self, model: SpeechLM, pool: StatePool, scratch_slot: int) -> None:
         if not 0 <= scratch_slot < pool.max_streams:
             raise ValueError("scratch_slot must be a slot of the pool that no request uses")
         self.model = model
         self.pool = pool
         self.scratch_slot = scratch_slot
+        self._mempool = torch.cuda.graph_pool_handle()
+
+
+class GraphedDecoder(_Graphs):
+    def __init__(self, model: SpeechLM, pool: StatePool, *, scratch_slot: int,
+                 buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> None:
+        super().__init__(model, pool, scratch_slot)
         self.buckets = tuple(sorted(buckets))
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, Tensor]] = {}
-        self._mempool = torch.cuda.graph_pool_handle()
 
     def bucket_for(self, b: int) -> int | None:
         return next((k for k in self.buckets if k >= b), None)
@@ -92,19 +99,14 @@ PREFILL_SEQ_BUCKETS = (1, 2, 4, 8)
 PREFILL_LEN_BUCKETS = (32, 64, 128, 256)
 
 
-class GraphedPrefill:
+class GraphedPrefill(_Graphs):
     def __init__(self, model: SpeechLM, pool: StatePool, *, scratch_slot: int,
                  seq_buckets: tuple[int, ...] = PREFILL_SEQ_BUCKETS,
                  len_buckets: tuple[int, ...] = PREFILL_LEN_BUCKETS) -> None:
-        if not 0 <= scratch_slot < pool.max_streams:
-            raise ValueError("scratch_slot must be a slot of the pool that no request uses")
-        self.model = model
-        self.pool = pool
-        self.scratch_slot = scratch_slot
+        super().__init__(model, pool, scratch_slot)  # its own memory pool: decode and prefill outputs share a step
         self.seq_buckets = tuple(sorted(seq_buckets))
         self.len_buckets = tuple(k for k in sorted(len_buckets) if k <= pool.max_context)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
-        self._mempool = torch.cuda.graph_pool_handle()  # not the decode graphs' pool: both outputs live in one step
 
     def bucket_for(self, seqs: int, tokens: int, max_start: int) -> tuple[int, int] | None:
         b = next((k for k in self.seq_buckets if k >= seqs), None)
