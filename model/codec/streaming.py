@@ -24,6 +24,7 @@ positions, so streams at different points of their utterances share a signature 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -135,13 +136,22 @@ class _Pack:
     """The state tensors of the streams that last ran as one batch, kept stacked (row r = the batch's r-th stream):
     the next round that batches the same streams in the same order reuses them as they are, and one that mixes
     streams gathers their rows (a slice or an ``index_select`` per source and cell), never a split into rows.
-    Never modified in place, like every state tensor."""
+    Never modified in place, like every state tensor.
 
-    __slots__ = ("values", "rows", "shapes")
+    A pack lives while any of its streams still points into it. So that a few streams left behind (a paused client,
+    a stream that skipped rounds) do not keep a whole batch's state alive, a pack that lost streams to a new batch
+    gives its stragglers a pack of their own once they are at most a quarter of it (``_release_stragglers``)."""
 
-    def __init__(self, values: list[Any], rows: int):
-        self.values, self.rows = values, rows
+    __slots__ = ("values", "rows", "shapes", "members", "__weakref__")
+
+    def __init__(self, values: list[Any], members: Sequence[StreamState]):
+        self.values, self.rows = values, len(members)
         self.shapes = tuple(_shape(v, rows=1) for v in values)
+        self.members = [weakref.ref(st) for st in members]
+
+    def stragglers(self) -> list[StreamState]:
+        """The streams that still point into this pack."""
+        return [st for ref in self.members if (st := ref()) is not None and st.pack is self]
 
 
 class StreamState:
@@ -202,12 +212,24 @@ def _shape(v: Any, rows: int | None = None) -> Any:
 
 
 def _take(value: Any, rows: slice | torch.Tensor) -> Any:
-    """Rows of a (possibly nested) state value: a view for a slice, a gather for an index tensor."""
+    """Rows of a (possibly nested) state value: a view for a slice, a gather (a copy) for an index tensor."""
     if value is None:
         return None
     if isinstance(value, list):
         return [_take(v, rows) for v in value]
     return value[rows] if isinstance(rows, slice) else value.index_select(0, rows)
+
+
+def _release_stragglers(packs: Sequence[_Pack]) -> None:
+    """Packs whose streams moved to a new batch: the few left behind get a pack of their own, their rows gathered
+    in one copy per cell (see ``_Pack``); run together next, as they often are, they reuse it as it is."""
+    for pack in packs:
+        left = pack.stragglers()
+        if left and 4 * len(left) <= pack.rows:
+            rows = torch.tensor([st.row for st in left], device=_device(pack.values))
+            own = _Pack([_take(v, rows) for v in pack.values], left)
+            for r, st in enumerate(left):
+                st.pack, st.row = own, r
 
 
 def _stack(values: Sequence[Any]) -> Any:
@@ -274,7 +296,8 @@ def run_batched(states: Sequence[StreamState], fn: Callable[[Any], torch.Tensor]
         for st, snap in zip(states, snaps):
             st.restore(snap)
         raise
-    pack = _Pack([getattr(o, n) for o, n in lead.state], len(states))
+    sources = {id(snap[0]): snap[0] for snap in snaps if snap[0] is not None}
+    pack = _Pack([getattr(o, n) for o, n in lead.state], states)
     counters = [getattr(o, n) for o, n in lead.counters]
     increments = [getattr(o, n) - b for (o, n), b in zip(lead.tallies, snaps[0][4])]
     for r, (st, snap) in enumerate(zip(states, snaps)):
@@ -287,4 +310,5 @@ def run_batched(states: Sequence[StreamState], fn: Callable[[Any], torch.Tensor]
                 setattr(o, n, v)
             for (o, n), d in zip(st.tallies, increments):
                 setattr(o, n, getattr(o, n) + d)
+    _release_stragglers(list(sources.values()))
     return out

@@ -127,3 +127,36 @@ def test_run_batched_keeps_batches_stacked_and_each_stream_exact():
     assert [st.signature() for st in states] == sig
     assert all(a[:2] == b[:2] for a, b in zip(before, [st.snapshot() for st in states]))
     assert [t.frames for t in trees] == [f for _, f in alone]
+
+
+def test_streams_left_behind_do_not_keep_their_old_batch_alive():
+    """Eight streams run as one batch; six of them run on without the other two (e.g. paused clients): the old
+    batch's stacked state is freed, the two stragglers share a pack of their own rows, and they go on exactly."""
+    import gc
+    import weakref
+
+    from model.codec.streaming import StreamState, run_batched
+
+    torch.manual_seed(1)
+    w1, w2 = torch.randn(4, 3, 5), torch.randn(4, 3, 4)
+    xs = [torch.randn(1, 3, 20) for _ in range(8)]
+    trees = [_Tree(w1, w2) for _ in xs]
+    states = [StreamState(t) for t in trees]
+    refs = [_Tree(w1, w2) for _ in xs]
+    want = [[] for _ in xs]
+    got = [[] for _ in xs]
+    for k, members in enumerate([list(range(8)), list(range(6)), list(range(8))]):
+        if k == 2:  # the stragglers rejoin from their own 2-row pack, the others from the 6-stream batch
+            assert states[6].pack is states[7].pack and states[6].pack.rows == 2
+        x = torch.cat([xs[i][..., 5 * k:5 * k + 5] for i in members])
+        y = run_batched([states[i] for i in members], lambda root: root.step(x))
+        for r, i in enumerate(members):
+            got[i].append(y[r:r + 1])
+            want[i].append(refs[i].step(xs[i][..., 5 * k:5 * k + 5]))
+        if k == 0:
+            first = weakref.ref(states[0].pack)
+        if k == 1:
+            gc.collect()
+            assert first() is None  # six of eight moved on: the 8-row batch is gone
+    for g, w in zip(got, want):
+        torch.testing.assert_close(torch.cat(g, -1), torch.cat(w, -1), rtol=1e-5, atol=1e-5)
