@@ -42,4 +42,6 @@ if [[ $what == serve ]]; then
   python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT', *sys.argv[1:]]))" \
     "$@" 2>&1 | grep -v '%|' | tee -a "$OUT/serve.log"
 fi
+status=$?
 find "$OUT" -maxdepth 1 -type f -empty -delete  # e.g. quiet server logs: the device returns at most 8 files
+exit $status
