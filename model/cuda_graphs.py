@@ -124,11 +124,9 @@ class GraphedPrefill(_Graphs):
         packed[:, 2] = 1
 
         def run() -> Tensor:
-            slots, starts, lengths, ids = packed[:, 0], packed[:, 1], packed[:, 2], packed[:, 3:]
-            ar = torch.arange(t, device=dev)
-            batch = Batch(slots=slots, positions=starts[:, None] + ar, valid=ar[None, :] < lengths[:, None],
-                          lengths=lengths, kv_len=self.pool.max_context, dense_writes=True)
-            return self.model.prefill(ids, states=self.pool.layers, batch=batch)
+            batch = Batch.of(packed[:, 0], packed[:, 1], packed[:, 2], t, kv_len=self.pool.max_context,
+                             dense_writes=True)
+            return self.model.prefill(packed[:, 3:], states=self.pool.layers, batch=batch)
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -127,17 +127,18 @@ class Batch:
         kv_len = max(s + n for s, n in zip(starts, lengths))
         if kv_len > max_context:
             raise ValueError(f"context of {kv_len} tokens exceeds max_context {max_context}")
-        t = max(lengths)
-        ar = torch.arange(t, device=device)
-        start_t = torch.tensor(starts, dtype=torch.long, device=device)
-        len_t = torch.tensor(lengths, dtype=torch.long, device=device)
-        return cls(
-            slots=torch.tensor(slots, dtype=torch.long, device=device),
-            positions=start_t[:, None] + ar[None, :],
-            valid=ar[None, :] < len_t[:, None],
-            lengths=len_t,
-            kv_len=kv_len,
-        )
+        return cls.of(torch.tensor(slots, dtype=torch.long, device=device),
+                      torch.tensor(starts, dtype=torch.long, device=device),
+                      torch.tensor(lengths, dtype=torch.long, device=device), max(lengths), kv_len=kv_len)
+
+    @classmethod
+    def of(cls, slots: Tensor, starts: Tensor, lengths: Tensor, tokens: int, *, kv_len: int,
+           dense_writes: bool = False) -> "Batch":
+        """From device tensors, unchecked (``make`` checks; a CUDA graph builds it from its static inputs):
+        ``tokens`` new-token columns per row, row i's at ``starts[i]`` onward, valid below ``lengths[i]``."""
+        ar = torch.arange(tokens, device=slots.device)
+        return cls(slots=slots, positions=starts[:, None] + ar[None, :], valid=ar[None, :] < lengths[:, None],
+                   lengths=lengths, kv_len=kv_len, dense_writes=dense_writes)
 
 
 class StatePool:
