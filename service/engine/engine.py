@@ -617,10 +617,8 @@ class Engine(EngineAPI):
                 log.exception("word alignment failed")
                 fractions = None
             if fractions is not None:
-                span = end - start
                 self.metrics.word_alignments.labels(result="aligned").inc()
-                return [WordTiming(w, round(start + a * span, 3), round(start + b * span, 3))
-                        for w, (a, b) in zip(sentence.words, fractions)]
+                return _place_words(sentence.words, fractions, start, end)
             self.metrics.word_alignments.labels(result="estimated").inc()
         return _estimate_word_times(sentence.words, start, end)
 
@@ -644,11 +642,17 @@ def _to_int16(pcm: np.ndarray) -> np.ndarray:
     return (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
+def _place_words(words: tuple[str, ...], fractions, start: float, end: float, *,
+                 estimated: bool = False) -> list[WordTiming]:
+    """Words at ``(a, b)`` fractions of the audio ``[start, end)`` s → their timings in seconds (ms rounded)."""
+    span = end - start
+    return [WordTiming(w, round(start + a * span, 3), round(start + b * span, 3), estimated=estimated)
+            for w, (a, b) in zip(words, fractions)]
+
+
 def _estimate_word_times(words: tuple[str, ...], start: float, end: float) -> list[WordTiming]:
     """Spread a sentence's words over its audio in proportion to their length (an estimate, labelled as one)."""
-    span = end - start
-    return [WordTiming(w, round(start + a * span, 3), round(start + b * span, 3), estimated=True)
-            for w, (a, b) in zip(words, proportional_spans(words))]
+    return _place_words(words, proportional_spans(words), start, end, estimated=True)
 
 
 def build_engine(settings: Settings, metrics: Metrics) -> Engine:
