@@ -67,12 +67,10 @@ class FrameInterpStream:
         n_end = self._n_end(have, final)
         if n_end <= self.j:
             return self.buf.new_zeros(*self.buf.shape[:-1], 0)
-        pos = torch.arange(self.j, n_end, dtype=torch.float64) * self.step
-        pos = pos.clamp(max=have - 1)
-        lo = pos.floor().long()
-        hi = (lo + 1).clamp(max=have - 1)
-        w = (pos - lo).to(self.buf.dtype).to(self.buf.device)
-        lo_i, hi_i = (lo - self.base).to(self.buf.device), (hi - self.base).to(self.buf.device)
+        lo, hi, w = _interp_positions(np.array([self.j]), n_end - self.j, self.step, np.array([have]))
+        w = torch.from_numpy(w[0]).to(self.buf.dtype).to(self.buf.device)
+        lo_i = torch.from_numpy(lo[0] - self.base).to(self.buf.device)
+        hi_i = torch.from_numpy(hi[0] - self.base).to(self.buf.device)
         out = self.buf[..., lo_i] * (1 - w) + self.buf[..., hi_i] * w
         self.j = n_end
         keep_from = self._keep_from(have)
@@ -99,10 +97,8 @@ class FrameInterpStream:
         j0 = np.array([s.j for s in streams], dtype=np.int64)
         have = base + L
         m = first._n_end(int(have[0]), False) - first.j
-        pos = np.minimum((j0[:, None] + np.arange(m)).astype(np.float64) * first.step, (have - 1)[:, None])
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.minimum(lo + 1, (have - 1)[:, None])
-        w = torch.from_numpy(pos - lo).to(buf.dtype).to(buf.device)[:, None, :]
+        lo, hi, w = _interp_positions(j0, m, first.step, have)
+        w = torch.from_numpy(w).to(buf.dtype).to(buf.device)[:, None, :]
         idx = torch.from_numpy(np.stack([lo - base[:, None], hi - base[:, None]])).to(buf.device)
         out = (buf.gather(2, idx[0][:, None, :].expand(B, C, m)) * (1 - w)
                + buf.gather(2, idx[1][:, None, :].expand(B, C, m)) * w)
@@ -112,6 +108,16 @@ class FrameInterpStream:
             s.buf = buf[r:r + 1, :, keep_from - s.base:]  # a row's view; the batch's buffer is only (B, C, L)
             s.base = keep_from
         return out
+
+
+def _interp_positions(j0: np.ndarray, m: int, step: float, have: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, outputs ``j0 .. j0 + m − 1`` of ``interp_frames`` with ``have`` input frames: the absolute input
+    frames each reads (``lo``, ``hi``) and the weight of ``hi``; positions in float64 from the absolute index, as the
+    offline op computes them. Rows ``(B,)`` → ``(B, m)`` each."""
+    pos = np.minimum((j0[:, None] + np.arange(m)).astype(np.float64) * step, (have - 1)[:, None])
+    lo = np.floor(pos).astype(np.int64)
+    return lo, np.minimum(lo + 1, (have - 1)[:, None]), pos - lo
 
 
 def check_speed(speed: float) -> float:
