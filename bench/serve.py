@@ -224,6 +224,10 @@ def _sum(metrics: dict[str, float], name: str) -> float:
     return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
 
 
+def _steps(seconds: float, count: float) -> dict:
+    return {"count": count, "mean_ms": 1e3 * seconds / count if count > 0 else None}
+
+
 def server_summary(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict:
     """Engine and audio-thread load over a level (deltas of /metrics) and the memory after it."""
     def delta(name: str) -> float:
@@ -246,9 +250,8 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
         "speech_tokens": delta("mamtra_speech_tokens_total"),
         "server_underruns": delta("mamtra_underruns_total"),
         # per step kind (decode, prefill, mixed): steps and mean wall time; what prefills cost the decode loop
-        "steps": {kind: {"count": delta(f'mamtra_step_seconds_count{{kind="{kind}"}}'),
-                         "mean_ms": ratio(1e3 * delta(f'mamtra_step_seconds_sum{{kind="{kind}"}}'),
-                                          delta(f'mamtra_step_seconds_count{{kind="{kind}"}}'))}
+        "steps": {kind: _steps(delta(f'mamtra_step_seconds_sum{{kind="{kind}"}}'),
+                               delta(f'mamtra_step_seconds_count{{kind="{kind}"}}'))
                   for kind in ("decode", "prefill", "mixed")},
         # audio batches of at most N chunks (cumulative histogram buckets): how well chunks of streams batch
         "audio_batches_le": {le: delta(f'mamtra_audio_decode_batch_size_bucket{{le="{le}"}}')
