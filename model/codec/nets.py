@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.codec.config import CodecConfig
-from model.codec.streaming import AlignedSum, StreamConv1d
+from model.codec.streaming import AlignedSum, Lens, StreamConv1d
 
 MEL_MEAN = -6.0  # log-mel runs from ln(1e-7) ≈ −16.1 (silence) to ~+2 for loud speech
 MEL_SCALE = 3.0
@@ -62,6 +62,10 @@ class _BlockStream:
 
     def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
         return self.add.step([self.block.pointwise(self.conv.step(x, final)), x])
+
+    def step_ragged(self, x: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
+        y, n = self.conv.step_ragged(x, lens)
+        return self.add.step_ragged([self.block.pointwise(y), x], [n, lens])
 
 
 class SpeechEncoder(nn.Module):
@@ -161,3 +165,15 @@ class DecoderNetStream:
         for block in self.grid_blocks:
             x = block.step(x, final)
         return d.head(x)
+
+    @torch.inference_mode()
+    def step_ragged(self, codes: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
+        """``step(codes[r:r+1, :, :lens[r]], False)`` of every row at once (``model.codec.streaming.Lens``)."""
+        d = self.decoder
+        x = d.embed(codes.to(self.voice.device), self.voice)
+        for block in self.blocks:
+            x, lens = block.step_ragged(x, lens)
+        x, lens = d.upsample(x), lens * d.config.frames_per_token
+        for block in self.grid_blocks:
+            x, lens = block.step_ragged(x, lens)
+        return d.head(x), lens

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from model.codec.codec import SpeechCodec, load_codec
-from model.codec.streaming import StreamState, run_batched
+from model.codec.streaming import Lens, RaggedUnsupported, StreamState, run_batched, to_device
 from model.codec.vocoder import ResamplerStream, Vocoder, VocoderStream, resample_to_output
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
@@ -90,24 +91,42 @@ class FrameInterpStream:
     def step_many(streams: Sequence[FrameInterpStream], x: torch.Tensor) -> torch.Tensor:
         """``step_frames(x[r:r+1], False)`` of streams with one ``batch_key``, as one gather: ``x`` ``(B, C, n)``
         → ``(B, C, m)``, each row what its stream gives alone (the same float64 positions, the same ops)."""
+        return FrameInterpStream.step_ragged(streams, x, Lens.full(x.shape[0], x.shape[-1], x.device))[0]
+
+    @staticmethod
+    def ragged_key(stream: FrameInterpStream) -> tuple:
+        """Streams with equal keys can run one ``step_ragged`` (the same step; buffers all absent or equally long)."""
+        return stream.step, None if stream.buf is None else stream.buf.shape[-1]
+
+    @staticmethod
+    def step_ragged(streams: Sequence[FrameInterpStream], x: torch.Tensor, lens: Lens
+                    ) -> tuple[torch.Tensor, Lens]:
+        """``step_frames(x[r:r+1, :, :lens[r]], False)`` of streams with one ``ragged_key``, as one gather: ``x``
+        ``(B, C, n)`` → ``(B, C, m)`` and each row's output count (rows at different phases and with different
+        input lengths; each row what its stream gives alone: the same float64 positions, the same ops)."""
         first = streams[0]
-        buf = torch.cat([torch.cat([s.buf for s in streams]), x], dim=-1)  # (B, C, L)
+        buf = x if first.buf is None else torch.cat([torch.cat([s.buf for s in streams]), x], dim=-1)  # (B, C, L)
         B, C, L = buf.shape
+        held = 0 if first.buf is None else first.buf.shape[-1]
         base = np.array([s.base for s in streams], dtype=np.int64)
         j0 = np.array([s.j for s in streams], dtype=np.int64)
-        have = base + L
-        m = first._n_end(int(have[0]), False) - first.j
-        lo, hi, w = _interp_positions(j0, m, first.step, have)
-        w = torch.from_numpy(w).to(buf.dtype).to(buf.device)[:, None, :]
-        idx = torch.from_numpy(np.stack([lo - base[:, None], hi - base[:, None]])).to(buf.device)
-        out = (buf.gather(2, idx[0][:, None, :].expand(B, C, m)) * (1 - w)
-               + buf.gather(2, idx[1][:, None, :].expand(B, C, m)) * w)
+        have = base + held + np.array(lens.values, dtype=np.int64)
+        m = np.array([s._n_end(int(h), False) for s, h in zip(streams, have)], dtype=np.int64) - j0
+        M = int(m.max())
+        if M > 0:
+            lo, hi, w = _interp_positions(j0, M, first.step, have)  # past a row's m: clamped, unused
+            w = torch.from_numpy(w).to(buf.dtype).to(buf.device)[:, None, :]
+            idx = torch.from_numpy(np.stack([lo - base[:, None], hi - base[:, None]])).to(buf.device)
+            out = (buf.gather(2, idx[0][:, None, :].expand(B, C, M)) * (1 - w)
+                   + buf.gather(2, idx[1][:, None, :].expand(B, C, M)) * w)
+        else:
+            out = buf.new_zeros(B, C, 0)
         for r, s in enumerate(streams):
-            s.j += m
+            s.j += int(m[r])
             keep_from = s._keep_from(int(have[r]))
-            s.buf = buf[r:r + 1, :, keep_from - s.base:]  # a row's view; the batch's buffer is only (B, C, L)
+            s.buf = buf[r:r + 1, :, keep_from - s.base:int(have[r]) - s.base]  # a row's view: the batch is small
             s.base = keep_from
-        return out
+        return out, Lens(m, x.device)
 
 
 def _interp_positions(j0: np.ndarray, m: int, step: float, have: np.ndarray
@@ -156,6 +175,47 @@ class CodecDecoderStream:
         return pcm.float().cpu().numpy()
 
 
+class _Rows:
+    """A stage's output in a ``push_many``, per stream: the batch tensor its row is in, the row and its valid
+    length (``model.codec.streaming.Lens``: rows of a ragged run end at different frames)."""
+
+    def __init__(self, n: int):
+        self.src: list[tuple[torch.Tensor, int, int] | None] = [None] * n
+
+    def put(self, idx: Sequence[int], y: torch.Tensor, lens: Lens | None) -> None:
+        for r, i in enumerate(idx):
+            self.src[i] = (y, r, y.shape[-1] if lens is None else lens.values[r])
+
+    def length(self, i: int) -> int:
+        return self.src[i][2]
+
+    def row(self, i: int) -> torch.Tensor:
+        y, r, n = self.src[i]
+        return y[r:r + 1, ..., :n]
+
+    def batch(self, idx: Sequence[int]) -> tuple[list[int], torch.Tensor, Lens]:
+        """Rows ``idx`` as one batch padded to the longest (what lies past a row's end is unspecified): the same
+        tensor when they are all of one in order, else one slice or ``index_select`` per source tensor. → (the
+        indices in the batch's order, batch, Lens)."""
+        by_source: dict[int, tuple[torch.Tensor, list[int], list[int]]] = {}
+        for i in idx:
+            y, r, _ = self.src[i]
+            _, members, rows = by_source.setdefault(id(y), (y, [], []))
+            members.append(i)
+            rows.append(r)
+        width = max(self.src[i][2] for i in idx)
+        order, parts = [], []
+        for y, members, rows in by_source.values():
+            order += members
+            if rows == list(range(rows[0], rows[0] + len(rows))):
+                part = y[rows[0]:rows[0] + len(rows)]
+            else:
+                part = y.index_select(0, to_device(np.array(rows), y.device))
+            parts.append(part[..., :width] if part.shape[-1] >= width else F.pad(part, (0, width - part.shape[-1])))
+        x = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return order, x, Lens([self.src[i][2] for i in order], x.device)
+
+
 class CodecSpeechDecoder:
     """``SpeechDecoder`` on a trained codec's decoder and the pretrained vocoder."""
 
@@ -191,34 +251,16 @@ class CodecSpeechDecoder:
                   flush: Sequence[bool]) -> list[np.ndarray]:
         """``[s.push(t, flush=f) for s, t, f in zip(streams, tokens, flush)]`` for distinct streams, in fewer and
         larger steps: the token decoder and the vocoder run once per group of streams whose states have the same
-        signature (``model.codec.streaming.StreamState``), so each stream's output is what it would be alone up to
-        the float rounding of a batched conv; the frame interpolation and the resampler run once per group of
-        streams with equal lengths, each row at its own phase (``FrameInterpStream.step_many``,
-        ``ResamplerStream.push_many``); sentence ends and first chunks run per stream. One device → host copy for
-        all. If anything fails, every stream is left as it was."""
+        signature (``model.codec.streaming.StreamState``), whatever the lengths of their chunks (a ragged batch:
+        ``model.codec.streaming.Lens``), so each stream's output is what it would be alone up to the float rounding
+        of a batched conv; the frame interpolation and the resampler run once per group of streams, each row at its
+        own phase and length (``FrameInterpStream.step_ragged``, ``ResamplerStream.push_many``). Sentence ends run
+        grouped by length. One device → host copy for all. If anything fails, every stream is left as it was."""
         if len({id(s) for s in streams}) != len(streams):
             raise ValueError("a stream may appear once per push_many (its pushes depend on each other)")
         snapshots = [[st.snapshot() for st in s.states] for s in streams]
         try:
-            grids = [None] * len(streams)
-            for idx, y in self._run_groups([s.states[0] for s in streams], flush, [len(t) for t in tokens],
-                                           lambda idx: self.codec.fsq.indices_to_codes(
-                                               self.token_ids([tokens[i] for i in idx])),
-                                           lambda net, x, final: net.step(x, final)):
-                for r, i in enumerate(idx):
-                    grids[i] = y[r:r + 1]
-            mels = self._interp([s.interp for s in streams], grids, flush)
-            pcm = [None] * len(streams)
-            for idx, y in self._run_groups([s.states[2] for s in streams], flush, [m.shape[-1] for m in mels],
-                                           lambda idx: torch.cat([mels[i] for i in idx]),
-                                           lambda vocoder, x, final: vocoder.push(x, final)):
-                resamplers = [streams[i].resampler for i in idx]
-                if len(idx) > 1 and not flush[idx[0]]:
-                    rows = ResamplerStream.push_many(resamplers, y)
-                else:
-                    rows = [rs.push(y[r], flush[i]) for r, (rs, i) in enumerate(zip(resamplers, idx))]
-                for i, row in zip(idx, rows):
-                    pcm[i] = row
+            pcm = self._push_many(streams, tokens, flush)
         except BaseException:
             for s, snap in zip(streams, snapshots):
                 for st, one in zip(s.states, snap):
@@ -231,37 +273,84 @@ class CodecSpeechDecoder:
                 s._reset()
         return out
 
-    @staticmethod
-    def _run_groups(states, flush, lengths, inputs, step):
-        """Group streams by (state signature, input length, flush), run ``step`` once per group on the stacked
-        ``inputs(indices)``; yields ``(indices, output)`` per group (output row r is stream ``indices[r]``'s)."""
-        groups: dict[tuple, list[int]] = {}
-        for i, st in enumerate(states):
-            groups.setdefault(st.signature((lengths[i], flush[i])), []).append(i)
-        for idx in groups.values():
-            x = inputs(idx)
-            final = flush[idx[0]]
-            yield idx, run_batched([states[i] for i in idx], lambda root: step(root, x, final))
+    def _push_many(self, streams, tokens, flush) -> list[torch.Tensor]:
+        def token_inputs(idx):
+            n = [len(tokens[i]) for i in idx]
+            pad = [self.token_offset] * max(n)
+            ids = self.token_ids([list(tokens[i]) + pad[:len(pad) - k] for i, k in zip(idx, n)])
+            return idx, self.codec.fsq.indices_to_codes(ids), Lens(n, self.device)
+
+        grids = _Rows(len(streams))
+        for idx, y, lens in self._run_groups([s.states[0] for s in streams], flush, [len(t) for t in tokens],
+                                             token_inputs, lambda net, x, final: net.step(x, final),
+                                             lambda net, x, lens: net.step_ragged(x, lens)):
+            grids.put(idx, y, lens)
+        mels = self._interp([s.interp for s in streams], grids, flush)
+        pcm: list[torch.Tensor | None] = [None] * len(streams)
+        for idx, y, lens in self._run_groups([s.states[2] for s in streams], flush,
+                                             [mels.length(i) for i in range(len(streams))], mels.batch,
+                                             lambda vocoder, x, final: vocoder.push(x, final),
+                                             lambda vocoder, x, lens: vocoder.push_ragged(x, lens)):
+            if lens is not None:  # a ragged run leaves the per-row tallies to us
+                for r, i in enumerate(idx):
+                    streams[i].vocoder.count(mels.length(i), lens.values[r])
+            n = [y.shape[-1]] * len(idx) if lens is None else list(lens.values)
+            resamplers = [streams[i].resampler for i in idx]
+            if len(idx) > 1 and not flush[idx[0]]:
+                rows = ResamplerStream.push_many(resamplers, y, None if lens is None else n)
+            else:
+                rows = [rs.push(y[r, :n[r]], flush[i]) for r, (rs, i) in enumerate(zip(resamplers, idx))]
+            for i, row in zip(idx, rows):
+                pcm[i] = row
+        return pcm
 
     @staticmethod
-    def _interp(interps: Sequence[FrameInterpStream], grids: Sequence[torch.Tensor],
-                flush: Sequence[bool]) -> list[torch.Tensor]:
-        """Each stream's ``step_frames``; streams with one ``batch_key`` as one ``step_many``."""
-        mels: list[torch.Tensor | None] = [None] * len(interps)
+    def _run_groups(states, flush, lengths, inputs, step, ragged):
+        """Group streams by state signature (and, for sentence ends, input length), run each group once: ``ragged``
+        on the padded inputs where lengths differ, else ``step``. ``inputs(indices)`` → ``(indices in the order it
+        stacked them, batch, Lens)``. Yields ``(indices, output, Lens or None for equal lengths)`` per run (output
+        row r is stream ``indices[r]``'s). A group that cannot run ragged (``RaggedUnsupported``: the run left its
+        streams as they were) runs by length."""
         groups: dict[tuple, list[int]] = {}
-        for i, (s, g, f) in enumerate(zip(interps, grids, flush)):
-            key = s.batch_key(g.shape[-1], f)
-            if key is None:
-                mels[i] = s.step_frames(g, f)
+        for i, st in enumerate(states):
+            groups.setdefault(st.signature((lengths[i], True) if flush[i] else (False,)), []).append(i)
+        for idx in groups.values():
+            final = flush[idx[0]]
+            runs = [idx]
+            if len({lengths[i] for i in idx}) > 1:
+                order, x, lens = inputs(idx)
+                try:
+                    y, out = run_batched([states[i] for i in order], lambda root: ragged(root, x, lens))
+                except RaggedUnsupported:
+                    by_length: dict[int, list[int]] = {}
+                    for i in idx:
+                        by_length.setdefault(lengths[i], []).append(i)
+                    runs = list(by_length.values())
+                else:
+                    yield order, y, out
+                    continue
+            for run in runs:
+                order, x, lens = inputs(run)
+                x = x[..., :lens.min]  # equal lengths: no padding
+                yield order, run_batched([states[i] for i in order], lambda root: step(root, x, final)), None
+
+    @staticmethod
+    def _interp(interps: Sequence[FrameInterpStream], grids: _Rows, flush: Sequence[bool]) -> _Rows:
+        """Each stream's ``step_frames``; streams with one ``ragged_key`` as one ``step_ragged``."""
+        mels = _Rows(len(interps))
+        groups: dict[tuple, list[int]] = {}
+        for i, (s, f) in enumerate(zip(interps, flush)):
+            if f:
+                mels.put([i], s.step_frames(grids.row(i), True), None)
             else:
-                groups.setdefault(key, []).append(i)
+                groups.setdefault(FrameInterpStream.ragged_key(s), []).append(i)
         for idx in groups.values():
             if len(idx) == 1:
-                mels[idx[0]] = interps[idx[0]].step_frames(grids[idx[0]], False)
+                mels.put(idx, interps[idx[0]].step_frames(grids.row(idx[0]), False), None)
                 continue
-            out = FrameInterpStream.step_many([interps[i] for i in idx], torch.cat([grids[i] for i in idx]))
-            for r, i in enumerate(idx):
-                mels[i] = out[r:r + 1]
+            order, x, lens = grids.batch(idx)
+            out, m = FrameInterpStream.step_ragged([interps[i] for i in order], x, lens)
+            mels.put(order, out, m)
         return mels
 
     def voice_index(self, voice_id: str | None) -> int:

@@ -24,12 +24,92 @@ positions, so streams at different points of their utterances share a signature 
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+class RaggedUnsupported(ValueError):
+    """These rows cannot run as one ragged batch (e.g. an input shorter than a conv's look-ahead on a fresh stream);
+    run them grouped by input length instead."""
+
+
+class Lens:
+    """Ragged batches: the valid length of each row of a ``(B, C, T)`` batch whose rows end at different frames.
+
+    ``step_ragged(x, lens)`` of a streaming op is ``step(x[r:r+1, :, :lens[r]], final=False)`` for every row r at
+    once: the op runs on the whole padded batch (what lies past a row's end only reaches that row's outputs past its
+    own end, since every op here reads its input in order), and each row's kept frames are gathered from where its
+    real input ends. It returns the output and its ``Lens``. Streams of one state signature whose chunks have
+    different lengths (the engine's chunks do: first chunks, sentence ends, paused clients) thus share one run
+    instead of one run per length. Values live on the host; the device copy, made once per distinct value tuple,
+    feeds the gathers."""
+
+    __slots__ = ("values", "device")
+
+    def __init__(self, values, device: torch.device | str):
+        self.values = tuple(int(v) for v in values)
+        self.device = torch.device(device)
+
+    @classmethod
+    def full(cls, rows: int, n: int, device) -> Lens:
+        return cls([n] * rows, device)
+
+    @classmethod
+    def minimum(cls, lens: Sequence[Lens]) -> Lens:
+        return cls(map(min, zip(*(x.values for x in lens))), lens[0].device)
+
+    @property
+    def min(self) -> int:
+        return min(self.values)
+
+    @property
+    def max(self) -> int:
+        return max(self.values)
+
+    @property
+    def uniform(self) -> bool:
+        return self.min == self.max
+
+    def __add__(self, other: int | Lens) -> Lens:
+        if isinstance(other, Lens):
+            return Lens((a + b for a, b in zip(self.values, other.values)), self.device)
+        return Lens((v + other for v in self.values), self.device)
+
+    def __sub__(self, other: Lens) -> Lens:
+        return Lens((a - b for a, b in zip(self.values, other.values)), self.device)
+
+    def __mul__(self, k: int) -> Lens:
+        return Lens((v * k for v in self.values), self.device)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host array on the device without waiting for the GPU (pinned and non-blocking on CUDA)."""
+    t = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
+@functools.lru_cache(maxsize=512)
+def _window_index(starts: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
+    """``(B, width)`` frame indices ``starts[r] + 0 .. width − 1`` on the device; cached, since a chunk's lengths
+    repeat across the layers of a stage."""
+    return to_device(torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(width), device)
+
+
+def take_rows(x: torch.Tensor, starts: Lens, width: int) -> torch.Tensor:
+    """``x[r, :, starts[r] : starts[r] + width]`` for every row, as a new tensor ``(B, C, width)`` (not a view)."""
+    if starts.uniform:
+        return x[..., starts.min:starts.min + width].clone()
+    idx = _window_index(starts.values, width, x.device)
+    return x.gather(-1, idx[:, None, :].expand(x.shape[0], x.shape[1], width))
 
 
 class StreamConv1d:
@@ -57,6 +137,18 @@ class StreamConv1d:
             return x.new_zeros(x.shape[0], self.weight.shape[0], 0)
         self.buf = x[..., n_out:].clone()  # a copy: a view would keep this call's whole input alive
         return F.conv1d(x, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
+
+    def step_ragged(self, x: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
+        """``step(x, final=False)`` for rows whose inputs end at ``lens`` (see ``Lens``)."""
+        have = self.left if self.buf is None else self.buf.shape[-1]
+        x = F.pad(x, (self.left, 0)) if self.buf is None else torch.cat([self.buf, x], dim=-1)
+        n_out = lens + (have - self.span)
+        if n_out.min < 0:
+            raise RaggedUnsupported("a row's input is shorter than the conv's look-ahead")
+        self.buf = take_rows(x, n_out, self.span)
+        if n_out.max == 0:
+            return x.new_zeros(x.shape[0], self.weight.shape[0], 0), n_out
+        return F.conv1d(x, self.weight, self.bias, dilation=self.dilation, groups=self.groups), n_out
 
 
 class StreamConvTranspose1d:
@@ -95,6 +187,24 @@ class StreamConvTranspose1d:
         self.kept = kept
         return out
 
+    def step_ragged(self, x: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
+        """``step(x, final=False)`` for rows whose inputs end at ``lens`` (see ``Lens``). Outputs below L·s (L a row's
+        buffered frames) read only that row's real frames; every row keeps its last ``keep`` and the same ``skip``."""
+        s = self.stride
+        have = 0 if self.kept is None else self.kept.shape[-1]
+        buf = x if self.kept is None else torch.cat([self.kept, x], dim=-1)
+        n = lens + have
+        if n.min < self.keep or n.min * s < self.skip:
+            raise RaggedUnsupported("a row's input is shorter than the transposed conv's look-back")
+        out_lens = n * s + (-self.skip)
+        if buf.shape[-1] * s > self.skip:
+            out = F.conv_transpose1d(buf, self.weight, self.bias, stride=s)[..., self.skip:buf.shape[-1] * s]
+        else:
+            out = x.new_zeros(x.shape[0], self.weight.shape[1], 0)
+        self.kept = take_rows(buf, n + (-self.keep), self.keep)
+        self.skip = self.keep * s  # what every row's max(skip, limit) − (n − keep)·s comes to when limit ≥ skip
+        return out, out_lens
+
 
 class AlignedSum:
     """Sum of branches whose outputs arrive with different delays: emits only the frames every branch has."""
@@ -112,6 +222,23 @@ class AlignedSum:
         for p in parts[1:]:
             out = out + p[..., :m]
         return out
+
+    def step_ragged(self, parts: list[torch.Tensor], lens: list[Lens]) -> tuple[torch.Tensor, Lens]:
+        """``step(parts)`` for rows whose branch outputs end at ``lens[i]`` (see ``Lens``): each row emits the frames
+        all its branches have; what each branch holds back must be equally long on every row (it is, once a
+        stream's look-back is full: the branches' delays are fixed)."""
+        full = [p if q is None else torch.cat([q, p], dim=-1) for p, q in zip(parts, self.pending)]
+        ends = [n + (0 if q is None else q.shape[-1]) for n, q in zip(lens, self.pending)]
+        m = Lens.minimum(ends)
+        held = [e - m for e in ends]
+        if not all(h.uniform for h in held):
+            raise RaggedUnsupported("rows hold back different numbers of frames")
+        self.pending = [take_rows(f, m, h.min) for f, h in zip(full, held)]
+        w = min(f.shape[-1] for f in full)
+        out = full[0][..., :w]
+        for f in full[1:]:
+            out = out + f[..., :w]
+        return out, m
 
 
 # --- batching streams -----------------------------------------------------------------------------------------

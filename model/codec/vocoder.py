@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torchaudio.functional.functional import _get_sinc_resample_kernel
 
-from model.codec.streaming import AlignedSum, StreamConv1d, StreamConvTranspose1d
+from model.codec.streaming import AlignedSum, Lens, StreamConv1d, StreamConvTranspose1d, to_device
 
 OUTPUT_SAMPLE_RATE = 24_000
 VOCODER_SAMPLE_RATE = 22_050
@@ -178,6 +178,13 @@ class _ResBlockStream:
             x = add.step([xt, x])
         return x
 
+    def step_ragged(self, x: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
+        for s1, s2, add in self.pairs:
+            h, n = s1.step_ragged(F.leaky_relu(x, LRELU_SLOPE), lens)
+            h, n = s2.step_ragged(F.leaky_relu(h, LRELU_SLOPE), n)
+            x, lens = add.step_ragged([h, x], [n, lens])
+        return x, lens
+
 
 class VocoderStream:
     """Streaming twin of HiFi-GAN V1's ``Generator.forward``: ``push(mel (80, n) or (B, 80, n), final)`` → audio."""
@@ -212,6 +219,23 @@ class VocoderStream:
         x = torch.tanh(self.post.step(F.leaky_relu(x), final))[:, 0].float()  # (B, n·256)
         self.samples_out += x.shape[-1]
         return x[0] if squeeze else x
+
+    @torch.inference_mode()
+    def push_ragged(self, mel: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
+        """``push(mel[r:r+1, :, :lens[r]])`` of every row at once (``model.codec.streaming.Lens``) → ``(B, W)`` audio
+        and its ``Lens``. Leaves the tallies to the caller (they differ per row: ``count``)."""
+        x, n = self.pre.step_ragged(mel.to(self.device, self.dtype), lens)
+        for up, blocks, mix in zip(self.ups, self.res, self.mix):
+            x, n = up.step_ragged(F.leaky_relu(x, LRELU_SLOPE), n)
+            outs = [b.step_ragged(x, n) for b in blocks]
+            x, n = mix.step_ragged([o for o, _ in outs], [m for _, m in outs])
+            x = x / len(blocks)
+        x, n = self.post.step_ragged(F.leaky_relu(x), n)
+        return torch.tanh(x)[:, 0].float(), n
+
+    def count(self, frames: int, samples: int) -> None:
+        self.frames_in += frames
+        self.samples_out += samples
 
 
 def resample_to_output(audio: torch.Tensor, sr_in: int = VOCODER_SAMPLE_RATE,
@@ -263,33 +287,40 @@ class ResamplerStream:
         return y
 
     @staticmethod
-    def push_many(streams: Sequence[ResamplerStream], audio: torch.Tensor) -> list[torch.Tensor]:
-        """``[s.push(audio[r], False) for r, s in enumerate(streams)]`` for streams of one rate pair and inputs of
-        one length, as one batched op: each stream's blocks are gathered from its own offset (the phases differ)
-        and multiplied by the kernel (a matmul, not a strided conv: rows equal their ``push`` up to float
-        rounding). Every stream keeps the same fixed-length tail (``k − 1`` samples, ``held`` of them unconsumed)
-        as a view of one copy."""
+    def push_many(streams: Sequence[ResamplerStream], audio: torch.Tensor,
+                  lengths: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """``[s.push(audio[r, :lengths[r]], False) for r, s in enumerate(streams)]`` for streams of one rate pair
+        (``lengths``: each row's valid samples, default all of them), as one batched op: each stream's blocks are
+        gathered from its own offset (the phases differ) and multiplied by the kernel (a matmul, not a strided conv:
+        rows equal their ``push`` up to float rounding). Every stream keeps the same fixed-length tail (``k − 1``
+        samples ending where its input ends, ``held`` of them unconsumed) as a view of one copy."""
         first = streams[0]
         k, orig, new = first.kernel.shape[-1], first.orig, first.new
         B, n = audio.shape
+        a = np.full(B, n, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
         tail = k - 1  # the most samples a push leaves unconsumed
         widths = [s.buf.shape[-1] for s in streams]
         T = max(widths)
         bufs = torch.stack([s.buf if w == T else F.pad(s.buf, (T - w, 0)) for s, w in zip(streams, widths)])
-        x = torch.cat([bufs, audio.to(bufs)], dim=1)  # (B, T + n); stream r's samples start at T - held_r
+        x = torch.cat([bufs, audio.to(bufs)], dim=1)  # (B, T + n); stream r's samples: [T − held_r, T + a_r)
         off = np.array([T - s.held for s in streams], dtype=np.int64)
-        blocks = np.maximum((x.shape[1] - off - k) // orig + 1, 0)
+        end = T + a
+        blocks = np.maximum((end - off - k) // orig + 1, 0)
         nb = int(blocks.max())
-        if nb == 0 or x.shape[1] < tail:
-            return [s.push(a, False) for s, a in zip(streams, audio)]
+        if nb == 0 or int(end.min()) < tail:
+            return [s.push(row[:int(m)], False) for s, row, m in zip(streams, audio, a)]
         starts = np.minimum(off[:, None] + orig * np.arange(nb), x.shape[1] - k)  # (B, nb); past a row's end: unused
-        frames = x.unfold(1, k, 1)[torch.arange(B, device=x.device)[:, None], torch.from_numpy(starts).to(x.device)]
+        frames = x.unfold(1, k, 1)[torch.arange(B, device=x.device)[:, None], to_device(starts, x.device)]
         y = (frames @ first.kernel[:, 0, :].T).reshape(B, nb * new)  # (B, nb·new) interleaved phases
-        kept = x[:, x.shape[1] - tail:].clone().unbind(0)
+        if lengths is None:
+            kept = x[:, x.shape[1] - tail:].clone()
+        else:
+            kept = x.gather(1, to_device((end - tail)[:, None] + np.arange(tail), x.device))
         out = []
-        for r, s in enumerate(streams):
-            s.n_in += n
-            s.buf, s.held = kept[r], int(x.shape[1] - off[r] - blocks[r] * orig)
+        for r, (s, row) in enumerate(zip(streams, kept.unbind(0))):
+            s.n_in += int(a[r])
+            s.buf, s.held = row, int(end[r] - off[r] - blocks[r] * orig)
             s.n_out += int(blocks[r]) * new
             out.append(y[r, : int(blocks[r]) * new])
         return out
+

@@ -250,11 +250,11 @@ def test_push_many_gives_each_stream_what_it_gives_alone(speech_decoder, monkeyp
     real = stream_module.run_batched
     monkeypatch.setattr(stream_module, "run_batched", lambda states, fn: groups.append(len(states)) or
                         real(states, fn))
-    real_interp, real_resample = FrameInterpStream.step_many, stream_module.ResamplerStream.push_many
-    monkeypatch.setattr(FrameInterpStream, "step_many", staticmethod(
-        lambda streams, x: interp_groups.append(len(streams)) or real_interp(streams, x)))
+    real_interp, real_resample = FrameInterpStream.step_ragged, stream_module.ResamplerStream.push_many
+    monkeypatch.setattr(FrameInterpStream, "step_ragged", staticmethod(
+        lambda streams, *a: interp_groups.append(len(streams)) or real_interp(streams, *a)))
     monkeypatch.setattr(stream_module.ResamplerStream, "push_many", staticmethod(
-        lambda streams, x: resample_groups.append(len(streams)) or real_resample(streams, x)))
+        lambda streams, *a: resample_groups.append(len(streams)) or real_resample(streams, *a)))
     streams = {name: dec.open(voice, speed=speed) for name, (voice, speed, _) in plans.items()}
     together = {name: [] for name in plans}
     for round_ in zip(*(list(pieces(name)) for name in plans)):
@@ -269,3 +269,40 @@ def test_push_many_gives_each_stream_what_it_gives_alone(speech_decoder, monkeyp
     assert max(interp_groups) >= 2 and max(resample_groups) >= 2  # a and b in step at round 2
     with pytest.raises(ValueError, match="once"):
         dec.push_many([streams["a"], streams["a"]], [[], []], [False, False])
+
+
+def test_push_many_runs_chunks_of_different_lengths_as_one_batch(speech_decoder, monkeypatch):
+    """The engine's chunks differ in length (a first chunk, a second one up to the step clock, a paused client's
+    longer one): streams of one state signature still run the token decoder and the vocoder once per round (a
+    ragged batch), and each stream gets exactly what it gets alone."""
+    import model.codec.stream as stream_module
+
+    dec = speech_decoder
+    plan = [[12] * 5, [2, 5, 4, 1, 3], [4, 4, 3, 4, 6], [4, 2, 4, 4, 4]]  # per round, tokens per stream
+    toks = [tokens(30, dec, seed=i) for i in range(5)]
+    alone = []
+    for i in range(5):
+        s, pos, outs = dec.open("alice"), 0, []
+        for lens in plan:
+            outs.append(s.push(toks[i][pos:pos + lens[i]], flush=False))
+            pos += lens[i]
+        alone.append(outs)
+    runs = []
+    real = stream_module.run_batched
+    monkeypatch.setattr(stream_module, "run_batched", lambda states, fn: runs.append(len(states)) or
+                        real(states, fn))
+    streams = [dec.open("alice") for _ in range(5)]
+    pos = [0] * 5
+    got = [[] for _ in range(5)]
+    for k, lens in enumerate(plan):
+        runs.clear()
+        out = dec.push_many(streams, [toks[i][pos[i]:pos[i] + lens[i]] for i in range(5)], [False] * 5)
+        for i in range(5):
+            got[i].append(out[i])
+            pos[i] += lens[i]
+        if k > 0:
+            assert runs == [5, 5], (k, runs)  # one token-decoder run, one vocoder run for all five
+    for g, w in zip(got, alone):
+        assert [len(p) for p in g] == [len(p) for p in w]
+        torch.testing.assert_close(torch.from_numpy(np.concatenate(g)), torch.from_numpy(np.concatenate(w)),
+                                   **BATCH_TOL)

@@ -160,3 +160,74 @@ def test_streams_left_behind_do_not_keep_their_old_batch_alive():
             assert first() is None  # six of eight moved on: the 8-row batch is gone
     for g, w in zip(got, want):
         torch.testing.assert_close(torch.cat(g, -1), torch.cat(w, -1), rtol=1e-5, atol=1e-5)
+
+
+RAGGED_ROUNDS = [[6, 9, 7], [3, 0, 5], [8, 4, 4], [1, 7, 2]]  # per round, each row's input length
+
+
+def _ragged_vs_alone(make, channels, rounds=RAGGED_ROUNDS):
+    """``step_ragged`` of one object on padded rows vs one object per row stepping its real input alone."""
+    from model.codec.streaming import Lens
+
+    torch.manual_seed(0)
+    rows = len(rounds[0])
+    xs = [torch.randn(1, channels, sum(r[i] for r in rounds)) for i in range(rows)]
+    alone = [make() for _ in range(rows)]
+    batch = make()
+    got, want, pos = [[] for _ in range(rows)], [[] for _ in range(rows)], [0] * rows
+    for lens in rounds:
+        width = max(lens) + 2  # padding past every row's end: its content must not matter
+        x = torch.randn(rows, channels, width) * 100
+        for i, n in enumerate(lens):
+            x[i, :, :n] = xs[i][0, :, pos[i]:pos[i] + n]
+            want[i].append(alone[i].step(xs[i][..., pos[i]:pos[i] + n], final=False))
+            pos[i] += n
+        y, out = batch.step_ragged(x, Lens(lens, "cpu"))
+        for i in range(rows):
+            got[i].append(y[i:i + 1, :, :out.values[i]])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(torch.cat(g, -1), torch.cat(w, -1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,dilation,left,right", [(7, 1, 3, 3), (3, 5, 5, 5), (5, 1, 4, 0), (5, 1, 3, 1)])
+def test_stream_conv_ragged_is_each_row_alone(kernel, dilation, left, right):
+    w, b = torch.randn(4, 4, kernel), torch.randn(4)
+    _ragged_vs_alone(lambda: StreamConv1d(w, b, left=left, right=right, dilation=dilation), 4)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(16, 8, 4), (4, 2, 1), (6, 3, 0)])
+def test_stream_conv_transpose_ragged_is_each_row_alone(kernel, stride, padding):
+    w, b = torch.randn(3, 5, kernel), torch.randn(5)
+    _ragged_vs_alone(lambda: StreamConvTranspose1d(w, b, stride=stride, padding=padding), 3)
+
+
+def test_aligned_sum_ragged_is_each_row_alone():
+    """Two branches whose outputs lag by different amounts (a look-ahead conv vs the identity): each row emits what
+    it emits alone; rows that would hold back different amounts refuse to run ragged."""
+    from model.codec.streaming import Lens, RaggedUnsupported
+
+    class Res:  # x + conv(x) with one frame of look-ahead
+        def __init__(self, w):
+            self.conv, self.add = StreamConv1d(w, None, left=1, right=1), AlignedSum(2)
+
+        def step(self, x, final=False):
+            return self.add.step([self.conv.step(x, final), x])
+
+        def step_ragged(self, x, lens):
+            y, n = self.conv.step_ragged(x, lens)
+            return self.add.step_ragged([y, x], [n, lens])
+
+    w = torch.randn(2, 2, 3)
+    _ragged_vs_alone(lambda: Res(w), 2)
+    add = AlignedSum(2)
+    with pytest.raises(RaggedUnsupported):
+        add.step_ragged([torch.zeros(2, 1, 4), torch.zeros(2, 1, 4)],
+                        [Lens([2, 4], "cpu"), Lens([4, 4], "cpu")])
+
+
+def test_ragged_refuses_inputs_shorter_than_the_look_ahead():
+    from model.codec.streaming import Lens, RaggedUnsupported
+
+    conv = StreamConv1d(torch.randn(2, 2, 5), None, left=2, right=2)
+    with pytest.raises(RaggedUnsupported):
+        conv.step_ragged(torch.zeros(2, 2, 4), Lens([4, 1], "cpu"))  # a fresh row of 1 frame: 2 held back
