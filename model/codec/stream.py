@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from model.codec.codec import SpeechCodec, load_codec
-from model.codec.streaming import Lens, RaggedUnsupported, StreamState, run_batched, to_device
+from model.codec.streaming import (ROW_BUCKETS, WIDTH_BUCKETS, Lens, RaggedUnsupported, StreamState, bucket,
+                                   run_batched, to_device)
 from model.codec.vocoder import ResamplerStream, Vocoder, VocoderStream, resample_to_output
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
@@ -175,6 +176,12 @@ class CodecDecoderStream:
         return pcm.float().cpu().numpy()
 
 
+def _padded(x: torch.Tensor, lens: Lens, rows: int, width: int) -> tuple[torch.Tensor, Lens]:
+    """A ragged batch padded to ``rows`` rows (as long as the first) and ``width`` frames (past every row's end)."""
+    x = F.pad(x, (0, width - x.shape[-1], 0, 0, 0, rows - x.shape[0]))
+    return x, Lens(lens.values + lens.values[:1] * (rows - len(lens)), lens.device)
+
+
 class _Rows:
     """A stage's output in a ``push_many``, per stream: the batch tensor its row is in, the row and its valid
     length (``model.codec.streaming.Lens``: rows of a ragged run end at different frames)."""
@@ -220,12 +227,14 @@ class CodecSpeechDecoder:
     """``SpeechDecoder`` on a trained codec's decoder and the pretrained vocoder."""
 
     def __init__(self, codec: SpeechCodec, vocoder: Vocoder, *, token_offset: int = 0,
-                 voice_names: dict[str, str] | None = None):
+                 voice_names: dict[str, str] | None = None, shape_buckets: bool | None = None):
+        """``shape_buckets``: pad batches to a few shapes (see ``push_many``); default: on CUDA."""
         self.codec = codec.eval()
         self.vocoder = vocoder
         self.token_offset = token_offset
         self.voice_names = dict(voice_names or {})  # service voice id → codec voice name, where they differ
         self.device = next(codec.decoder.parameters()).device
+        self.shape_buckets = self.device.type == "cuda" if shape_buckets is None else shape_buckets
 
     @classmethod
     def load(cls, codec_dir: str | Path, *, device: torch.device | str = "cpu", token_offset: int = 0,
@@ -255,12 +264,23 @@ class CodecSpeechDecoder:
         ``model.codec.streaming.Lens``), so each stream's output is what it would be alone up to the float rounding
         of a batched conv; the frame interpolation and the resampler run once per group of streams, each row at its
         own phase and length (``FrameInterpStream.step_ragged``, ``ResamplerStream.push_many``). Sentence ends run
-        grouped by length. One device → host copy for all. If anything fails, every stream is left as it was."""
+        grouped by length. One device → host copy for all. If anything fails, every stream is left as it was.
+
+        With ``shape_buckets`` (the default on CUDA, where cuDNN plans every new conv shape for ~4 ms of host time)
+        batches are padded to a few shapes (``model.codec.streaming.bucket``) and a sentence end runs as its tokens
+        (batched with everyone's) followed by an empty flush, whose shapes do not depend on how many tokens it had."""
         if len({id(s) for s in streams}) != len(streams):
             raise ValueError("a stream may appear once per push_many (its pushes depend on each other)")
         snapshots = [[st.snapshot() for st in s.states] for s in streams]
         try:
-            pcm = self._push_many(streams, tokens, flush)
+            ends = [i for i, f in enumerate(flush) if f]
+            if ends and self.shape_buckets:  # the sentence ends' tokens with the others, then an empty flush
+                pcm = self._push_many(streams, tokens, [False] * len(streams))
+                tails = self._push_many([streams[i] for i in ends], [[] for _ in ends], [True] * len(ends))
+                for i, tail in zip(ends, tails):
+                    pcm[i] = torch.cat([pcm[i], tail])
+            else:
+                pcm = self._push_many(streams, tokens, flush)
         except BaseException:
             for s, snap in zip(streams, snapshots):
                 for st, one in zip(s.states, snap):
@@ -304,35 +324,43 @@ class CodecSpeechDecoder:
                 pcm[i] = row
         return pcm
 
-    @staticmethod
-    def _run_groups(states, flush, lengths, inputs, step, ragged):
+    def _run_groups(self, states, flush, lengths, inputs, step, ragged):
         """Group streams by state signature (and, for sentence ends, input length), run each group once: ``ragged``
-        on the padded inputs where lengths differ, else ``step``. ``inputs(indices)`` → ``(indices in the order it
-        stacked them, batch, Lens)``. Yields ``(indices, output, Lens or None for equal lengths)`` per run (output
-        row r is stream ``indices[r]``'s). A group that cannot run ragged (``RaggedUnsupported``: the run left its
-        streams as they were) runs by length."""
+        on the padded inputs where lengths differ or shapes are bucketed, else ``step``. ``inputs(indices)`` →
+        ``(indices in the order it stacked them, batch, Lens)``. Yields ``(indices, output, Lens or None for equal
+        lengths)`` per run (output row r is stream ``indices[r]``'s). A group that cannot run ragged
+        (``RaggedUnsupported``: the run left its streams as they were) runs by length. With ``shape_buckets``
+        every run's batch is padded to ``ROW_BUCKETS`` rows and, when ragged, ``WIDTH_BUCKETS`` frames."""
         groups: dict[tuple, list[int]] = {}
         for i, st in enumerate(states):
             groups.setdefault(st.signature((lengths[i], True) if flush[i] else (False,)), []).append(i)
+        pad = self.shape_buckets
         for idx in groups.values():
             final = flush[idx[0]]
             runs = [idx]
-            if len({lengths[i] for i in idx}) > 1:
+            if not final and (pad or len({lengths[i] for i in idx}) > 1):
                 order, x, lens = inputs(idx)
+                rows = bucket(len(order), ROW_BUCKETS) if pad else 0
+                if pad:
+                    x, lens = _padded(x, lens, rows, bucket(x.shape[-1], WIDTH_BUCKETS))
                 try:
-                    y, out = run_batched([states[i] for i in order], lambda root: ragged(root, x, lens))
+                    y, out = run_batched([states[i] for i in order], lambda root: ragged(root, x, lens), rows=rows)
                 except RaggedUnsupported:
                     by_length: dict[int, list[int]] = {}
                     for i in idx:
                         by_length.setdefault(lengths[i], []).append(i)
                     runs = list(by_length.values())
                 else:
-                    yield order, y, out
+                    yield order, y[:len(order)], Lens(out.values[:len(order)], out.device)
                     continue
             for run in runs:
                 order, x, lens = inputs(run)
                 x = x[..., :lens.min]  # equal lengths: no padding
-                yield order, run_batched([states[i] for i in order], lambda root: step(root, x, final)), None
+                rows = bucket(len(order), ROW_BUCKETS) if pad else 0
+                if rows > len(order):
+                    x = F.pad(x, (0, 0, 0, 0, 0, rows - len(order)))
+                y = run_batched([states[i] for i in order], lambda root: step(root, x, final), rows=rows)
+                yield order, y[:len(order)], None
 
     @staticmethod
     def _interp(interps: Sequence[FrameInterpStream], grids: _Rows, flush: Sequence[bool]) -> _Rows:
@@ -352,6 +380,23 @@ class CodecSpeechDecoder:
             out, m = FrameInterpStream.step_ragged([interps[i] for i in order], x, lens)
             mels.put(order, out, m)
         return mels
+
+    @torch.inference_mode()
+    def warm_up(self, max_batch: int, *, first_chunk: int = 12, chunk: int = 16) -> None:
+        """With ``shape_buckets``: plan the shapes a server meets before the first request — for every row bucket up
+        to ``max_batch``, fresh streams' first chunks (``first_chunk`` tokens), steady chunks padded to the widths
+        of ``chunk`` to ``2·chunk`` tokens (a round's ragged widths) and the empty flush. On CUDA each new conv
+        shape costs cuDNN ~4 ms of host time and a pass has ~90 convs: unplanned, the first rounds of each batch
+        size would stall every stream's audio. Nothing without shape buckets (CPU)."""
+        if not self.shape_buckets:
+            return
+        top = bucket(max(1, max_batch), ROW_BUCKETS)
+        widths = sorted({bucket(n, WIDTH_BUCKETS) for n in (chunk, chunk + 1, 2 * chunk)})
+        for rows in (b for b in ROW_BUCKETS if b <= top):
+            streams = [CodecDecoderStream(self, 0, 1.0) for _ in range(rows)]  # shapes do not depend on the voice
+            for n in (first_chunk, *widths):
+                self.push_many(streams, [[self.token_offset] * n] * rows, [False] * rows)
+            self.push_many(streams, [[] for _ in range(rows)], [True] * rows)
 
     def voice_index(self, voice_id: str | None) -> int:
         if voice_id is None:

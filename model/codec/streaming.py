@@ -112,6 +112,20 @@ def take_rows(x: torch.Tensor, starts: Lens, width: int) -> torch.Tensor:
     return x.gather(-1, idx[:, None, :].expand(x.shape[0], x.shape[1], width))
 
 
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256)
+WIDTH_BUCKETS = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def bucket(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket ≥ n (past the last: the next multiple of it). On CUDA every new input shape of a conv
+    costs cuDNN ~4 ms of host time to plan (measured on an H100, docs/BENCHMARKS.md §4); padding batches to a few
+    shapes makes the plans repeat."""
+    for b in buckets:
+        if b >= n:
+            return b
+    return -(-n // buckets[-1]) * buckets[-1]
+
+
 class StreamConv1d:
     """``F.conv1d(F.pad(x, (left, right)), weight, bias, dilation=dilation, groups=groups)`` streamed."""
 
@@ -383,8 +397,8 @@ def _gather(states: Sequence[StreamState]) -> list[Any]:
             continue
         r0 = members[0]
         if members == list(range(r0, r0 + len(members))):
-            if r0 == 0 and len(members) == pack.rows:
-                parts.append(pack.values)  # the same batch as last time: nothing to copy
+            if r0 == 0 and len(members) == pack.rows and len(segments) == 1:
+                parts.append(pack.values)  # the same batch as last time: nothing to copy (padding included)
                 continue
             rows: slice | torch.Tensor = slice(r0, r0 + len(members))
         else:
@@ -402,19 +416,40 @@ def _device(values: list[Any]) -> torch.device:
     return torch.device("cpu")
 
 
-def run_batched(states: Sequence[StreamState], fn: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+def _with_rows(value: Any, rows: int) -> Any:
+    """A stacked state value with exactly ``rows`` rows: padded with copies of row 0, or a pack's padding cut."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_with_rows(v, rows) for v in value]
+    if value.shape[0] == rows:
+        return value
+    if value.shape[0] > rows:
+        return value[:rows]
+    return torch.cat([value, value[:1].expand(rows - value.shape[0], *value.shape[1:])])
+
+
+def run_batched(states: Sequence[StreamState], fn: Callable[[Any], torch.Tensor], *, rows: int = 0
+                ) -> torch.Tensor:
     """Run ``fn(root)`` once for several streams of one signature (``StreamState.signature`` equal; each with a
     batch of 1): their state tensors are stacked into the first stream's tree (``_gather``: nothing to copy when
     they ran together last time, in this order), ``fn`` runs on it (its input must be the streams' inputs stacked
     in the same order), and the new state stays stacked in a ``_Pack`` that every stream points into, with the
     same counters and tally increments. Returns ``fn``'s output (row r is stream r's). On an exception every
-    stream is left as it was."""
+    stream is left as it was. ``rows`` > len(states): the stacked state gets that many rows (padding rows copy the
+    first stream's; ``fn``'s input must be padded alike, its extra output rows are garbage), so that a few batch
+    sizes recur (``bucket``); a pack keeps its padding, so the same batch next round pads nothing."""
     lead = states[0]
-    if len(states) == 1:
+    if len(states) == 1 and rows <= 1:
         lead.unpack()
-        return fn(lead.root)
+        snap = lead.snapshot()
+        try:
+            return fn(lead.root)
+        except BaseException:
+            lead.restore(snap)
+            raise
     snaps = [st.snapshot() for st in states]
-    stacked = _gather(states)
+    stacked = [_with_rows(v, max(rows, len(states))) for v in _gather(states)]
     for (o, n), v in zip(lead.state, stacked):
         setattr(o, n, v)
     try:

@@ -66,6 +66,15 @@ def _child(conn, factory: str, root: str, spec: dict, threads: int | None) -> No
             return
         if msg[0] == "stop":
             return
+        if msg[0] == "warm_up":
+            try:
+                warm = getattr(decoder, "warm_up", None)
+                if warm is not None:
+                    warm(msg[1], **msg[2])
+                conn.send(("ok", None))
+            except Exception as e:  # noqa: BLE001
+                conn.send(("error", f"{type(e).__name__}: {e}"))
+            continue
         _, items, tokens, flush, freed = msg
         for sid in freed:
             streams.pop(sid, None)
@@ -75,7 +84,7 @@ def _child(conn, factory: str, root: str, spec: dict, threads: int | None) -> No
                 if sid not in streams:
                     streams[sid] = decoder.open(voice, speed=speed)
                 batch.append(streams[sid])
-            if push_many is not None and len(batch) > 1:
+            if push_many is not None:  # one stream too: its shapes are bucketed there (see CodecSpeechDecoder)
                 pcm = push_many(batch, tokens, flush)
             else:
                 pcm = [s.push(t, flush=f) for s, t, f in zip(batch, tokens, flush)]
@@ -140,6 +149,17 @@ class ProcessDecoder:
         if status != "ok":
             raise AudioProcessError(detail)
         return detail
+
+    def warm_up(self, max_batch: int, **options: Any) -> None:
+        """The child decoder's ``warm_up(max_batch, **options)``, if it has one (``CodecSpeechDecoder.warm_up``)."""
+        with self._lock:
+            try:
+                self._conn.send(("warm_up", int(max_batch), options))
+            except (OSError, ValueError) as e:
+                raise AudioProcessError(f"the audio process is gone: {e}") from None
+            status, detail = self._recv()
+        if status != "ok":
+            raise AudioProcessError(detail)
 
     def _recv(self) -> tuple[str, Any]:
         try:

@@ -396,6 +396,10 @@ class Engine(EngineAPI):
             stream.push(list(self.pipeline.speech_ids[:4]), flush=True)
             if hasattr(stream, "close"):
                 stream.close()
+            warm = getattr(self.pipeline.decoder, "warm_up", None)
+            if warm is not None:  # the audio batches' shapes (a no-op where the decoder does not bucket them)
+                warm(min(self.config.audio_max_batch, self.config.max_streams),
+                     first_chunk=self.config.first_chunk_tokens, chunk=self.config.chunk_tokens)
 
     def _audio_context(self):
         return torch.cuda.stream(self._audio_stream) if self._audio_stream is not None else contextlib.nullcontext()

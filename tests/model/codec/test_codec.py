@@ -220,13 +220,19 @@ def test_bundle_factory_maps_voices_and_offsets(tmp_path):
 BATCH_TOL = dict(rtol=0, atol=1e-5)  # batched vs alone: the same ops per row, only a batched conv's float rounding
 
 
-def test_push_many_gives_each_stream_what_it_gives_alone(speech_decoder, monkeypatch):
+def _decoder(base: CodecSpeechDecoder, buckets: bool) -> CodecSpeechDecoder:
+    """The same decoder, with or without the shape buckets it uses on CUDA (padded batches, split sentence ends)."""
+    return CodecSpeechDecoder(base.codec, base.vocoder, token_offset=base.token_offset, shape_buckets=buckets)
+
+
+@pytest.mark.parametrize("buckets", [False, True])
+def test_push_many_gives_each_stream_what_it_gives_alone(speech_decoder, monkeypatch, buckets):
     """Batched token -> audio decoding across requests: streams at different points of their utterances (first
     chunk, steady chunks, sentence ends, an empty flush, another voice and speed) pushed together in rounds give
     each stream the same PCM as pushing it alone, and streams whose states match really share one batched run."""
     import model.codec.stream as stream_module
 
-    dec = speech_decoder
+    dec = _decoder(speech_decoder, buckets)
     plans = {  # stream: (voice, speed, [(tokens, flush) per round]); the engine's chunks, scaled down 4x
         "a": ("alice", 1.0, [(3, False), (4, False), (2, True), (3, False)]),
         "b": ("alice", 1.0, [(3, False), (4, False), (4, False), (4, True)]),
@@ -248,8 +254,8 @@ def test_push_many_gives_each_stream_what_it_gives_alone(speech_decoder, monkeyp
 
     groups, interp_groups, resample_groups = [], [], []
     real = stream_module.run_batched
-    monkeypatch.setattr(stream_module, "run_batched", lambda states, fn: groups.append(len(states)) or
-                        real(states, fn))
+    monkeypatch.setattr(stream_module, "run_batched", lambda states, fn, **kw: groups.append(len(states)) or
+                        real(states, fn, **kw))
     real_interp, real_resample = FrameInterpStream.step_ragged, stream_module.ResamplerStream.push_many
     monkeypatch.setattr(FrameInterpStream, "step_ragged", staticmethod(
         lambda streams, *a: interp_groups.append(len(streams)) or real_interp(streams, *a)))
@@ -271,13 +277,15 @@ def test_push_many_gives_each_stream_what_it_gives_alone(speech_decoder, monkeyp
         dec.push_many([streams["a"], streams["a"]], [[], []], [False, False])
 
 
-def test_push_many_runs_chunks_of_different_lengths_as_one_batch(speech_decoder, monkeypatch):
+@pytest.mark.parametrize("buckets", [False, True])
+def test_push_many_runs_chunks_of_different_lengths_as_one_batch(speech_decoder, monkeypatch, buckets):
     """The engine's chunks differ in length (a first chunk, a second one up to the step clock, a paused client's
     longer one): streams of one state signature still run the token decoder and the vocoder once per round (a
-    ragged batch), and each stream gets exactly what it gets alone."""
+    ragged batch), and each stream gets exactly what it gets alone. With shape buckets the five run as a batch of
+    eight rows (padding rows copy the first stream's state; their output is dropped)."""
     import model.codec.stream as stream_module
 
-    dec = speech_decoder
+    dec = _decoder(speech_decoder, buckets)
     plan = [[12] * 5, [2, 5, 4, 1, 3], [4, 4, 3, 4, 6], [4, 2, 4, 4, 4]]  # per round, tokens per stream
     toks = [tokens(30, dec, seed=i) for i in range(5)]
     alone = []
@@ -287,22 +295,38 @@ def test_push_many_runs_chunks_of_different_lengths_as_one_batch(speech_decoder,
             outs.append(s.push(toks[i][pos:pos + lens[i]], flush=False))
             pos += lens[i]
         alone.append(outs)
-    runs = []
+    runs, padded = [], []
     real = stream_module.run_batched
-    monkeypatch.setattr(stream_module, "run_batched", lambda states, fn: runs.append(len(states)) or
-                        real(states, fn))
+    monkeypatch.setattr(stream_module, "run_batched", lambda states, fn, **kw: runs.append(len(states)) or
+                        padded.append(kw.get("rows", 0)) or real(states, fn, **kw))
     streams = [dec.open("alice") for _ in range(5)]
     pos = [0] * 5
     got = [[] for _ in range(5)]
     for k, lens in enumerate(plan):
         runs.clear()
+        padded.clear()
         out = dec.push_many(streams, [toks[i][pos[i]:pos[i] + lens[i]] for i in range(5)], [False] * 5)
         for i in range(5):
             got[i].append(out[i])
             pos[i] += lens[i]
         if k > 0:
             assert runs == [5, 5], (k, runs)  # one token-decoder run, one vocoder run for all five
+            assert padded == ([8, 8] if buckets else [0, 0])
     for g, w in zip(got, alone):
         assert [len(p) for p in g] == [len(p) for p in w]
         torch.testing.assert_close(torch.from_numpy(np.concatenate(g)), torch.from_numpy(np.concatenate(w)),
                                    **BATCH_TOL)
+
+
+def test_warm_up_runs_every_row_bucket_through_a_streams_shapes(speech_decoder, monkeypatch):
+    """With shape buckets (CUDA's default) ``warm_up`` plans each row bucket up to the batch limit: a first chunk,
+    the chunk widths of a round, an empty flush; without them (CPU) it does nothing."""
+    calls = []
+    real = CodecSpeechDecoder.push_many
+    monkeypatch.setattr(CodecSpeechDecoder, "push_many", lambda self, streams, toks, flush: calls.append(
+        (len(streams), len(toks[0]), flush[0])) or real(self, streams, toks, flush))
+    _decoder(speech_decoder, False).warm_up(8)
+    assert calls == []
+    _decoder(speech_decoder, True).warm_up(5, first_chunk=6, chunk=4)
+    assert calls == [(rows, n, f) for rows in (1, 2, 4, 8) for n, f in ((6, False), (4, False), (8, False),
+                                                                        (0, True))]
