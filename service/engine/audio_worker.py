@@ -5,7 +5,9 @@ kernel launches and Python, so one stream at a time cannot keep up with hundreds
 job queued since its last round and hands the decode jobs to ``run_batch`` in batches of distinct requests (a
 request's next chunk continues the state its previous chunk left, so two jobs of one request never share a batch),
 at most ``max_batch`` at a time. A request's jobs — its chunks and its end-of-stream — keep their order: a batch is
-run before a later job of one of its requests. ``max_batch=1`` decodes one job at a time.
+run before a later chunk of one of its requests, and an end-of-stream whose request has a chunk in the batch runs
+right after the batch (it does not cut the batch short: every request ends with a last chunk and its end, so cutting
+there made most of a busy round's batches single chunks). ``max_batch=1`` decodes one job at a time.
 
 Under load the batches are let fill: when jobs arrived while the last round ran (a backlog), the next round waits
 until its oldest job has waited as long as that round took, at most ``max_wait_s``, or until ``max_batch`` jobs are
@@ -106,15 +108,23 @@ class AudioWorker:
     def _round(self, jobs: list[AudioJob]) -> None:
         batch: list[AudioJob] = []
         in_batch: set[int] = set()
+        ends: list[AudioJob] = []  # end-of-stream jobs of requests in ``batch``: run right after it
         for job in jobs:
-            conflict = id(job.handle) in in_batch
-            if batch and (conflict or (job.is_decode and len(batch) >= self.max_batch)):
-                self._run_batch(batch)
-                batch, in_batch = [], set()
-            if job.is_decode:
-                batch.append(job)
-                in_batch.add(id(job.handle))
-            else:
-                self._run_end(job)
+            if not job.is_decode:
+                if id(job.handle) in in_batch:
+                    ends.append(job)  # not a reason to cut the batch: every request ends with a chunk then this
+                else:
+                    self._run_end(job)  # its chunks went in earlier batches
+                continue
+            if batch and (id(job.handle) in in_batch or len(batch) >= self.max_batch):
+                self._run(batch, ends)
+                batch, in_batch, ends = [], set(), []
+            batch.append(job)
+            in_batch.add(id(job.handle))
         if batch:
-            self._run_batch(batch)
+            self._run(batch, ends)
+
+    def _run(self, batch: list[AudioJob], ends: list[AudioJob]) -> None:
+        self._run_batch(batch)
+        for job in ends:
+            self._run_end(job)

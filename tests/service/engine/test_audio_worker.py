@@ -19,6 +19,10 @@ def test_a_round_batches_distinct_requests_and_keeps_each_requests_order():
     # one at a time: an end whose request has nothing pending runs at once (B's chunk already went, A's too)
     assert _round(jobs, 1) == [("batch", ["a1"]), ("batch", ["b1"]), ("end", "B"), ("batch", ["a2"]), ("end", "A"),
                                ("batch", ["c1"])]
+    # requests ending in one round (a last chunk, then the end, each): one batch, their ends after it
+    ending = [AudioJob(a, ["a9"], flush=True), AudioJob(a, None), AudioJob(b, ["b9"], flush=True), AudioJob(b, None),
+              AudioJob(c, ["c3"])]
+    assert _round(ending, 8) == [("batch", ["a9", "b9", "c3"]), ("end", "A"), ("end", "B")]
     many = [AudioJob(i, [i]) for i in range(5)]
     assert _round(many, 2) == [("batch", [0, 1]), ("batch", [2, 3]), ("batch", [4])]
 
