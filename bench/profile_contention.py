@@ -84,7 +84,6 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=64)
     ap.add_argument("--duties", type=float, nargs="+", default=[0.0, 0.45, 1.0])
     ap.add_argument("--label", default="")
-    ap.add_argument("--no-graphs", action="store_true", help="the vocoder's steady passes eagerly")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -94,9 +93,8 @@ def main() -> None:
     from model.codec.vocoder import Vocoder
 
     torch.manual_seed(0)
-    kw = {"cuda_graphs": False} if a.no_graphs else {}
     dec = CodecSpeechDecoder(SpeechCodec(CodecConfig()).to("cuda").eval(),
-                             Vocoder.random(device="cuda", dtype=torch.bfloat16), **kw)
+                             Vocoder.random(device="cuda", dtype=torch.bfloat16))
     _audio_rounds(dec, a.streams, 2)  # warm-up
     ctx = mp.get_context("spawn")
     rows = []

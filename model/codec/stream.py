@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 
 from model.codec.codec import SpeechCodec, load_codec
-from model.codec.graphs import GraphedVocoderPass
 from model.codec.streaming import (ROW_BUCKETS, WIDTH_BUCKETS, Lens, RaggedUnsupported, StreamState, bucket,
                                    run_batched, to_device)
 from model.codec.vocoder import ResamplerStream, Vocoder, VocoderStream, resample_to_output
@@ -228,19 +227,14 @@ class CodecSpeechDecoder:
     """``SpeechDecoder`` on a trained codec's decoder and the pretrained vocoder."""
 
     def __init__(self, codec: SpeechCodec, vocoder: Vocoder, *, token_offset: int = 0,
-                 voice_names: dict[str, str] | None = None, shape_buckets: bool | None = None,
-                 cuda_graphs: bool | None = None):
-        """``shape_buckets``: pad batches to a few shapes (see ``push_many``); default: on CUDA. ``cuda_graphs``:
-        replay steady vocoder passes from CUDA graphs (``model.codec.graphs``); default: where shapes are bucketed
-        on CUDA."""
+                 voice_names: dict[str, str] | None = None, shape_buckets: bool | None = None):
+        """``shape_buckets``: pad batches to a few shapes (see ``push_many``); default: on CUDA."""
         self.codec = codec.eval()
         self.vocoder = vocoder
         self.token_offset = token_offset
         self.voice_names = dict(voice_names or {})  # service voice id → codec voice name, where they differ
         self.device = next(codec.decoder.parameters()).device
         self.shape_buckets = self.device.type == "cuda" if shape_buckets is None else shape_buckets
-        graphs = self.shape_buckets and vocoder.device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        self.vocoder_pass = GraphedVocoderPass() if graphs else VocoderStream.push_ragged
 
     @classmethod
     def load(cls, codec_dir: str | Path, *, device: torch.device | str = "cpu", token_offset: int = 0,
@@ -316,7 +310,7 @@ class CodecSpeechDecoder:
         for idx, y, lens in self._run_groups([s.states[2] for s in streams], flush,
                                              [mels.length(i) for i in range(len(streams))], mels.batch,
                                              lambda vocoder, x, final: vocoder.push(x, final),
-                                             self.vocoder_pass):
+                                             lambda vocoder, x, lens: vocoder.push_ragged(x, lens)):
             if lens is not None:  # a ragged run leaves the per-row tallies to us
                 for r, i in enumerate(idx):
                     streams[i].vocoder.count(mels.length(i), lens.values[r])

@@ -50,12 +50,11 @@ class Lens:
     instead of one run per length. Values live on the host; the device copy, made once per distinct value tuple,
     feeds the gathers."""
 
-    __slots__ = ("values", "device", "t")
+    __slots__ = ("values", "device")
 
-    def __init__(self, values, device: torch.device | str, t: torch.Tensor | None = None):
+    def __init__(self, values, device: torch.device | str):
         self.values = tuple(int(v) for v in values)
         self.device = torch.device(device)
-        self.t = t  # the values on the device, computed there (CUDA-graph capture: no host copy, no fast path)
 
     @classmethod
     def full(cls, rows: int, n: int, device) -> Lens:
@@ -63,12 +62,7 @@ class Lens:
 
     @classmethod
     def minimum(cls, lens: Sequence[Lens]) -> Lens:
-        t = None
-        if lens[0].t is not None:
-            t = lens[0].t
-            for x in lens[1:]:
-                t = torch.minimum(t, x.t)
-        return cls(map(min, zip(*(x.values for x in lens))), lens[0].device, t)
+        return cls(map(min, zip(*(x.values for x in lens))), lens[0].device)
 
     @property
     def min(self) -> int:
@@ -84,16 +78,14 @@ class Lens:
 
     def __add__(self, other: int | Lens) -> Lens:
         if isinstance(other, Lens):
-            return Lens((a + b for a, b in zip(self.values, other.values)), self.device,
-                        None if self.t is None else self.t + other.t)
-        return Lens((v + other for v in self.values), self.device, None if self.t is None else self.t + other)
+            return Lens((a + b for a, b in zip(self.values, other.values)), self.device)
+        return Lens((v + other for v in self.values), self.device)
 
     def __sub__(self, other: Lens) -> Lens:
-        return Lens((a - b for a, b in zip(self.values, other.values)), self.device,
-                    None if self.t is None else self.t - other.t)
+        return Lens((a - b for a, b in zip(self.values, other.values)), self.device)
 
     def __mul__(self, k: int) -> Lens:
-        return Lens((v * k for v in self.values), self.device, None if self.t is None else self.t * k)
+        return Lens((v * k for v in self.values), self.device)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -113,14 +105,10 @@ def _window_index(starts: tuple[int, ...], width: int, device: torch.device) -> 
 
 
 def take_rows(x: torch.Tensor, starts: Lens, width: int) -> torch.Tensor:
-    """``x[r, :, starts[r] : starts[r] + width]`` for every row, as a new tensor ``(B, C, width)`` (not a view).
-    With device values (``Lens.t``) always one gather whose indices are computed on the device (graph capture)."""
-    if starts.t is not None:
-        idx = starts.t[:, None] + torch.arange(width, device=x.device)
-    elif starts.uniform:
+    """``x[r, :, starts[r] : starts[r] + width]`` for every row, as a new tensor ``(B, C, width)`` (not a view)."""
+    if starts.uniform:
         return x[..., starts.min:starts.min + width].clone()
-    else:
-        idx = _window_index(starts.values, width, x.device)
+    idx = _window_index(starts.values, width, x.device)
     return x.gather(-1, idx[:, None, :].expand(x.shape[0], x.shape[1], width))
 
 
