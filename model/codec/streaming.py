@@ -152,10 +152,11 @@ class StreamConv1d:
         self.buf = x[..., n_out:].clone()  # a copy: a view would keep this call's whole input alive
         return F.conv1d(x, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
 
-    def step_ragged(self, x: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
-        """``step(x, final=False)`` for rows whose inputs end at ``lens`` (see ``Lens``)."""
+    def step_ragged(self, x: torch.Tensor, lens: Lens, slope: float | None = None) -> tuple[torch.Tensor, Lens]:
+        """``step(x, final=False)`` for rows whose inputs end at ``lens`` (see ``Lens``); with ``slope``,
+        ``step(leaky_relu(x, slope))`` (the activation fused into the join with the kept frames)."""
         have = self.left if self.buf is None else self.buf.shape[-1]
-        x = F.pad(x, (self.left, 0)) if self.buf is None else torch.cat([self.buf, x], dim=-1)
+        x = _act_after(self.buf, x, self.left, slope)
         n_out = lens + (have - self.span)
         if n_out.min < 0:
             raise RaggedUnsupported("a row's input is shorter than the conv's look-ahead")
@@ -201,12 +202,13 @@ class StreamConvTranspose1d:
         self.kept = kept
         return out
 
-    def step_ragged(self, x: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
-        """``step(x, final=False)`` for rows whose inputs end at ``lens`` (see ``Lens``). Outputs below L·s (L a row's
-        buffered frames) read only that row's real frames; every row keeps its last ``keep`` and the same ``skip``."""
+    def step_ragged(self, x: torch.Tensor, lens: Lens, slope: float | None = None) -> tuple[torch.Tensor, Lens]:
+        """``step(x, final=False)`` for rows whose inputs end at ``lens`` (see ``Lens``); with ``slope``, of
+        ``leaky_relu(x, slope)``. Outputs below L·s (L a row's buffered frames) read only that row's real frames;
+        every row keeps its last ``keep`` and the same ``skip``."""
         s = self.stride
         have = 0 if self.kept is None else self.kept.shape[-1]
-        buf = x if self.kept is None else torch.cat([self.kept, x], dim=-1)
+        buf = _act_after(self.kept, x, 0, slope)
         n = lens + have
         if n.min < self.keep or n.min * s < self.skip:
             raise RaggedUnsupported("a row's input is shorter than the transposed conv's look-back")
@@ -220,6 +222,26 @@ class StreamConvTranspose1d:
         return out, out_lens
 
 
+def _after(kept: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """``kept`` followed by ``x`` along time (``x`` itself when nothing is kept: no copy)."""
+    return x if kept is None or kept.shape[-1] == 0 else torch.cat([kept, x], dim=-1)
+
+
+def _act_after(kept: torch.Tensor | None, x: torch.Tensor, left: int, slope: float | None) -> torch.Tensor:
+    """``kept`` (or ``left`` zeros when None) followed by ``leaky_relu(x, slope)`` (``x`` when ``slope`` is None),
+    the activation written straight into the joined buffer (one pass over ``x`` instead of two)."""
+    if slope is None:
+        return F.pad(x, (left, 0)) if kept is None else torch.cat([kept, x], dim=-1)
+    have = left if kept is None else kept.shape[-1]
+    out = x.new_empty(*x.shape[:-1], have + x.shape[-1])
+    if kept is None:
+        out[..., :have].zero_()
+    else:
+        out[..., :have].copy_(kept)
+    torch.ops.aten.leaky_relu.out(x, slope, out=out[..., have:])
+    return out
+
+
 class AlignedSum:
     """Sum of branches whose outputs arrive with different delays: emits only the frames every branch has."""
 
@@ -229,7 +251,7 @@ class AlignedSum:
         self.pending: list[torch.Tensor | None] = [None] * n
 
     def step(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        parts = [p if q is None else torch.cat([q, p], dim=-1) for p, q in zip(parts, self.pending)]
+        parts = [_after(q, p) for p, q in zip(parts, self.pending)]
         m = min(p.shape[-1] for p in parts)
         self.pending = [p[..., m:].clone() for p in parts]  # not views: they would keep whole branch outputs alive
         out = parts[0][..., :m]
@@ -241,7 +263,7 @@ class AlignedSum:
         """``step(parts)`` for rows whose branch outputs end at ``lens[i]`` (see ``Lens``): each row emits the frames
         all its branches have; what each branch holds back must be equally long on every row (it is, once a
         stream's look-back is full: the branches' delays are fixed)."""
-        full = [p if q is None else torch.cat([q, p], dim=-1) for p, q in zip(parts, self.pending)]
+        full = [_after(q, p) for p, q in zip(parts, self.pending)]
         ends = [n + (0 if q is None else q.shape[-1]) for n, q in zip(lens, self.pending)]
         m = Lens.minimum(ends)
         held = [e - m for e in ends]

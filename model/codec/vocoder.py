@@ -180,8 +180,8 @@ class _ResBlockStream:
 
     def step_ragged(self, x: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
         for s1, s2, add in self.pairs:
-            h, n = s1.step_ragged(F.leaky_relu(x, LRELU_SLOPE), lens)
-            h, n = s2.step_ragged(F.leaky_relu(h, LRELU_SLOPE), n)
+            h, n = s1.step_ragged(x, lens, LRELU_SLOPE)
+            h, n = s2.step_ragged(h, n, LRELU_SLOPE)
             x, lens = add.step_ragged([h, x], [n, lens])
         return x, lens
 
@@ -226,11 +226,11 @@ class VocoderStream:
         and its ``Lens``. Leaves the tallies to the caller (they differ per row: ``count``)."""
         x, n = self.pre.step_ragged(mel.to(self.device, self.dtype), lens)
         for up, blocks, mix in zip(self.ups, self.res, self.mix):
-            x, n = up.step_ragged(F.leaky_relu(x, LRELU_SLOPE), n)
+            x, n = up.step_ragged(x, n, LRELU_SLOPE)
             outs = [b.step_ragged(x, n) for b in blocks]
             x, n = mix.step_ragged([o for o, _ in outs], [m for _, m in outs])
             x = x / len(blocks)
-        x, n = self.post.step_ragged(F.leaky_relu(x), n)
+        x, n = self.post.step_ragged(x, n, 0.01)  # torch's default slope, as the generator's last activation
         return torch.tanh(x)[:, 0].float(), n
 
     def count(self, frames: int, samples: int) -> None:

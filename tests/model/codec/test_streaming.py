@@ -195,6 +195,27 @@ def test_stream_conv_ragged_is_each_row_alone(kernel, dilation, left, right):
     _ragged_vs_alone(lambda: StreamConv1d(w, b, left=left, right=right, dilation=dilation), 4)
 
 
+class _Activated:
+    """``op.step(leaky_relu(x))`` alone vs ``op.step_ragged(x, lens, slope)`` (the activation fused into the join)."""
+
+    def __init__(self, op, slope=0.1):
+        self.op, self.slope = op, slope
+
+    def step(self, x, final=False):
+        return self.op.step(F.leaky_relu(x, self.slope), final)
+
+    def step_ragged(self, x, lens):
+        return self.op.step_ragged(x, lens, self.slope)
+
+
+def test_ragged_steps_with_a_fused_activation_are_each_row_alone():
+    w, b = torch.randn(4, 4, 5), torch.randn(4)
+    _ragged_vs_alone(lambda: _Activated(StreamConv1d(w, b, left=2, right=2)), 4)
+    _ragged_vs_alone(lambda: _Activated(StreamConv1d(w, b, left=4, right=0)), 4)
+    wt = torch.randn(4, 3, 16)
+    _ragged_vs_alone(lambda: _Activated(StreamConvTranspose1d(wt, None, stride=8, padding=4)), 4)
+
+
 @pytest.mark.parametrize("kernel,stride,padding", [(16, 8, 4), (4, 2, 1), (6, 3, 0)])
 def test_stream_conv_transpose_ragged_is_each_row_alone(kernel, stride, padding):
     w, b = torch.randn(3, 5, kernel), torch.randn(5)
