@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The serve benchmark on several trees one after another in one device call (A/B of a change: only rows of one
+# call are comparable). Trees: label=dir, e.g. a `git archive REV model service bench` unpacked under .carry/.
+# Carry .whl .carry/serve_whl .carry/hifigan_pkg and the trees; results in $OUT/LABEL/serve.json.
+# Usage: bash bench/ab_serve.sh "old=.carry/old new=." -- [mamtra bench serve options]
+set -uo pipefail
+R=$PWD
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl .carry/serve_whl/*.whl 2>/dev/null
+export PYTHONUNBUFFERED=1
+trees=$1; shift; shift
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+for spec in $trees; do
+  label=${spec%%=*}; dir=$(cd ${spec#*=} && pwd)
+  mkdir -p $OUT/$label
+  (cd $dir && PYTHONPATH=/tmp/site:$dir:$R/.carry/hifigan_pkg timeout 280 python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT/$label', *sys.argv[1:]]))" "$@" 2>&1 | grep -v '%|' | grep -E "^mamtra|^transformer|largest" | sort -u | sed "s/^/$label /")
+  rm -f $OUT/$label/*.png $OUT/$label/*.log
+done
