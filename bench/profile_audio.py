@@ -60,7 +60,7 @@ def main() -> None:
         orig = {}
         for cls, meth, name in [(S.FrameInterpStream, "step_frames", "interp"),
                                 (S.ResamplerStream, "push", "resampler"),
-                                (S.FrameInterpStream, "step_many", "interp_many"),
+                                (S.FrameInterpStream, "step_ragged", "interp_many"),
                                 (S.ResamplerStream, "push_many", "resampler_many"),
                                 (S.VocoderStream, "push", "vocoder"),
                                 (type(streams[0].net), "step", "net"),
@@ -76,7 +76,7 @@ def main() -> None:
         for _ in range(reps):
             dec.push_many(streams, [tokens] * b, [False] * b)
         for (cls, meth), f in orig.items():
-            setattr(cls, meth, f if meth not in ("step_many", "push_many") else staticmethod(f))
+            setattr(cls, meth, f if meth not in ("step_ragged", "push_many") else staticmethod(f))
         S.run_batched = orig_rb
         stages = {k: v / reps * 1e3 for k, v in timers.items()}
         # profiler: op counts and top CPU ops

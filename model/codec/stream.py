@@ -80,20 +80,6 @@ class FrameInterpStream:
         self.base = keep_from
         return out
 
-    def batch_key(self, n_in: int, final: bool) -> tuple | None:
-        """Streams with equal keys can run one ``step_many``: not the end, a buffer already there, the same step,
-        buffer and input lengths and number of outputs (their phases, i.e. positions, may differ). None: run alone."""
-        if final or self.buf is None:
-            return None
-        n_out = self._n_end(self.base + self.buf.shape[-1] + n_in, False) - self.j
-        return (self.step, self.buf.shape[-1], n_in, n_out) if n_out > 0 else None
-
-    @staticmethod
-    def step_many(streams: Sequence[FrameInterpStream], x: torch.Tensor) -> torch.Tensor:
-        """``step_frames(x[r:r+1], False)`` of streams with one ``batch_key``, as one gather: ``x`` ``(B, C, n)``
-        → ``(B, C, m)``, each row what its stream gives alone (the same float64 positions, the same ops)."""
-        return FrameInterpStream.step_ragged(streams, x, Lens.full(x.shape[0], x.shape[-1], x.device))[0]
-
     @staticmethod
     def ragged_key(stream: FrameInterpStream) -> tuple:
         """Streams with equal keys can run one ``step_ragged`` (the same step; buffers all absent or equally long)."""

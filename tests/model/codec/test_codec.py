@@ -82,34 +82,36 @@ def test_frame_interp_stream_equals_offline(step):
 
 
 @pytest.mark.parametrize("step", [512 / 441, 512 / 441 * 0.6, 512 / 441 * 2.7])
-def test_frame_interp_step_many_is_each_stream_alone(step):
-    """Streams at different phases (different frames received before), stepped together where their batch keys
-    match, give exactly (bit for bit) what each gives alone, and stay in step afterwards."""
+def test_frame_interp_step_ragged_is_each_stream_alone(step):
+    """Streams at different phases (different frames received before) and with inputs of different lengths,
+    stepped together where their keys match (fresh ones together too), give exactly (bit for bit) what each gives
+    alone, and stay in step afterwards."""
+    from model.codec.streaming import Lens
+
     torch.manual_seed(0)
-    xs = [torch.randn(1, 3, 200) for _ in range(5)]
-    leads = [1, 3, 4, 6, 9]  # each stream's first piece: phases differ
+    xs = [torch.randn(1, 3, 300) for _ in range(5)]
+    rounds = [[1, 3, 4, 6, 9]] + [[16, 12 + r % 5, 16, 20, 8 + r] for r in range(8)]  # each stream's pieces
     alone, batched = [FrameInterpStream(step) for _ in xs], [FrameInterpStream(step) for _ in xs]
-    want = [[a.step_frames(x[..., :n], False)] for a, x, n in zip(alone, xs, leads)]
-    got = [[b.step_frames(x[..., :n], False)] for b, x, n in zip(batched, xs, leads)]
-    pos, ran_together = list(leads), 0
-    for _ in range(8):
+    want, got = [[] for _ in xs], [[] for _ in xs]
+    pos, ran_together = [0] * 5, 0
+    for lens in rounds:
         for i, (a, x) in enumerate(zip(alone, xs)):
-            want[i].append(a.step_frames(x[..., pos[i]:pos[i] + 16], False))
+            want[i].append(a.step_frames(x[..., pos[i]:pos[i] + lens[i]], False))
         groups = {}
         for i, b in enumerate(batched):
-            groups.setdefault(b.batch_key(16, False), []).append(i)
-        for key, idx in groups.items():
-            assert key is not None
-            out = FrameInterpStream.step_many([batched[i] for i in idx],
-                                              torch.cat([xs[i][..., pos[i]:pos[i] + 16] for i in idx]))
+            groups.setdefault(FrameInterpStream.ragged_key(b), []).append(i)
+        for idx in groups.values():
+            x = torch.full((len(idx), 3, max(lens[i] for i in idx)), 1e6)  # past a row's end: never read
+            for r, i in enumerate(idx):
+                x[r, :, :lens[i]] = xs[i][0, :, pos[i]:pos[i] + lens[i]]
+            out, m = FrameInterpStream.step_ragged([batched[i] for i in idx], x, Lens([lens[i] for i in idx], "cpu"))
             ran_together += len(idx) > 1
             for r, i in enumerate(idx):
-                got[i].append(out[r:r + 1])
-        pos = [q + 16 for q in pos]
+                got[i].append(out[r:r + 1, :, :m.values[r]])
+        pos = [q + n for q, n in zip(pos, lens)]
     for w, g in zip(want, got):
         assert torch.equal(torch.cat(w, -1), torch.cat(g, -1))
-    assert ran_together >= 4
-    assert FrameInterpStream(step).batch_key(16, False) is None and batched[0].batch_key(16, True) is None
+    assert ran_together >= 5
 
 
 @pytest.mark.parametrize("sizes", [[1, 3, 7, 2, 11, 5], [1] * 25, [40]])
