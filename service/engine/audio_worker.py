@@ -11,7 +11,9 @@ there made most of a busy round's batches single chunks). ``max_batch=1`` decode
 
 Under load the batches are let fill: when jobs arrived while the last round ran (a backlog), the next round waits
 until its oldest job has waited as long as that round took, at most ``max_wait_s``, or until ``max_batch`` jobs are
-there. A batch's cost grows far slower than its size (one launch per op for all streams), and while this thread
+there — unless an urgent job (a request's first chunks) is queued. A round decodes the requests with urgent jobs
+first, in batches of their own, then the others: a new stream's first audio does not wait for a batch of hundreds
+of steady streams that each have seconds of audio buffered. A batch's cost grows far slower than its size (one launch per op for all streams), and while this thread
 sleeps the engine loop, which shares the GIL with it, produces more chunks. Without a backlog nothing waits.
 """
 
@@ -35,6 +37,7 @@ class AudioJob:
     flush: bool = False  # the decoder emits everything it holds back (and starts afresh)
     submitted: float = 0.0
     ended: list[tuple[Any, int]] = field(default_factory=list)  # (sentence, k): it ends after tokens[:k]
+    urgent: bool = False  # a request's first chunks: time to first audio, and a player with almost nothing buffered
 
     @property
     def is_decode(self) -> bool:
@@ -85,9 +88,10 @@ class AudioWorker:
             with self._cv:
                 while not self._jobs and not self._stopped:
                     self._cv.wait()
-                if self._fill_s > 0:
+                if self._fill_s > 0 and not any(job.urgent for job in self._jobs):
                     deadline = time.perf_counter() + self._fill_s
-                    while not self._stopped and len(self._jobs) < self.max_batch:
+                    while (not self._stopped and len(self._jobs) < self.max_batch
+                           and not any(job.urgent for job in self._jobs)):
                         remaining = deadline - time.perf_counter()
                         if remaining <= 0:
                             break
@@ -106,6 +110,16 @@ class AudioWorker:
             self._fill_s = min(time.perf_counter() - start, self.max_wait_s) if backlog else 0.0
 
     def _round(self, jobs: list[AudioJob]) -> None:
+        """The requests with an urgent job first, as batches of their own (a small batch is quick), then the rest;
+        a request's jobs all go in one of the two, in order."""
+        urgent = {id(job.handle) for job in jobs if job.urgent}
+        if urgent and len(urgent) < len({id(job.handle) for job in jobs}):
+            self._run_in_order([job for job in jobs if id(job.handle) in urgent])
+            self._run_in_order([job for job in jobs if id(job.handle) not in urgent])
+        else:
+            self._run_in_order(jobs)
+
+    def _run_in_order(self, jobs: list[AudioJob]) -> None:
         batch: list[AudioJob] = []
         in_batch: set[int] = set()
         ends: list[AudioJob] = []  # end-of-stream jobs of requests in ``batch``: run right after it

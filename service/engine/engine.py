@@ -68,6 +68,7 @@ class EngineConfig:
     client_queue_chunks: int = 8
     stall_timeout_s: float = 10.0
     audio_max_batch: int = 256  # decode jobs of different requests run together (1: one at a time)
+    urgent_chunks: int = 2  # a request's first chunks decoded ahead of steady streams' (audio_worker; 0: none)
     align_chunks: bool = True  # later chunks close on the engine's step clock (see Engine._chunk_ready)
     # A sentence whose successor is already queued does not flush the decoder: the request's audio is one decode
     # session, its chunks keep the usual size and batch with other streams' (a flush's odd-sized chunk and the
@@ -473,7 +474,8 @@ class Engine(EngineAPI):
                     tokens, handle.tokens = handle.tokens, []
                     ended, handle.ended = handle.ended, []
                     handle.chunks_submitted += 1
-                    jobs.append(AudioJob(handle, tokens, False, time.perf_counter(), ended))
+                    jobs.append(AudioJob(handle, tokens, False, time.perf_counter(), ended,
+                                         urgent=handle.chunks_submitted <= self.config.urgent_chunks))
             elif ev.kind == "sentence_end":
                 handle.ended.append((ev.sentence.tag, len(handle.tokens)))
                 # The next sentence queued: its tokens continue this decode (one stream of audio, chunks of the

@@ -23,6 +23,10 @@ def test_a_round_batches_distinct_requests_and_keeps_each_requests_order():
     ending = [AudioJob(a, ["a9"], flush=True), AudioJob(a, None), AudioJob(b, ["b9"], flush=True), AudioJob(b, None),
               AudioJob(c, ["c3"])]
     assert _round(ending, 8) == [("batch", ["a9", "b9", "c3"]), ("end", "A"), ("end", "B")]
+    # a request's first chunks go first, in a batch of their own; every request's jobs stay in order
+    urgent = [AudioJob(a, ["a5"]), AudioJob(b, ["b1"], urgent=True), AudioJob(c, ["c7"]), AudioJob(a, ["a6"]),
+              AudioJob(b, ["b2"], urgent=True)]
+    assert _round(urgent, 8) == [("batch", ["b1"]), ("batch", ["b2"]), ("batch", ["a5", "c7"]), ("batch", ["a6"])]
     many = [AudioJob(i, [i]) for i in range(5)]
     assert _round(many, 2) == [("batch", [0, 1]), ("batch", [2, 3]), ("batch", [4])]
 
