@@ -40,6 +40,8 @@ class Settings(BaseSettings):
                                  "a time)")
     audio_batch_wait_ms: float = Field(50.0, ge=0, description="Under load, the longest the audio thread lets a "
                                        "batch of chunks fill (0: never waits)")
+    audio_urgent_chunks: int = Field(2, ge=0, description="A request's first chunks decoded ahead of steady "
+                                     "streams', in a batch of their own and without the fill wait (0: none)")
     audio_process: Literal["auto", "on", "off"] = Field("auto", description="Decode audio (codec decoder + "
                                                         "vocoder) in a process of its own, beside the LM loop "
                                                         "instead of sharing its interpreter lock; auto = on with "

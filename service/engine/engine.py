@@ -90,7 +90,7 @@ class EngineConfig:
                    request_timeout_s=settings.request_timeout_s, first_chunk_tokens=settings.first_chunk_tokens,
                    chunk_tokens=settings.chunk_tokens, client_queue_chunks=settings.client_queue_chunks,
                    stall_timeout_s=settings.stall_timeout_s, audio_max_batch=settings.audio_max_batch,
-                   audio_batch_wait_s=settings.audio_batch_wait_ms / 1e3,
+                   audio_batch_wait_s=settings.audio_batch_wait_ms / 1e3, urgent_chunks=settings.audio_urgent_chunks,
                    gil_switch_interval_s=settings.gil_switch_interval_ms / 1e3, dtype=dtype,
                    ssm_dtype=dtypes[settings.ssm_dtype],
                    sampling=SamplingConfig(seed=settings.seed))
