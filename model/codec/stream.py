@@ -14,6 +14,10 @@ bound the difference). ``push(..., flush=True)`` ends the utterance: every stage
 does, the rest comes out, and the stream starts afresh for the next sentence (sentences are decoded independently;
 each ends in the silence the corpus utterances end in).
 
+Many streams decode together (``CodecSpeechDecoder.push_many``, the server's audio batches): one run per stage for
+all streams whose states share a signature, whatever their chunk lengths (ragged batches, ``streaming.Lens``); on
+CUDA the batches are padded to a few shapes, since cuDNN plans every new conv shape (~4 ms of host time each).
+
 Token ids are in the LM's vocabulary: ``token_offset`` is subtracted (ids outside the codebook are clamped, never a
 crash). The voice is looked up by name among the codec's trained voices; an unknown voice uses the "no voice"
 embedding the decoder was trained with by voice dropout.

@@ -20,6 +20,8 @@ their own rows, so they can run as one batch: ``StreamState`` stacks their state
 dimension into one of them, runs the ordinary ``step``/``push`` on the stacked input, and hands each stream its
 row back. Only offsets relative to the kept frames are counters (``StreamConvTranspose1d.skip``), never absolute
 positions, so streams at different points of their utterances share a signature once their look-back is full.
+Their inputs need not have equal lengths: ``step_ragged`` runs a padded batch whose rows end at different frames
+(``Lens``).
 """
 
 from __future__ import annotations
