@@ -74,9 +74,9 @@ class FrameInterpStream:
         if n_end <= self.j:
             return self.buf.new_zeros(*self.buf.shape[:-1], 0)
         lo, hi, w = _interp_positions(np.array([self.j]), n_end - self.j, self.step, np.array([have]))
-        w = torch.from_numpy(w[0]).to(self.buf.dtype).to(self.buf.device)
-        lo_i = torch.from_numpy(lo[0] - self.base).to(self.buf.device)
-        hi_i = torch.from_numpy(hi[0] - self.base).to(self.buf.device)
+        w = to_device(torch.from_numpy(w[0]).to(self.buf.dtype), self.buf.device)
+        lo_i = to_device(lo[0] - self.base, self.buf.device)
+        hi_i = to_device(hi[0] - self.base, self.buf.device)
         out = self.buf[..., lo_i] * (1 - w) + self.buf[..., hi_i] * w
         self.j = n_end
         keep_from = self._keep_from(have)
@@ -106,8 +106,8 @@ class FrameInterpStream:
         M = int(m.max())
         if M > 0:
             lo, hi, w = _interp_positions(j0, M, first.step, have)  # past a row's m: clamped, unused
-            w = torch.from_numpy(w).to(buf.dtype).to(buf.device)[:, None, :]
-            idx = torch.from_numpy(np.stack([lo - base[:, None], hi - base[:, None]])).to(buf.device)
+            w = to_device(torch.from_numpy(w).to(buf.dtype), buf.device)[:, None, :]
+            idx = to_device(np.stack([lo - base[:, None], hi - base[:, None]]), buf.device)
             out = (buf.gather(2, idx[0][:, None, :].expand(B, C, M)) * (1 - w)
                    + buf.gather(2, idx[1][:, None, :].expand(B, C, M)) * w)
         else:
@@ -153,6 +153,8 @@ class CodecDecoderStream:
 
     @torch.inference_mode()
     def push(self, tokens: Sequence[int], *, flush: bool) -> np.ndarray:
+        if self.owner.shape_buckets:  # one stream's shapes bucketed like a batch's (see CodecSpeechDecoder.push_many)
+            return self.owner.push_many([self], [tokens], [flush])[0]
         codec = self.owner.codec
         for st in self.states:  # its state may be stacked with others' since a push_many
             st.unpack()
@@ -168,7 +170,8 @@ class CodecDecoderStream:
 
 def _padded(x: torch.Tensor, lens: Lens, rows: int, width: int) -> tuple[torch.Tensor, Lens]:
     """A ragged batch padded to ``rows`` rows (as long as the first) and ``width`` frames (past every row's end)."""
-    x = F.pad(x, (0, width - x.shape[-1], 0, 0, 0, rows - x.shape[0]))
+    if (rows, width) != (x.shape[0], x.shape[-1]):
+        x = F.pad(x, (0, width - x.shape[-1], 0, 0, 0, rows - x.shape[0]))
     return x, Lens(lens.values + lens.values[:1] * (rows - len(lens)), lens.device)
 
 
@@ -381,7 +384,7 @@ class CodecSpeechDecoder:
         if not self.shape_buckets:
             return
         top = bucket(max(1, max_batch), ROW_BUCKETS)
-        widths = sorted({bucket(n, WIDTH_BUCKETS) for n in (chunk, chunk + 1, 2 * chunk)})
+        widths = sorted({bucket(n, WIDTH_BUCKETS) for n in range(chunk, 2 * chunk + 1)})
         for rows in (b for b in ROW_BUCKETS if b <= top):
             streams = [CodecDecoderStream(self, 0, 1.0) for _ in range(rows)]  # shapes do not depend on the voice
             for n in (first_chunk, *widths):

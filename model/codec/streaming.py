@@ -59,10 +59,6 @@ class Lens:
         self.device = torch.device(device)
 
     @classmethod
-    def full(cls, rows: int, n: int, device) -> Lens:
-        return cls([n] * rows, device)
-
-    @classmethod
     def minimum(cls, lens: Sequence[Lens]) -> Lens:
         return cls(map(min, zip(*(x.values for x in lens))), lens[0].device)
 
@@ -391,7 +387,7 @@ def _release_stragglers(packs: Sequence[_Pack]) -> None:
     for pack in packs:
         left = pack.stragglers()
         if left and 4 * len(left) <= pack.rows:
-            rows = torch.tensor([st.row for st in left], device=_device(pack.values))
+            rows = to_device(torch.tensor([st.row for st in left]), _device(pack.values))
             own = _Pack([_take(v, rows) for v in pack.values], left)
             for r, st in enumerate(left):
                 st.pack, st.row = own, r
@@ -426,7 +422,7 @@ def _gather(states: Sequence[StreamState]) -> list[Any]:
                 continue
             rows: slice | torch.Tensor = slice(r0, r0 + len(members))
         else:
-            rows = torch.tensor(members, device=_device(pack.values))
+            rows = to_device(torch.tensor(members), _device(pack.values))
         parts.append([_take(v, rows) for v in pack.values])
     return [_stack(cell) for cell in zip(*parts)]
 

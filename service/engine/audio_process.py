@@ -84,7 +84,7 @@ def _child(conn, factory: str, root: str, spec: dict, threads: int | None) -> No
                 if sid not in streams:
                     streams[sid] = decoder.open(voice, speed=speed)
                 batch.append(streams[sid])
-            if push_many is not None:  # one stream too: its shapes are bucketed there (see CodecSpeechDecoder)
+            if push_many is not None and len(batch) > 1:
                 pcm = push_many(batch, tokens, flush)
             else:
                 pcm = [s.push(t, flush=f) for s, t, f in zip(batch, tokens, flush)]

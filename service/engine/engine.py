@@ -549,8 +549,7 @@ class Engine(EngineAPI):
             return
         self.metrics.audio_decode_batch_size.observe(len(live))
         push_many = getattr(self.pipeline.decoder, "push_many", None)
-        # one job too where the decoder buckets its shapes (CUDA): its single-stream push would plan new ones
-        if push_many is not None and (len(live) > 1 or getattr(self.pipeline.decoder, "shape_buckets", False)):
+        if push_many is not None and len(live) > 1:
             try:
                 pcms = push_many([j.handle.decoder for j in live], [j.tokens for j in live],
                                  [j.flush for j in live])

@@ -251,7 +251,7 @@ def test_push_many_gives_each_stream_what_it_gives_alone(speech_decoder, monkeyp
 
     alone = {}
     for name, (voice, speed, _) in plans.items():
-        s = dec.open(voice, speed=speed)
+        s = speech_decoder.open(voice, speed=speed)  # the plain single-stream path, unbucketed
         alone[name] = [s.push(t, flush=f) for t, f in pieces(name)]
 
     groups, interp_groups, resample_groups = [], [], []
@@ -292,7 +292,7 @@ def test_push_many_runs_chunks_of_different_lengths_as_one_batch(speech_decoder,
     toks = [tokens(30, dec, seed=i) for i in range(5)]
     alone = []
     for i in range(5):
-        s, pos, outs = dec.open("alice"), 0, []
+        s, pos, outs = speech_decoder.open("alice"), 0, []  # the plain single-stream path, unbucketed
         for lens in plan:
             outs.append(s.push(toks[i][pos:pos + lens[i]], flush=False))
             pos += lens[i]
@@ -318,6 +318,24 @@ def test_push_many_runs_chunks_of_different_lengths_as_one_batch(speech_decoder,
         assert [len(p) for p in g] == [len(p) for p in w]
         torch.testing.assert_close(torch.from_numpy(np.concatenate(g)), torch.from_numpy(np.concatenate(w)),
                                    **BATCH_TOL)
+
+
+def test_a_lone_push_with_shape_buckets_runs_bucketed(speech_decoder, monkeypatch):
+    """Where shapes are bucketed, one stream's push goes through push_many (no shape of its own for cuDNN to plan)
+    and gives what the plain path gives."""
+    calls = []
+    real = CodecSpeechDecoder.push_many
+    monkeypatch.setattr(CodecSpeechDecoder, "push_many", lambda self, streams, toks, flush: calls.append(
+        len(streams)) or real(self, streams, toks, flush))
+    toks = tokens(20, speech_decoder)
+    plain, bucketed = speech_decoder.open("alice"), _decoder(speech_decoder, True).open("alice")
+    want = [plain.push(toks[:12], flush=False), plain.push(toks[12:], flush=True)]
+    assert calls == []
+    got = [bucketed.push(toks[:12], flush=False), bucketed.push(toks[12:], flush=True)]
+    assert calls == [1, 1]
+    for g, w in zip(got, want):
+        assert len(g) == len(w)
+        torch.testing.assert_close(torch.from_numpy(g), torch.from_numpy(w), **BATCH_TOL)
 
 
 def test_warm_up_runs_every_row_bucket_through_a_streams_shapes(speech_decoder, monkeypatch):
