@@ -13,8 +13,9 @@ Under load the batches are let fill: when jobs arrived while the last round ran 
 until its oldest job has waited as long as that round took, at most ``max_wait_s``, or until ``max_batch`` jobs are
 there — unless an urgent job (a request's first chunks) is queued. A round decodes the requests with urgent jobs
 first, in batches of their own, then the others: a new stream's first audio does not wait for a batch of hundreds
-of steady streams that each have seconds of audio buffered. A batch's cost grows far slower than its size (one launch per op for all streams), and while this thread
-sleeps the engine loop, which shares the GIL with it, produces more chunks. Without a backlog nothing waits.
+of steady streams that each have seconds of audio buffered. A batch's cost grows far slower than its size (one
+launch per op for all streams), and while this thread sleeps the engine loop, which shares the GIL with it,
+produces more chunks. Without a backlog nothing waits.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class AudioWorker:
             with self._cv:
                 while not self._jobs and not self._stopped:
                     self._cv.wait()
-                if self._fill_s > 0 and not any(job.urgent for job in self._jobs):
+                if self._fill_s > 0:
                     deadline = time.perf_counter() + self._fill_s
                     while (not self._stopped and len(self._jobs) < self.max_batch
                            and not any(job.urgent for job in self._jobs)):
