@@ -228,6 +228,11 @@ def _steps(seconds: float, count: float) -> dict:
     return {"count": count, "mean_ms": 1e3 * seconds / count if count > 0 else None}
 
 
+_STAGE = "mamtra_first_audio_stage_seconds"
+FIRST_AUDIO_STAGES = {"1": ("queue", "prefill", "tokens", "audio_wait", "audio_decode", "delivery"),
+                      "2": ("tokens", "audio_wait", "audio_decode", "delivery")}
+
+
 def server_summary(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict:
     """Engine and audio-thread load over a level (deltas of /metrics) and the memory after it."""
     def delta(name: str) -> float:
@@ -247,6 +252,11 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
         "audio_wait_mean_s": ratio(delta("mamtra_audio_decode_wait_seconds_sum"),
                                    delta("mamtra_audio_decode_wait_seconds_count")),
         "audio_batches": audio_jobs,
+        # where the first two chunks' time went (the server's stages, mean ms; see mamtra_first_audio_stage_seconds)
+        "first_audio_stages_ms": {chunk: {stage: ratio(1e3 * delta(f'{_STAGE}_sum{{chunk="{chunk}",stage="{stage}"}}'),
+                                                       delta(f'{_STAGE}_count{{chunk="{chunk}",stage="{stage}"}}'))
+                                          for stage in stages}
+                                  for chunk, stages in FIRST_AUDIO_STAGES.items()},
         "speech_tokens": delta("mamtra_speech_tokens_total"),
         "server_underruns": delta("mamtra_underruns_total"),
         # per step kind (decode, prefill, mixed): steps and mean wall time; what prefills cost the decode loop
@@ -388,6 +398,7 @@ def run_model(model_dir: Path, label: str, config: ServeConfig, out: Path, *, ra
                      "server": server_summary(before, after, wall)}
             levels.append(level)
             print(format_row(label, level), flush=True)
+            print(format_stages(level), flush=True)
     return {"model": label, "random_weights": random_preset is not None, "preset": random_preset,
             "model_dir": None if random_preset else str(model_dir), "startup_s": startup_s, "voice": voice,
             "settings": settings, "memory_idle": server_summary(idle, idle, 1.0)["memory"], "levels": levels,
@@ -466,6 +477,15 @@ def format_row(label: str, level: dict) -> str:
             f"{num(level['x_realtime_aggregate'], '.1f'):>8} {num(srv['engine_busy'], '.2f'):>6} "
             f"{num(srv['audio_busy'], '.2f'):>6} {num(srv['audio_batch_mean'], '.1f'):>5} "
             f"{num(peak and peak / 2**30, '.2f'):>8}")
+
+
+def format_stages(level: dict) -> str:
+    """The server's first-audio stages of a level, mean ms: ``chunk 1: queue 0 prefill 9 ... | chunk 2: ...``."""
+    parts = []
+    for chunk, stages in level["server"].get("first_audio_stages_ms", {}).items():
+        cells = " ".join(f"{stage} {'-' if ms is None else format(ms, '.0f')}" for stage, ms in stages.items())
+        parts.append(f"chunk {chunk}: {cells}")
+    return "    first audio, mean ms: " + " | ".join(parts)
 
 
 def format_table(result: dict) -> str:

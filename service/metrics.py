@@ -40,6 +40,13 @@ class Metrics:
             "than real time)", buckets=RTF_BUCKETS, registry=r)
         self.queue_wait = Histogram(
             "mamtra_queue_wait_seconds", "Time a request waited for a state slot", buckets=LATENCY_BUCKETS, registry=r)
+        # Where a request's first audio goes (and its second chunk's, which a player with only the first chunk
+        # buffered waits for): per chunk 1/2, the stages in order; their sum is the engine's share of the TTFA.
+        self.first_audio_stage = Histogram(
+            "mamtra_first_audio_stage_seconds", "A request's first two chunks by stage: queue (waiting for a slot), "
+            "prefill (admitted to first token), tokens (to the chunk's last token; chunk 2: from chunk 1's), "
+            "audio_wait (queued for the audio stage), audio_decode (its decode batch), delivery (to the response "
+            "stream)", ["chunk", "stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.request_duration = Histogram(
             "mamtra_request_duration_seconds", "Request arrival to its last audio chunk", buckets=LATENCY_BUCKETS,
             registry=r)

@@ -36,9 +36,10 @@ class AudioJob:
     handle: Any
     tokens: list[int] | None  # None: the end-of-stream job
     flush: bool = False  # the decoder emits everything it holds back (and starts afresh)
-    submitted: float = 0.0
+    submitted: float = 0.0  # time.monotonic() when handed to the worker
     ended: list[tuple[Any, int]] = field(default_factory=list)  # (sentence, k): it ends after tokens[:k]
     urgent: bool = False  # a request's first chunks: time to first audio, and a player with almost nothing buffered
+    index: int = 0  # the request's chunk number, 1, 2, ... (0: the end-of-stream job)
 
     @property
     def is_decode(self) -> bool:

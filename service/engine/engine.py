@@ -111,6 +111,8 @@ class _Handle(StreamHandle):
         self.created = time.monotonic()
         self.deadline = self.created + engine.config.request_timeout_s
         self.admitted_at: float | None = None
+        self.first_token_at: float | None = None  # engine thread (the first-audio stages)
+        self.first_chunk_at: float | None = None  # engine thread: chunk 1 handed to the audio thread
         self.closed = False  # no more chunks will be produced
         self.produced = 0  # chunks posted (written by the audio thread only)
         self.empty_jobs = 0  # decode jobs that produced no chunk (audio thread only)
@@ -164,6 +166,8 @@ class _Handle(StreamHandle):
                 if isinstance(item, StreamFailed):
                     raise item
                 self.consumed += 1
+                if item.seq < 2 and item.made_at is not None:
+                    self._engine._stage(item.seq + 1, "delivery", time.monotonic() - item.made_at)
                 yield item
         finally:
             self._engine._live.discard(self)
@@ -470,22 +474,20 @@ class Engine(EngineAPI):
             elif ev.kind == "token":
                 handle.tokens.append(ev.token)
                 handle.tokens_emitted += 1
+                if handle.first_token_at is None:
+                    handle.first_token_at = time.monotonic()
+                    if handle.admitted_at is not None:
+                        self._stage(1, "queue", handle.admitted_at - handle.created)
+                        self._stage(1, "prefill", handle.first_token_at - handle.admitted_at)
                 if self._chunk_ready(handle):
-                    tokens, handle.tokens = handle.tokens, []
-                    ended, handle.ended = handle.ended, []
-                    handle.chunks_submitted += 1
-                    jobs.append(AudioJob(handle, tokens, False, time.perf_counter(), ended,
-                                         urgent=handle.chunks_submitted <= self.config.urgent_chunks))
+                    jobs.append(self._chunk_job(handle, flush=False))
             elif ev.kind == "sentence_end":
                 handle.ended.append((ev.sentence.tag, len(handle.tokens)))
                 # The next sentence queued: its tokens continue this decode (one stream of audio, chunks of the
                 # usual size, which batch with other streams'). Otherwise flush: the sentence's last audio leaves
                 # now, not when more text arrives.
                 if not (ev.continues and self.config.continuous_audio):
-                    tokens, handle.tokens = handle.tokens, []
-                    ended, handle.ended = handle.ended, []
-                    handle.chunks_submitted += 1
-                    jobs.append(AudioJob(handle, tokens, True, time.perf_counter(), ended))
+                    jobs.append(self._chunk_job(handle, flush=True))
             elif ev.kind == "finished":
                 self.metrics.speech_tokens.inc(handle.tokens_emitted)
                 with self._lock:
@@ -503,7 +505,26 @@ class Engine(EngineAPI):
                     handle._post(StreamFailed("shutting_down", "the server shut down before the audio was done"))
                 # Completed: end after the audio thread has emitted everything queued before this. Otherwise the
                 # stream has ended already; the job still releases its decoder state after what is queued.
-                jobs.append(AudioJob(handle, None, False, time.perf_counter()))
+                jobs.append(AudioJob(handle, None, False, time.monotonic()))
+
+    def _chunk_job(self, handle: _Handle, *, flush: bool) -> AudioJob:
+        """Hand the request's pending tokens (and the sentences they end) to the audio thread as its next chunk; a
+        request's first ``urgent_chunks`` chunks are urgent, whether the step clock or a sentence end closed them."""
+        tokens, handle.tokens = handle.tokens, []
+        ended, handle.ended = handle.ended, []
+        handle.chunks_submitted += 1
+        index = handle.chunks_submitted
+        now = time.monotonic()
+        if index == 1:
+            handle.first_chunk_at = now
+            if handle.first_token_at is not None:
+                self._stage(1, "tokens", now - handle.first_token_at)
+        elif index == 2 and handle.first_chunk_at is not None:
+            self._stage(2, "tokens", now - handle.first_chunk_at)
+        return AudioJob(handle, tokens, flush, now, ended, urgent=index <= self.config.urgent_chunks, index=index)
+
+    def _stage(self, chunk: int, stage: str, seconds: float) -> None:
+        self.metrics.first_audio_stage.labels(chunk=str(chunk), stage=stage).observe(max(0.0, seconds))
 
     def _chunk_ready(self, handle: _Handle) -> bool:
         """Whether a request's pending tokens make a chunk now. The first chunk of a request closes at
@@ -523,11 +544,14 @@ class Engine(EngineAPI):
         """Audio thread: chunks of distinct requests -> PCM, through the decoder's ``push_many`` when it has one
         (each request's audio as if decoded alone), else one by one. Timed: the audio stage's load and backlog are
         metrics."""
-        start = time.perf_counter()
+        start = time.monotonic()
         with self._audio_context():
             for job, pcm in self._decode_jobs(jobs, start):
+                if job.index in (1, 2):
+                    self._stage(job.index, "audio_wait", start - job.submitted)
+                    self._stage(job.index, "audio_decode", time.monotonic() - start)
                 self._emit(job.handle, pcm, job)
-        self.metrics.audio_decode_seconds.observe(time.perf_counter() - start)
+        self.metrics.audio_decode_seconds.observe(time.monotonic() - start)
 
     def _decode_jobs(self, jobs: list[AudioJob], start: float):
         """(job, PCM) for every job whose request is still open and decodes without a fault."""
@@ -581,7 +605,7 @@ class Engine(EngineAPI):
             handle.empty_jobs += 1
             return
         self.metrics.audio_seconds.inc(len(pcm) / SAMPLE_RATE)
-        chunk = AudioChunk(pcm=_to_int16(pcm), seq=handle.seq, words=words)
+        chunk = AudioChunk(pcm=_to_int16(pcm), seq=handle.seq, words=words, made_at=time.monotonic())
         handle.seq += 1
         handle._post(chunk)
 

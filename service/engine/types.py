@@ -43,6 +43,7 @@ class AudioChunk:
     pcm: np.ndarray  # (n,) int16 mono at SAMPLE_RATE
     seq: int  # 0, 1, 2, ... per stream
     words: list[WordTiming] = field(default_factory=list)  # words whose audio ends in this chunk
+    made_at: float | None = None  # time.monotonic() when the audio stage posted it (the delivery stage's start)
 
     @property
     def duration(self) -> float:

@@ -100,11 +100,17 @@ def test_server_summary_from_prometheus_text():
     m.audio_decode_seconds.observe(1.0)
     m.audio_decode_wait.observe(0.2)
     m.state_bytes.set(1234)
+    m.first_audio_stage.labels(chunk="1", stage="tokens").observe(0.05)
+    m.first_audio_stage.labels(chunk="1", stage="tokens").observe(0.07)
+    m.first_audio_stage.labels(chunk="2", stage="audio_wait").observe(0.3)
     after = parse_prometheus(m.render().decode())
     s = server_summary(before, after, wall_s=2.0)
     assert s["engine_busy"] == pytest.approx(0.375) and s["decode_batch_mean"] == pytest.approx(6.0)
     assert s["audio_busy"] == pytest.approx(0.5) and s["audio_ms_per_batch"] == pytest.approx(1000.0)
     assert s["audio_wait_mean_s"] == pytest.approx(0.2) and s["memory"]["state_bytes"] == 1234
+    stages = s["first_audio_stages_ms"]
+    assert stages["1"]["tokens"] == pytest.approx(60.0) and stages["2"]["audio_wait"] == pytest.approx(300.0)
+    assert stages["1"]["queue"] is None and set(stages["2"]) == {"tokens", "audio_wait", "audio_decode", "delivery"}
 
 
 def test_bench_serve_quick_end_to_end(tmp_path, capsys):

@@ -231,6 +231,62 @@ def test_metrics_are_recorded():
     assert "mamtra_audio_seconds_total 0.4" in text
 
 
+def test_first_audio_stages_account_for_the_first_two_chunks():
+    """Each of the first two chunks records every stage once; chunk 1's stages add up to no more than the time from
+    the request to its first chunk in the client's hands."""
+    async def main():
+        engine = await _started(align_chunks=False, decode_delay_s=0.02)
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            handle = engine.synthesize("Hello there world. Second one!", voice="ava", request_id="s")
+            first_at, chunks = None, []
+            async for chunk in handle.chunks():
+                first_at = first_at or loop.time()
+                chunks.append(chunk)
+        finally:
+            await engine.stop()
+        return engine.metrics.registry.get_sample_value, first_at - start, len(chunks)
+
+    value, ttfa, n_chunks = run(main())
+    assert n_chunks >= 3
+    stages = {1: ("queue", "prefill", "tokens", "audio_wait", "audio_decode", "delivery"),
+              2: ("tokens", "audio_wait", "audio_decode", "delivery")}
+    for chunk, names in stages.items():
+        for stage in names:
+            labels = {"chunk": str(chunk), "stage": stage}
+            assert value("mamtra_first_audio_stage_seconds_count", labels) == 1, (chunk, stage)
+    assert value("mamtra_first_audio_stage_seconds_count", {"chunk": "2", "stage": "prefill"}) is None
+    total = sum(value("mamtra_first_audio_stage_seconds_sum", {"chunk": "1", "stage": s}) for s in stages[1])
+    assert value("mamtra_first_audio_stage_seconds_sum", {"chunk": "1", "stage": "audio_decode"}) >= 0.02
+    assert 0.02 <= total <= ttfa + 1e-3
+
+
+def test_a_requests_first_chunks_are_urgent_whether_the_step_clock_or_a_sentence_end_closes_them():
+    """A one-sentence request shorter than the first chunk: its only chunk is the sentence end's flush, and it is
+    urgent like any first chunk (time to first audio); later chunks are not."""
+    async def main(text, first_chunk_tokens):
+        engine = await _started(align_chunks=False, first_chunk_tokens=first_chunk_tokens)
+        submitted = []
+        submit_many = engine._audio.submit_many
+
+        def spy(jobs):
+            submitted.extend(jobs)
+            submit_many(jobs)
+
+        engine._audio.submit_many = spy
+        try:
+            await _collect(engine.synthesize(text, voice="ava", request_id="u"))
+        finally:
+            await engine.stop()
+        return [(job.index, job.flush, job.urgent) for job in submitted if job.is_decode]
+
+    short = run(main("Hi.", 12))  # a sentence is 10 tokens here
+    assert short == [(1, True, True)]
+    longer = run(main("Hello there world. Second one!", 2))
+    assert [urgent for _, _, urgent in longer] == [i <= 2 for i, _, _ in longer] and len(longer) >= 3
+
+
 def test_audio_of_concurrent_requests_is_decoded_in_batches_in_order():
     """With a slow decoder that has push_many, chunks of concurrent requests are decoded together (never two chunks
     of one request in a batch), and every request gets the same audio, words and chunk order as when chunks are
