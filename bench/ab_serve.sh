@@ -2,6 +2,7 @@
 # The serve benchmark on several trees one after another in one device call (A/B of a change: only rows of one
 # call are comparable). Trees: label=dir, e.g. a `git archive REV model service bench` unpacked under .carry/.
 # Carry .whl .carry/serve_whl .carry/hifigan_pkg and the trees; results in $OUT/LABEL/serve.json.
+# A tree may carry server settings: label=dir@VAR=value,VAR=value (e.g. "hold0=.@MAMTRA_PREFILL_HOLD_STEPS=0").
 # Usage: bash bench/ab_serve.sh "old=.carry/old new=." -- [mamtra bench serve options]
 set -uo pipefail
 R=$PWD
@@ -10,8 +11,9 @@ export PYTHONUNBUFFERED=1
 trees=$1; shift; shift
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 for spec in $trees; do
-  label=${spec%%=*}; dir=$(cd ${spec#*=} && pwd)
+  label=${spec%%=*}; rest=${spec#*=}; where=${rest%%@*}; dir=$(cd $where && pwd)
+  envs=(); [[ $rest == *@* ]] && IFS=, read -ra envs <<< "${rest#*@}"
   mkdir -p $OUT/$label
-  (cd $dir && PYTHONPATH=/tmp/site:$dir:$R/.carry/hifigan_pkg timeout 280 python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT/$label', *sys.argv[1:]]))" "$@" 2>&1 | grep -v '%|' | grep -E "^mamtra|^transformer|largest" | sort -u | sed "s/^/$label /")
+  (cd $dir && env "${envs[@]}" PYTHONPATH=/tmp/site:$dir:$R/.carry/hifigan_pkg timeout 280 python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT/$label', *sys.argv[1:]]))" "$@" 2>&1 | grep -v '%|' | grep -E "^mamtra|^transformer|largest|first audio" | awk '!seen[$0]++' | sed "s/^/$label /")
   rm -f $OUT/$label/*.png $OUT/$label/*.log
 done

@@ -202,3 +202,63 @@ def test_sentence_end_says_whether_the_next_sentence_is_queued():
         _, events = _step(s)
         ends += [e.continues for e in events if e.kind == "sentence_end"]
     assert ends == [True, False]
+
+
+def _prefilled(plan):
+    return sorted(c.request_id for c in plan.prefills)
+
+
+def test_prompts_wait_while_streams_decode_and_are_prefilled_together():
+    """prefill_hold_steps: while a stream decodes, arrivals are held until the oldest has waited that many steps,
+    then prefilled in one step; the running stream decodes in every step meanwhile."""
+    s = _sched(max_streams=4, max_queue=0, prefill_budget_tokens=100, max_prefill_seqs=4, prefill_hold_steps=3)
+    s.add_request("a", voice_ids=[1])
+    s.add_sentence("a", Sentence((10,), max_tokens=50))
+    plan, _ = _step(s)
+    assert _prefilled(plan) == ["a"]  # nothing decodes yet: at once
+    s.add_request("b", voice_ids=[1])
+    s.add_sentence("b", Sentence((10,), max_tokens=50))
+    plans = [_step(s)[0]]
+    s.add_request("c", voice_ids=[1])
+    s.add_sentence("c", Sentence((10,), max_tokens=50))
+    plans += [_step(s)[0] for _ in range(4)]
+    assert [_prefilled(p) for p in plans] == [[], [], [], ["b", "c"], []]  # b held 3 steps; c goes with it
+    assert all("a" in [d.request_id for d in p.decodes] for p in plans)
+    assert sorted(d.request_id for d in plans[-1].decodes) == ["a", "b", "c"]
+
+
+def test_a_full_prefill_goes_at_once_and_a_chunked_prompt_is_not_held_between_chunks():
+    s = _sched(max_streams=5, max_queue=0, prefill_budget_tokens=4, max_prefill_seqs=2, prefill_hold_steps=5)
+    s.add_request("a", voice_ids=[1])
+    s.add_sentence("a", Sentence((10,), max_tokens=50))
+    _step(s)
+    for rid in "bc":  # two waiting = max_prefill_seqs: no hold
+        s.add_request(rid, voice_ids=[1])
+        s.add_sentence(rid, Sentence((10,), max_tokens=50))
+    assert _prefilled(_step(s)[0]) == ["b", "c"]
+    s.add_request("d", voice_ids=[1, 2])  # a prompt of 4 tokens fills the budget: no hold
+    s.add_sentence("d", Sentence((10, 11), max_tokens=50))
+    assert _prefilled(_step(s)[0]) == ["d"]
+    s.add_request("e", voice_ids=[1, 2, 3])  # 6 tokens: 4 at once, the other 2 in the next step
+    s.add_sentence("e", Sentence((10, 11, 12), max_tokens=50))
+    plans = [_step(s)[0] for _ in range(3)]
+    assert [_prefilled(p) for p in plans] == [["e"], ["e"], []]
+    assert [c.sample for p in plans[:2] for c in p.prefills] == [False, True]
+
+
+def test_a_continuation_prompt_is_held_too_and_nothing_holds_without_decodes():
+    s = _sched(max_streams=2, max_queue=0, prefill_budget_tokens=64, prefill_hold_steps=2)
+    s.add_request("a", voice_ids=[1])
+    s.add_sentence("a", Sentence((10,), max_tokens=2))
+    s.add_sentence("a", Sentence((11,), max_tokens=30))
+    s.add_request("b", voice_ids=[1])
+    s.add_sentence("b", Sentence((10,), max_tokens=30))
+    assert _prefilled(_step(s)[0]) == ["a", "b"]
+    plan, events = _step(s)  # a's first sentence ends at its cap: its next prompt waits while b decodes
+    assert [e.kind for e in events if e.request_id == "a"] == ["token", "sentence_end"]
+    assert [_prefilled(_step(s)[0]) for _ in range(3)] == [[], ["a"], []]
+    s.cancel("b")
+    s.add_request("c", voice_ids=[1])
+    s.add_sentence("c", Sentence((10,), max_tokens=30))
+    s.cancel("a")
+    assert _prefilled(_step(s)[0]) == ["c"]  # nothing decodes: at once
