@@ -30,9 +30,6 @@ class Settings(BaseSettings):
     prefill_budget_tokens: int = Field(512, ge=16, description="Prompt tokens prefilled per engine step")
     prefill_graphs: bool = Field(True, description="On CUDA, replay prefills from CUDA graphs (sequences × tokens "
                                  "buckets) instead of launching their kernels one by one")
-    prefill_hold_steps: int = Field(4, ge=0, description="While streams decode, prompts wait up to this many "
-                                    "engine steps to be prefilled together (a step with a prefill slows every "
-                                    "stream's; 0: prefill at once)")
     max_input_chars: int = Field(4096, ge=1, description="Longest accepted `input`")
     request_timeout_s: float = Field(300.0, gt=0, description="Per-request wall-clock limit")
     first_chunk_tokens: int = Field(12, ge=1, description="Speech tokens in the first audio chunk (time to first "

@@ -62,7 +62,6 @@ class EngineConfig:
     # per batch size: every size is warmed at startup, so a burst of arrivals never stalls the loop on autotuning.
     max_prefill_seqs: int = 8
     prefill_graphs: bool = True  # on CUDA: prefills replayed from CUDA graphs where a bucket holds them
-    prefill_hold_steps: int = 4  # while streams decode, prompts wait up to this many steps to go together (scheduler)
     request_timeout_s: float = 300.0
     first_chunk_tokens: int = 12
     chunk_tokens: int = 16
@@ -88,7 +87,6 @@ class EngineConfig:
             else dtypes[settings.dtype]
         return cls(max_streams=settings.max_streams, max_queue=settings.max_queue, max_context=settings.max_context,
                    prefill_budget_tokens=settings.prefill_budget_tokens, prefill_graphs=settings.prefill_graphs,
-                   prefill_hold_steps=settings.prefill_hold_steps,
                    request_timeout_s=settings.request_timeout_s, first_chunk_tokens=settings.first_chunk_tokens,
                    chunk_tokens=settings.chunk_tokens, client_queue_chunks=settings.client_queue_chunks,
                    stall_timeout_s=settings.stall_timeout_s, audio_max_batch=settings.audio_max_batch,
@@ -207,7 +205,7 @@ class Engine(EngineAPI):
         self.scheduler = Scheduler(SchedulerConfig(
             max_streams=config.max_streams, max_queue=config.max_queue, max_context=max_context,
             prefill_budget_tokens=config.prefill_budget_tokens, eos_id=pipeline.eos_id,
-            max_prefill_seqs=config.max_prefill_seqs, prefill_hold_steps=config.prefill_hold_steps))
+            max_prefill_seqs=config.max_prefill_seqs))
         self.runner: Runner | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()

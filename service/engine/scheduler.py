@@ -12,11 +12,6 @@ Policies:
   is full the caller is told to come back later (429).
 - **Decode first**: every running stream that has a token to feed decodes in every step; prefill only fills the
   remaining per-step token budget, chunked if a prompt is longer, so a new request never stalls running streams.
-- **Prefills gathered**: while streams decode, a step with a prefill costs them all (a prefill of one prompt costs
-  about as much as a decode step of the whole batch; of eight, not much more), so prompts are held until the oldest
-  has waited ``prefill_hold_steps`` steps or a full prefill (``max_prefill_seqs``, or the token budget) is waiting,
-  and go together. Under a stream of arrivals most steps then decode only, and every running stream's tokens — a new
-  request's first chunk among them — come faster. With nothing decoding, prompts go at once.
 - **Context restarts**: before a sentence whose prompt plus token cap would pass ``max_context``, the slot is reset
   and the context restarts from the voice prompt (at a sentence boundary, as in training).
 - **Context format**: ``[voice][text₁][SOS][speech₁][EOS][text₂][SOS][speech₂][EOS]…`` — the EOS that ends a
@@ -94,11 +89,9 @@ class SchedulerConfig:
     prefill_budget_tokens: int
     eos_id: int
     max_prefill_seqs: int = 0  # sequences prefilled per step (0: as many as the token budget takes)
-    prefill_hold_steps: int = 0  # while streams decode, prompts wait up to this many steps to be prefilled together
 
     def __post_init__(self) -> None:
-        if (self.max_streams < 1 or self.max_queue < 0 or self.prefill_budget_tokens < 1 or self.max_context < 2
-                or self.prefill_hold_steps < 0):
+        if self.max_streams < 1 or self.max_queue < 0 or self.prefill_budget_tokens < 1 or self.max_context < 2:
             raise ValueError(f"invalid scheduler config {self}")
 
 
@@ -130,8 +123,6 @@ class _Request:
     generated: int = 0  # speech tokens in the current sentence
     needs_reset: bool = False
     paused: bool = False
-    prefill_since: int = 0  # the plan (step number) at which its pending prompt started waiting
-    prefill_started: bool = False  # part of the pending prompt is in (a chunked prefill): the rest is never held
 
 
 class AdmissionError(Exception):
@@ -147,7 +138,6 @@ class Scheduler:
         self._waiting: deque[str] = deque()
         self._free_slots = list(range(config.max_streams - 1, -1, -1))
         self._seq = itertools.count()
-        self._plans = 0  # plans made: the clock of prefill_hold_steps
         self.events: list[Event] = []
 
     # --- requests in ---------------------------------------------------------------------------------------------
@@ -218,7 +208,6 @@ class Scheduler:
 
     # --- the step ------------------------------------------------------------------------------------------------
     def plan(self) -> StepPlan:
-        self._plans += 1
         self._admit()
         resets = []
         for req in self._requests.values():
@@ -230,11 +219,8 @@ class Scheduler:
             for r in self._running() if r.phase == Phase.DECODE and not r.paused)
         budget = self.config.prefill_budget_tokens
         prefills = []
-        waiting = [r for r in self._running() if r.phase == Phase.PREFILL]
-        if decodes and not self._prefill_due(waiting):
-            waiting = []
         # Oldest first, so a long prompt cannot be overtaken indefinitely by newer short ones.
-        for req in sorted(waiting, key=lambda r: r.seq):
+        for req in sorted((r for r in self._running() if r.phase == Phase.PREFILL), key=lambda r: r.seq):
             if budget <= 0 or (self.config.max_prefill_seqs and len(prefills) >= self.config.max_prefill_seqs):
                 break
             take = req.pending_prompt[:budget]
@@ -242,15 +228,6 @@ class Scheduler:
             prefills.append(PrefillChunk(req.id, req.slot, req.context_len, tuple(take), sample=last))
             budget -= len(take)
         return StepPlan(resets=tuple(resets), prefills=tuple(prefills), decodes=decodes)
-
-    def _prefill_due(self, waiting: list[_Request]) -> bool:
-        """While streams decode: whether this step prefills (see the module's policies)."""
-        c = self.config
-        if not waiting or c.prefill_hold_steps == 0:
-            return bool(waiting)
-        return (any(r.prefill_started or self._plans - r.prefill_since >= c.prefill_hold_steps for r in waiting)
-                or (c.max_prefill_seqs and len(waiting) >= c.max_prefill_seqs)
-                or sum(len(r.pending_prompt) for r in waiting) >= c.prefill_budget_tokens)
 
     def update(self, plan: StepPlan, result: StepResult) -> list[Event]:
         """Apply a finished step. Requests cancelled while it ran are skipped (their slot is already free)."""
@@ -260,7 +237,6 @@ class Scheduler:
                 continue
             req.context_len += len(chunk.token_ids)
             del req.pending_prompt[: len(chunk.token_ids)]
-            req.prefill_started = not chunk.sample
             if chunk.sample:
                 req.phase = Phase.DECODE
                 self._on_sampled(req, result.sampled[chunk.request_id])
@@ -322,7 +298,6 @@ class Scheduler:
         req.current = sentence
         req.generated = 0
         req.phase = Phase.PREFILL
-        req.prefill_since = self._plans
 
     def _on_sampled(self, req: _Request, token: int) -> None:
         eos = self.config.eos_id
