@@ -147,7 +147,7 @@ class CodecDecoderStream:
         o = self.owner
         self.net = o.codec.decoder.stream(self.voice_index)
         self.interp = FrameInterpStream(o.codec.config.grid_per_mel * self.speed)
-        self.vocoder: VocoderStream = o.vocoder.stream()
+        self.vocoder: VocoderStream = o.vocoder.stream(channels_last=o.channels_last)
         self.resampler = ResamplerStream(device=o.vocoder.device)
         self.states = tuple(StreamState(stage) for stage in (self.net, self.interp, self.vocoder, self.resampler))
 
@@ -220,14 +220,17 @@ class CodecSpeechDecoder:
     """``SpeechDecoder`` on a trained codec's decoder and the pretrained vocoder."""
 
     def __init__(self, codec: SpeechCodec, vocoder: Vocoder, *, token_offset: int = 0,
-                 voice_names: dict[str, str] | None = None, shape_buckets: bool | None = None):
-        """``shape_buckets``: pad batches to a few shapes (see ``push_many``); default: on CUDA."""
+                 voice_names: dict[str, str] | None = None, shape_buckets: bool | None = None,
+                 channels_last: bool | None = None):
+        """``shape_buckets``: pad batches to a few shapes (see ``push_many``); ``channels_last``: the vocoder's
+        activations in the layout cuDNN's convs use (``Vocoder.stream``); both default to on with CUDA."""
         self.codec = codec.eval()
         self.vocoder = vocoder
         self.token_offset = token_offset
         self.voice_names = dict(voice_names or {})  # service voice id → codec voice name, where they differ
         self.device = next(codec.decoder.parameters()).device
         self.shape_buckets = self.device.type == "cuda" if shape_buckets is None else shape_buckets
+        self.channels_last = vocoder.device.type == "cuda" if channels_last is None else channels_last
 
     @classmethod
     def load(cls, codec_dir: str | Path, *, device: torch.device | str = "cpu", token_offset: int = 0,

@@ -103,11 +103,25 @@ def _window_index(starts: tuple[int, ...], width: int, device: torch.device) -> 
 
 
 def take_rows(x: torch.Tensor, starts: Lens, width: int) -> torch.Tensor:
-    """``x[r, :, starts[r] : starts[r] + width]`` for every row, as a new tensor ``(B, C, width)`` (not a view)."""
+    """``x[r, ..., starts[r] : starts[r] + width]`` for every row, as a new tensor (not a view) in ``x``'s layout."""
     if starts.uniform:
         return x[..., starts.min:starts.min + width].clone()
     idx = _window_index(starts.values, width, x.device)
-    return x.gather(-1, idx[:, None, :].expand(x.shape[0], x.shape[1], width))
+    idx = idx.view(idx.shape[0], *([1] * (x.dim() - 2)), width).expand(*x.shape[:-1], width)
+    return torch.gather(x, -1, idx, out=frames_like(x, width))
+
+
+def frames_like(x: torch.Tensor, width: int, channels: int | None = None) -> torch.Tensor:
+    """An uninitialised tensor shaped like ``x`` with ``width`` frames (and ``channels`` channels), in ``x``'s
+    layout: a 4-D ``(B, C, 1, T)`` activation is channels-last (see ``StreamConv1d``)."""
+    shape = (x.shape[0], x.shape[1] if channels is None else channels, *x.shape[2:-1], width)
+    fmt = torch.channels_last if x.dim() == 4 else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, T)`` → the 4-D channels-last ``(B, C, 1, T)`` the channels-last streaming convs take."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
 
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256)
@@ -125,7 +139,13 @@ def bucket(n: int, buckets: Sequence[int]) -> int:
 
 
 class StreamConv1d:
-    """``F.conv1d(F.pad(x, (left, right)), weight, bias, dilation=dilation, groups=groups)`` streamed."""
+    """``F.conv1d(F.pad(x, (left, right)), weight, bias, dilation=dilation, groups=groups)`` streamed.
+
+    A 4-D ``(out, in, 1, k)`` weight (``channels_last(weight)``) takes 4-D channels-last activations ``(B, C, 1, T)``
+    and runs as a 2-D conv: cuDNN's fast half-precision kernels work channels-last, and on ``(B, C, T)`` tensors
+    they transpose the input in and the output back on every conv (a quarter of a batched HiFi-GAN pass on an H100,
+    docs/BENCHMARKS.md §4); kept channels-last from layer to layer, nothing is transposed.
+    """
 
     STATE = ("buf",)
 
@@ -139,16 +159,21 @@ class StreamConv1d:
         self.dilation, self.groups = dilation, groups
         self.buf: torch.Tensor | None = None
 
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            return F.conv2d(x, self.weight, self.bias, dilation=(1, self.dilation), groups=self.groups)
+        return F.conv1d(x, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
+
     def step(self, x: torch.Tensor, final: bool = False) -> torch.Tensor:
-        x = F.pad(x, (self.left, 0)) if self.buf is None else torch.cat([self.buf, x], dim=-1)
+        x = _act_after(self.buf, x, self.left, None)
         if final:
-            x = F.pad(x, (0, self.right))
+            x = _act_after(None, x, -self.right, None)
         n_out = x.shape[-1] - self.span
         if n_out <= 0:
             self.buf = x
-            return x.new_zeros(x.shape[0], self.weight.shape[0], 0)
+            return frames_like(x, 0, self.weight.shape[0])
         self.buf = x[..., n_out:].clone()  # a copy: a view would keep this call's whole input alive
-        return F.conv1d(x, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
+        return self._conv(x)
 
     def step_ragged(self, x: torch.Tensor, lens: Lens, slope: float | None = None) -> tuple[torch.Tensor, Lens]:
         """``step(x, final=False)`` for rows whose inputs end at ``lens`` (see ``Lens``); with ``slope``,
@@ -160,8 +185,8 @@ class StreamConv1d:
             raise RaggedUnsupported("a row's input is shorter than the conv's look-ahead")
         self.buf = take_rows(x, n_out, self.span)
         if n_out.max == 0:
-            return x.new_zeros(x.shape[0], self.weight.shape[0], 0), n_out
-        return F.conv1d(x, self.weight, self.bias, dilation=self.dilation, groups=self.groups), n_out
+            return frames_like(x, 0, self.weight.shape[0]), n_out
+        return self._conv(x), n_out
 
 
 class StreamConvTranspose1d:
@@ -186,16 +211,21 @@ class StreamConvTranspose1d:
         self.kept: torch.Tensor | None = None
         self.skip = padding
 
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            return F.conv_transpose2d(x, self.weight, self.bias, stride=(1, self.stride))
+        return F.conv_transpose1d(x, self.weight, self.bias, stride=self.stride)
+
     def step(self, x: torch.Tensor, final: bool = False) -> torch.Tensor:
         s, k = self.stride, self.weight.shape[-1]
-        buf = x if self.kept is None else torch.cat([self.kept, x], dim=-1)
+        buf = _act_after(self.kept, x, 0, None)
         n = buf.shape[-1]
         limit = (n - 1) * s + k - self.padding if final else n * s
         kept = buf[..., max(0, n - self.keep):].clone()  # not a view of this call's input
         if n == 0 or limit <= self.skip:
-            out = x.new_zeros(x.shape[0], self.weight.shape[1], 0)
+            out = frames_like(x, 0, self.weight.shape[1])
         else:
-            out = F.conv_transpose1d(buf, self.weight, self.bias, stride=s)[..., self.skip:limit]
+            out = self._conv(buf)[..., self.skip:limit]
         self.skip = max(self.skip, limit) - (n - kept.shape[-1]) * s
         self.kept = kept
         return out
@@ -212,9 +242,9 @@ class StreamConvTranspose1d:
             raise RaggedUnsupported("a row's input is shorter than the transposed conv's look-back")
         out_lens = n * s + (-self.skip)
         if buf.shape[-1] * s > self.skip:
-            out = F.conv_transpose1d(buf, self.weight, self.bias, stride=s)[..., self.skip:buf.shape[-1] * s]
+            out = self._conv(buf)[..., self.skip:buf.shape[-1] * s]
         else:
-            out = x.new_zeros(x.shape[0], self.weight.shape[1], 0)
+            out = frames_like(x, 0, self.weight.shape[1])
         self.kept = take_rows(buf, n + (-self.keep), self.keep)
         self.skip = self.keep * s  # what every row's max(skip, limit) − (n − keep)·s comes to when limit ≥ skip
         return out, out_lens
@@ -222,21 +252,28 @@ class StreamConvTranspose1d:
 
 def _after(kept: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     """``kept`` followed by ``x`` along time (``x`` itself when nothing is kept: no copy)."""
-    return x if kept is None or kept.shape[-1] == 0 else torch.cat([kept, x], dim=-1)
+    return x if kept is None or kept.shape[-1] == 0 else _act_after(kept, x, 0, None)
 
 
 def _act_after(kept: torch.Tensor | None, x: torch.Tensor, left: int, slope: float | None) -> torch.Tensor:
-    """``kept`` (or ``left`` zeros when None) followed by ``leaky_relu(x, slope)`` (``x`` when ``slope`` is None),
-    the activation written straight into the joined buffer (one pass over ``x`` instead of two)."""
-    if slope is None:
-        return F.pad(x, (left, 0)) if kept is None else torch.cat([kept, x], dim=-1)
+    """``kept`` (or ``left`` zeros when None; ``left`` < 0: ``-left`` zeros after ``x``) followed by
+    ``leaky_relu(x, slope)`` (``x`` when ``slope`` is None), the activation written straight into the joined buffer
+    (one pass over ``x`` instead of two), in ``x``'s layout."""
+    if kept is None and left < 0:
+        out = frames_like(x, x.shape[-1] - left)
+        out[..., x.shape[-1]:].zero_()
+        out[..., :x.shape[-1]].copy_(x)
+        return out
     have = left if kept is None else kept.shape[-1]
-    out = x.new_empty(*x.shape[:-1], have + x.shape[-1])
+    out = frames_like(x, have + x.shape[-1])
     if kept is None:
         out[..., :have].zero_()
     else:
         out[..., :have].copy_(kept)
-    torch.ops.aten.leaky_relu.out(x, slope, out=out[..., have:])
+    if slope is None:
+        out[..., have:].copy_(x)
+    else:
+        torch.ops.aten.leaky_relu.out(x, slope, out=out[..., have:])
     return out
 
 

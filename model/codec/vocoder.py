@@ -37,7 +37,8 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torchaudio.functional.functional import _get_sinc_resample_kernel
 
-from model.codec.streaming import AlignedSum, Lens, StreamConv1d, StreamConvTranspose1d, to_device
+from model.codec.streaming import (AlignedSum, Lens, StreamConv1d, StreamConvTranspose1d, channels_last,
+                                   to_device)
 
 OUTPUT_SAMPLE_RATE = 24_000
 VOCODER_SAMPLE_RATE = 22_050
@@ -135,6 +136,7 @@ class Vocoder:
         self.generator = generator
         self.device = next(generator.parameters()).device
         self.dtype = next(generator.parameters()).dtype
+        self._streams: dict[bool, _StreamWeights] = {}  # the streams' weights, per layout (Vocoder.stream)
 
     @classmethod
     def load(cls, name: str = "universal", *, device: torch.device | str = "cpu",
@@ -158,18 +160,48 @@ class Vocoder:
             y = self.generator(x)[:, 0].float()
         return y[0] if squeeze else y
 
-    def stream(self) -> VocoderStream:
-        return VocoderStream(self.generator)
+    def stream(self, *, channels_last: bool = False) -> VocoderStream:
+        """A stream of its own (state) on the shared weights; ``channels_last``: its activations are 4-D
+        channels-last (``model.codec.streaming.StreamConv1d``; the faster layout for cuDNN's half-precision convs)."""
+        weights = self._streams.get(channels_last)
+        if weights is None:
+            weights = self._streams[channels_last] = _StreamWeights(self.generator, channels_last)
+        return VocoderStream(weights)
+
+
+def _conv(conv: torch.nn.Module, four_d: bool, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A conv's weight and bias as the streams use them (``scale``: its input's scale folded into the weight)."""
+    w = conv.weight if scale == 1.0 else conv.weight.detach() * scale
+    return (channels_last(w.detach()) if four_d else w), conv.bias
+
+
+class _StreamWeights:
+    """The generator's conv weights in the streams' layout, made once per vocoder and layout and shared by every
+    stream. Each upsampling stage ends in the mean of its residual blocks; the 1/k of that mean is folded into the
+    next conv's weights (leaky-ReLU commutes with a positive scale), which saves a pass over the stage's output."""
+
+    def __init__(self, g: torch.nn.Module, four_d: bool):
+        self.four_d = four_d
+        k = g.num_kernels
+        self.pre = _conv(g.conv_pre, four_d), g.conv_pre.padding[0]
+        self.ups = [(_conv(up, four_d, 1.0 if i == 0 else 1.0 / k), up.stride[0], up.padding[0])
+                    for i, up in enumerate(g.ups)]
+        self.res = [[[(_conv(c1, four_d), c1.padding[0], c1.dilation[0], _conv(c2, four_d), c2.padding[0],
+                       c2.dilation[0]) for c1, c2 in zip(block.convs1, block.convs2)]
+                     for block in g.resblocks[i * k:(i + 1) * k]] for i in range(len(g.ups))]
+        self.post = _conv(g.conv_post, four_d, 1.0 / k), g.conv_post.padding[0]
+        self.num_kernels = k
+        self.device, self.dtype = g.conv_pre.weight.device, g.conv_pre.weight.dtype
 
 
 class _ResBlockStream:
     CHILDREN = ("pairs",)
 
-    def __init__(self, block: torch.nn.Module):
+    def __init__(self, convs: list[tuple]):
         self.pairs = []
-        for c1, c2 in zip(block.convs1, block.convs2):
-            s1 = StreamConv1d(c1.weight, c1.bias, left=c1.padding[0], right=c1.padding[0], dilation=c1.dilation[0])
-            s2 = StreamConv1d(c2.weight, c2.bias, left=c2.padding[0], right=c2.padding[0], dilation=c2.dilation[0])
+        for (w1, b1), pad1, dil1, (w2, b2), pad2, dil2 in convs:
+            s1 = StreamConv1d(w1, b1, left=pad1, right=pad1, dilation=dil1)
+            s2 = StreamConv1d(w2, b2, left=pad2, right=pad2, dilation=dil2)
             self.pairs.append((s1, s2, AlignedSum(2)))
 
     def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
@@ -192,31 +224,33 @@ class VocoderStream:
     CHILDREN = ("pre", "ups", "res", "mix", "post")
     TALLIES = ("frames_in", "samples_out")
 
-    def __init__(self, generator: torch.nn.Module):
-        g = generator
-        self.pre = StreamConv1d(g.conv_pre.weight, g.conv_pre.bias, left=g.conv_pre.padding[0],
-                                right=g.conv_pre.padding[0])
-        self.ups = [StreamConvTranspose1d(up.weight, up.bias, stride=up.stride[0], padding=up.padding[0])
-                    for up in g.ups]
-        k = g.num_kernels
-        self.res = [[_ResBlockStream(g.resblocks[i * k + j]) for j in range(k)] for i in range(len(g.ups))]
-        self.mix = [AlignedSum(k) for _ in g.ups]
-        self.post = StreamConv1d(g.conv_post.weight, g.conv_post.bias, left=g.conv_post.padding[0],
-                                 right=g.conv_post.padding[0])
-        self.device, self.dtype = g.conv_pre.weight.device, g.conv_pre.weight.dtype
+    def __init__(self, weights: _StreamWeights):
+        w = weights
+        (wb, pad) = w.pre
+        self.pre = StreamConv1d(*wb, left=pad, right=pad)
+        self.ups = [StreamConvTranspose1d(*wb, stride=stride, padding=pad) for wb, stride, pad in w.ups]
+        self.res = [[_ResBlockStream(convs) for convs in stage] for stage in w.res]
+        self.mix = [AlignedSum(w.num_kernels) for _ in w.ups]
+        (wb, pad) = w.post
+        self.post = StreamConv1d(*wb, left=pad, right=pad)
+        self.device, self.dtype, self.four_d = w.device, w.dtype, w.four_d
         self.frames_in = 0
         self.samples_out = 0
+
+    def _input(self, mel: torch.Tensor) -> torch.Tensor:
+        x = mel.to(self.device, self.dtype)
+        return channels_last(x) if self.four_d else x
 
     @torch.inference_mode()
     def push(self, mel: torch.Tensor, final: bool = False) -> torch.Tensor:
         squeeze = mel.dim() == 2
-        x = (mel[None] if squeeze else mel).to(self.device, self.dtype)
+        x = self._input(mel[None] if squeeze else mel)
         self.frames_in += x.shape[-1]
         x = self.pre.step(x, final)
         for up, blocks, mix in zip(self.ups, self.res, self.mix):
             x = up.step(F.leaky_relu(x, LRELU_SLOPE), final)
-            x = mix.step([b.step(x, final) for b in blocks]) / len(blocks)
-        x = torch.tanh(self.post.step(F.leaky_relu(x), final))[:, 0].float()  # (B, n·256)
+            x = mix.step([b.step(x, final) for b in blocks])  # the mean's 1/k is in the next conv's weights
+        x = torch.tanh(self.post.step(F.leaky_relu(x), final)).reshape(x.shape[0], -1).float()  # (B, n·256)
         self.samples_out += x.shape[-1]
         return x[0] if squeeze else x
 
@@ -224,14 +258,13 @@ class VocoderStream:
     def push_ragged(self, mel: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
         """``push(mel[r:r+1, :, :lens[r]])`` of every row at once (``model.codec.streaming.Lens``) → ``(B, W)`` audio
         and its ``Lens``. Leaves the tallies to the caller (they differ per row: ``count``)."""
-        x, n = self.pre.step_ragged(mel.to(self.device, self.dtype), lens)
+        x, n = self.pre.step_ragged(self._input(mel), lens)
         for up, blocks, mix in zip(self.ups, self.res, self.mix):
             x, n = up.step_ragged(x, n, LRELU_SLOPE)
             outs = [b.step_ragged(x, n) for b in blocks]
-            x, n = mix.step_ragged([o for o, _ in outs], [m for _, m in outs])
-            x = x / len(blocks)
+            x, n = mix.step_ragged([o for o, _ in outs], [m for _, m in outs])  # 1/k: in the next conv
         x, n = self.post.step_ragged(x, n, 0.01)  # torch's default slope, as the generator's last activation
-        return torch.tanh(x)[:, 0].float(), n
+        return torch.tanh(x).reshape(x.shape[0], -1).float(), n
 
     def count(self, frames: int, samples: int) -> None:
         self.frames_in += frames

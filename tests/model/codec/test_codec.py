@@ -223,8 +223,10 @@ BATCH_TOL = dict(rtol=0, atol=1e-5)  # batched vs alone: the same ops per row, o
 
 
 def _decoder(base: CodecSpeechDecoder, buckets: bool) -> CodecSpeechDecoder:
-    """The same decoder, with or without the shape buckets it uses on CUDA (padded batches, split sentence ends)."""
-    return CodecSpeechDecoder(base.codec, base.vocoder, token_offset=base.token_offset, shape_buckets=buckets)
+    """The same decoder, with or without what it does on CUDA: shape buckets (padded batches, split sentence ends)
+    and the vocoder's channels-last activations."""
+    return CodecSpeechDecoder(base.codec, base.vocoder, token_offset=base.token_offset, shape_buckets=buckets,
+                              channels_last=buckets)
 
 
 @pytest.mark.parametrize("buckets", [False, True])

@@ -64,13 +64,53 @@ def test_copy_synthesis_of_real_speech_keeps_the_mel_and_level(vocoder, tmp_path
     assert 0.75 < ratio < 1.33, ratio
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("sizes", [[3, 1, 7, 20, 0, 13], [1] * 30, [60]])
-def test_streamed_vocoder_equals_offline(vocoder, speechlike_mel, sizes):
+def test_streamed_vocoder_equals_offline(vocoder, speechlike_mel, sizes, channels_last):
     ref = vocoder.synthesise(speechlike_mel)
-    outs = stream_in_chunks(vocoder.stream(), speechlike_mel, sizes)
+    outs = stream_in_chunks(vocoder.stream(channels_last=channels_last), speechlike_mel, sizes)
     got = torch.cat(outs)
     torch.testing.assert_close(got, ref, **STREAM_TOL)
     assert sum(o.numel() for o in outs[:-1]) > 0  # audio leaves before the end, not all at flush
+
+
+def test_channels_last_ragged_batches_convolve_channels_last_tensors_only(vocoder, speechlike_mel, monkeypatch):
+    """The channels-last stream's point: every conv of a batched (ragged) push reads a channels-last tensor, so
+    cuDNN transposes nothing; and each row's audio is what the plain (B, C, T) stream gives it."""
+    import model.codec.streaming as streaming
+    from model.codec.streaming import Lens
+
+    layouts = []
+    for name in ("conv2d", "conv_transpose2d"):
+        real = getattr(streaming.F, name)
+
+        def spy(x, *a, _real=real, **k):
+            layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+            return _real(x, *a, **k)
+        monkeypatch.setattr(streaming.F, name, spy)
+    plain = [vocoder.stream() for _ in range(3)]
+    fast = [vocoder.stream(channels_last=True) for _ in range(3)]
+    from model.codec.streaming import StreamState, run_batched
+
+    def rounds(streams):
+        states = [StreamState(s) for s in streams]
+        outs = [[] for _ in streams]
+        pos = [0, 0, 0]
+        for lens in ([20, 20, 20], [7, 3, 5], [4, 9, 6]):
+            mel = torch.zeros(3, speechlike_mel.shape[0], max(lens))
+            for r, n in enumerate(lens):
+                mel[r, :, :n] = speechlike_mel[:, pos[r]:pos[r] + n]
+                pos[r] += n
+            audio, n_out = run_batched(states, lambda root, m=mel, ln=lens: root.push_ragged(m, Lens(ln, "cpu")))
+            for r in range(3):
+                outs[r].append(audio[r, :n_out.values[r]])
+        return [torch.cat(o) for o in outs]
+
+    want, got = rounds(plain), rounds(fast)
+    assert layouts and all(layouts), f"{layouts.count(False)} of {len(layouts)} convs read another layout"
+    for w, g in zip(want, got):
+        assert w.numel() > 0 and w.shape == g.shape
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
 
 
 def boundary_jumps(audio: np.ndarray, boundaries: list[int]) -> np.ndarray:
@@ -191,8 +231,9 @@ def _state_bytes(obj, seen=None) -> int:
         for x in obj:
             _state_bytes(x, seen)
     elif hasattr(obj, "__dict__"):
-        for x in vars(obj).values():
-            _state_bytes(x, seen)
+        for name, x in vars(obj).items():
+            if name not in ("weight", "bias"):  # shared by every stream (some are prepared copies, not Parameters)
+                _state_bytes(x, seen)
     return sum(seen.values())
 
 
