@@ -81,11 +81,12 @@ def test_channels_last_ragged_batches_convolve_channels_last_tensors_only(vocode
     from model.codec.streaming import Lens
 
     layouts = []
-    for name in ("conv2d", "conv_transpose2d"):
-        real = getattr(streaming.F, name)
+    for name in ("conv2d", "conv_transpose2d", "conv1d"):  # conv1d: the last conv (one output channel) reads
+        real = getattr(streaming.F, name)                   # (B, C, T), cuDNN's fast layout for it
+        fmt = torch.contiguous_format if name == "conv1d" else torch.channels_last
 
-        def spy(x, *a, _real=real, **k):
-            layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+        def spy(x, *a, _real=real, _fmt=fmt, **k):
+            layouts.append(x.is_contiguous(memory_format=_fmt))
             return _real(x, *a, **k)
         monkeypatch.setattr(streaming.F, name, spy)
     plain = [vocoder.stream() for _ in range(3)]
