@@ -183,15 +183,16 @@ class _StreamWeights:
     def __init__(self, g: torch.nn.Module, four_d: bool):
         self.four_d = four_d
         k = g.num_kernels
-        self.pre = _conv(g.conv_pre, four_d), g.conv_pre.padding[0]
+        # The first and the last conv read (B, C, T): channels-last, cuDNN picks a slow direct kernel for the first
+        # one (80 mel channels in; 61 ms of a 64-stream pass on an H100, against ~36 ms for all the rest). The
+        # channels-last layout starts at the first upsampling's join, which writes it.
+        self.pre = _conv(g.conv_pre, False), g.conv_pre.padding[0]
         self.ups = [(_conv(up, four_d, 1.0 if i == 0 else 1.0 / k), up.stride[0], up.padding[0])
                     for i, up in enumerate(g.ups)]
         self.res = [[[(_conv(c1, four_d), c1.padding[0], c1.dilation[0], _conv(c2, four_d), c2.padding[0],
                        c2.dilation[0]) for c1, c2 in zip(block.convs1, block.convs2)]
                      for block in g.resblocks[i * k:(i + 1) * k]] for i in range(len(g.ups))]
-        # One output channel: channels-last, cuDNN has only a slow direct kernel for it (61 ms of a 64-stream pass
-        # on an H100, against ~36 ms for all the rest), so the last conv reads (B, C, T) — its input's transpose
-        # is written by the activation before it, no extra pass.
+        # (The last one has a single output channel; its input's transpose is written by the activation before it.)
         self.post = _conv(g.conv_post, False, 1.0 / k), g.conv_post.padding[0]
         self.num_kernels = k
         self.device, self.dtype = g.conv_pre.weight.device, g.conv_pre.weight.dtype
@@ -241,15 +242,18 @@ class VocoderStream:
         self.samples_out = 0
 
     def _input(self, mel: torch.Tensor) -> torch.Tensor:
-        x = mel.to(self.device, self.dtype)
-        return channels_last(x) if self.four_d else x
+        return mel.to(self.device, self.dtype)
+
+    def _after_pre(self, x: torch.Tensor) -> torch.Tensor:
+        """The first conv's ``(B, C, T)`` output as the 4-D view the channels-last convs' joins copy from."""
+        return x.unsqueeze(2) if self.four_d else x
 
     @torch.inference_mode()
     def push(self, mel: torch.Tensor, final: bool = False) -> torch.Tensor:
         squeeze = mel.dim() == 2
         x = self._input(mel[None] if squeeze else mel)
         self.frames_in += x.shape[-1]
-        x = self.pre.step(x, final)
+        x = self._after_pre(self.pre.step(x, final))
         for up, blocks, mix in zip(self.ups, self.res, self.mix):
             x = up.step(F.leaky_relu(x, LRELU_SLOPE), final)
             x = mix.step([b.step(x, final) for b in blocks])  # the mean's 1/k is in the next conv's weights
@@ -263,6 +267,7 @@ class VocoderStream:
         """``push(mel[r:r+1, :, :lens[r]])`` of every row at once (``model.codec.streaming.Lens``) → ``(B, W)`` audio
         and its ``Lens``. Leaves the tallies to the caller (they differ per row: ``count``)."""
         x, n = self.pre.step_ragged(self._input(mel), lens)
+        x = self._after_pre(x)
         for up, blocks, mix in zip(self.ups, self.res, self.mix):
             x, n = up.step_ragged(x, n, LRELU_SLOPE)
             outs = [b.step_ragged(x, n) for b in blocks]
