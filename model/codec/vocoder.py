@@ -183,11 +183,13 @@ class _StreamWeights:
     def __init__(self, g: torch.nn.Module, four_d: bool):
         self.four_d = four_d
         k = g.num_kernels
-        # The first and the last conv read (B, C, T): channels-last, cuDNN picks a slow direct kernel for the first
-        # one (80 mel channels in; 61 ms of a 64-stream pass on an H100, against ~36 ms for all the rest). The
-        # channels-last layout starts at the first upsampling's join, which writes it.
+        # Channels-last are the residual blocks' convs (all but 5 of HiFi-GAN's 79, and most of its time); the first
+        # and the last conv (80 mel channels in, one channel out) read (B, C, T), as cuDNN has good kernels for them.
+        # Each switch of layout is written by the join (and activation) of the conv after it: no extra pass.
         self.pre = _conv(g.conv_pre, False), g.conv_pre.padding[0]
-        self.ups = [(_conv(up, four_d, 1.0 if i == 0 else 1.0 / k), up.stride[0], up.padding[0])
+        # The upsampling (transposed) convs read (B, C, T) as well: channels-last, cuDNN ran one of them with a
+        # slow direct kernel (61 ms of a 64-stream pass on an H100, against ~36 ms for every other conv together).
+        self.ups = [(_conv(up, False, 1.0 if i == 0 else 1.0 / k), up.stride[0], up.padding[0])
                     for i, up in enumerate(g.ups)]
         self.res = [[[(_conv(c1, four_d), c1.padding[0], c1.dilation[0], _conv(c2, four_d), c2.padding[0],
                        c2.dilation[0]) for c1, c2 in zip(block.convs1, block.convs2)]
@@ -244,21 +246,24 @@ class VocoderStream:
     def _input(self, mel: torch.Tensor) -> torch.Tensor:
         return mel.to(self.device, self.dtype)
 
-    def _after_pre(self, x: torch.Tensor) -> torch.Tensor:
-        """The first conv's ``(B, C, T)`` output as the 4-D view the channels-last convs' joins copy from."""
-        return x.unsqueeze(2) if self.four_d else x
+    def _four(self, x: torch.Tensor) -> torch.Tensor:
+        """A ``(B, C, T)`` conv output as the 4-D view that the channels-last convs' joins copy from."""
+        return x.unsqueeze(2) if self.four_d and x.dim() == 3 else x
+
+    def _three(self, x: torch.Tensor) -> torch.Tensor:
+        """A channels-last activation as the ``(B, C, T)`` view that a plain conv's join copies from."""
+        return x.squeeze(2) if x.dim() == 4 else x
 
     @torch.inference_mode()
     def push(self, mel: torch.Tensor, final: bool = False) -> torch.Tensor:
         squeeze = mel.dim() == 2
         x = self._input(mel[None] if squeeze else mel)
         self.frames_in += x.shape[-1]
-        x = self._after_pre(self.pre.step(x, final))
+        x = self.pre.step(x, final)
         for up, blocks, mix in zip(self.ups, self.res, self.mix):
-            x = up.step(F.leaky_relu(x, LRELU_SLOPE), final)
+            x = self._four(up.step(F.leaky_relu(self._three(x), LRELU_SLOPE), final))
             x = mix.step([b.step(x, final) for b in blocks])  # the mean's 1/k is in the next conv's weights
-        x = F.leaky_relu(x)
-        x = torch.tanh(self.post.step(x.squeeze(2) if self.four_d else x, final))[:, 0].float()  # (B, n·256)
+        x = torch.tanh(self.post.step(F.leaky_relu(self._three(x)), final))[:, 0].float()  # (B, n·256)
         self.samples_out += x.shape[-1]
         return x[0] if squeeze else x
 
@@ -267,13 +272,13 @@ class VocoderStream:
         """``push(mel[r:r+1, :, :lens[r]])`` of every row at once (``model.codec.streaming.Lens``) → ``(B, W)`` audio
         and its ``Lens``. Leaves the tallies to the caller (they differ per row: ``count``)."""
         x, n = self.pre.step_ragged(self._input(mel), lens)
-        x = self._after_pre(x)
         for up, blocks, mix in zip(self.ups, self.res, self.mix):
-            x, n = up.step_ragged(x, n, LRELU_SLOPE)
+            x, n = up.step_ragged(self._three(x), n, LRELU_SLOPE)
+            x = self._four(x)
             outs = [b.step_ragged(x, n) for b in blocks]
             x, n = mix.step_ragged([o for o, _ in outs], [m for _, m in outs])  # 1/k: in the next conv
         # torch's default slope, as the generator's last activation; written (B, C, T) for the last conv
-        x, n = self.post.step_ragged(x.squeeze(2) if self.four_d else x, n, 0.01)
+        x, n = self.post.step_ragged(self._three(x), n, 0.01)
         return torch.tanh(x)[:, 0].float(), n
 
     def count(self, frames: int, samples: int) -> None:
