@@ -221,16 +221,19 @@ class CodecSpeechDecoder:
 
     def __init__(self, codec: SpeechCodec, vocoder: Vocoder, *, token_offset: int = 0,
                  voice_names: dict[str, str] | None = None, shape_buckets: bool | None = None,
-                 channels_last: bool | None = None):
-        """``shape_buckets``: pad batches to a few shapes (see ``push_many``); ``channels_last``: the vocoder's
-        activations in the layout cuDNN's convs use (``Vocoder.stream``); both default to on with CUDA."""
+                 channels_last: bool = False):
+        """``shape_buckets``: pad batches to a few shapes (see ``push_many``; default: on with CUDA).
+        ``channels_last``: the vocoder's residual convs on channels-last activations (``Vocoder.stream``; default
+        off). On an H100 it removed cuDNN's layout transposes (the convs of a 256-stream pass 59 → 24 ms of GPU
+        time) but cuDNN ran one of the convs with a slow direct kernel (243 ms), so the pass took twice as long:
+        off until that conv is found and kept out of it (docs/BENCHMARKS.md §4)."""
         self.codec = codec.eval()
         self.vocoder = vocoder
         self.token_offset = token_offset
         self.voice_names = dict(voice_names or {})  # service voice id → codec voice name, where they differ
         self.device = next(codec.decoder.parameters()).device
         self.shape_buckets = self.device.type == "cuda" if shape_buckets is None else shape_buckets
-        self.channels_last = vocoder.device.type == "cuda" if channels_last is None else channels_last
+        self.channels_last = bool(channels_last)
 
     @classmethod
     def load(cls, codec_dir: str | Path, *, device: torch.device | str = "cpu", token_offset: int = 0,

@@ -143,8 +143,8 @@ class StreamConv1d:
 
     A 4-D ``(out, in, 1, k)`` weight (``channels_last(weight)``) takes 4-D channels-last activations ``(B, C, 1, T)``
     and runs as a 2-D conv: cuDNN's fast half-precision kernels work channels-last, and on ``(B, C, T)`` tensors
-    they transpose the input in and the output back on every conv (a quarter of a batched HiFi-GAN pass on an H100,
-    docs/BENCHMARKS.md §4); kept channels-last from layer to layer, nothing is transposed.
+    they transpose the input in and the output back on every conv (~33 of ~150 ms of GPU time in a 256-stream
+    HiFi-GAN pass on an H100, docs/BENCHMARKS.md §4); kept channels-last from layer to layer, nothing is transposed.
     """
 
     STATE = ("buf",)
@@ -259,6 +259,10 @@ def _act_after(kept: torch.Tensor | None, x: torch.Tensor, left: int, slope: flo
     """``kept`` (or ``left`` zeros when None; ``left`` < 0: ``-left`` zeros after ``x``) followed by
     ``leaky_relu(x, slope)`` (``x`` when ``slope`` is None), the activation written straight into the joined buffer
     (one pass over ``x`` instead of two), in ``x``'s layout."""
+    if slope is None and x.dim() == 3:  # one op (a pad or a concatenation): the layout is the usual one anyway
+        if kept is not None:
+            return torch.cat([kept, x], dim=-1)
+        return x if left == 0 else F.pad(x, (left, 0) if left > 0 else (0, -left))
     if kept is None and left < 0:
         out = frames_like(x, x.shape[-1] - left)
         out[..., x.shape[-1]:].zero_()

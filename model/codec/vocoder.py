@@ -161,8 +161,9 @@ class Vocoder:
         return y[0] if squeeze else y
 
     def stream(self, *, channels_last: bool = False) -> VocoderStream:
-        """A stream of its own (state) on the shared weights; ``channels_last``: its activations are 4-D
-        channels-last (``model.codec.streaming.StreamConv1d``; the faster layout for cuDNN's half-precision convs)."""
+        """A stream of its own (state) on the shared weights; ``channels_last``: its residual blocks run on 4-D
+        channels-last activations (``model.codec.streaming.StreamConv1d``: the layout of cuDNN's half-precision
+        kernels, no transposes; not the default, see ``CodecSpeechDecoder``)."""
         weights = self._streams.get(channels_last)
         if weights is None:
             weights = self._streams[channels_last] = _StreamWeights(self.generator, channels_last)
@@ -183,18 +184,15 @@ class _StreamWeights:
     def __init__(self, g: torch.nn.Module, four_d: bool):
         self.four_d = four_d
         k = g.num_kernels
-        # Channels-last are the residual blocks' convs (all but 5 of HiFi-GAN's 79, and most of its time); the first
-        # and the last conv (80 mel channels in, one channel out) read (B, C, T), as cuDNN has good kernels for them.
-        # Each switch of layout is written by the join (and activation) of the conv after it: no extra pass.
+        # With ``four_d`` the residual blocks' convs (72 of HiFi-GAN's 79) are channels-last; the first, the
+        # upsampling and the last conv read (B, C, T) in either case. Each change of layout is written by the join
+        # (and activation) of the conv after it: no extra pass.
         self.pre = _conv(g.conv_pre, False), g.conv_pre.padding[0]
-        # The upsampling (transposed) convs read (B, C, T) as well: channels-last, cuDNN ran one of them with a
-        # slow direct kernel (61 ms of a 64-stream pass on an H100, against ~36 ms for every other conv together).
         self.ups = [(_conv(up, False, 1.0 if i == 0 else 1.0 / k), up.stride[0], up.padding[0])
                     for i, up in enumerate(g.ups)]
         self.res = [[[(_conv(c1, four_d), c1.padding[0], c1.dilation[0], _conv(c2, four_d), c2.padding[0],
                        c2.dilation[0]) for c1, c2 in zip(block.convs1, block.convs2)]
                      for block in g.resblocks[i * k:(i + 1) * k]] for i in range(len(g.ups))]
-        # (The last one has a single output channel; its input's transpose is written by the activation before it.)
         self.post = _conv(g.conv_post, False, 1.0 / k), g.conv_post.padding[0]
         self.num_kernels = k
         self.device, self.dtype = g.conv_pre.weight.device, g.conv_pre.weight.dtype
