@@ -1,6 +1,6 @@
 """What the LM loop in another process costs the audio stage on one GPU (GPU profiling aid).
 
-python -m bench.profile_contention [--preset mamtra-1:3] [--streams 64] [--duties 0 0.45 1] [--out DIR]
+python -m bench.profile_contention [--preset mamtra-1:3] [--streams 64] [--duties 0 0.45 1] [--channels-last] [--out DIR]
 
 The server runs the LM loop and the audio stage in two processes (two CUDA contexts, ``MAMTRA_AUDIO_PROCESS``).
 This measures the audio stage's rounds alone and while a background process runs the engine's decode step
@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--duties", type=float, nargs="+", default=[0.0, 0.45, 1.0])
     ap.add_argument("--label", default="")
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--channels-last", action="store_true", help="the vocoder's channels-last layout")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     from model.codec.codec import SpeechCodec
@@ -94,7 +95,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     dec = CodecSpeechDecoder(SpeechCodec(CodecConfig()).to("cuda").eval(),
-                             Vocoder.random(device="cuda", dtype=torch.bfloat16))
+                             Vocoder.random(device="cuda", dtype=torch.bfloat16), channels_last=a.channels_last)
     _audio_rounds(dec, a.streams, 2)  # warm-up
     ctx = mp.get_context("spawn")
     rows = []
@@ -105,7 +106,8 @@ def main() -> None:
             proc = ctx.Process(target=_lm_loop, args=(a.preset, duty, ready, stop, result), daemon=True)
             proc.start()
             ready.wait(600)
-        row = dict(label=a.label, streams=a.streams, lm_duty=duty, **_audio_rounds(dec, a.streams, a.reps))
+        row = dict(label=a.label, streams=a.streams, lm_duty=duty, channels_last=a.channels_last,
+                   **_audio_rounds(dec, a.streams, a.reps))
         if proc is not None:
             stop.set()
             row["lm"] = result.get(timeout=60)
