@@ -1,6 +1,7 @@
 """What the LM loop in another process costs the audio stage on one GPU (GPU profiling aid).
 
-python -m bench.profile_contention [--preset mamtra-1:3] [--streams 64] [--duties 0 0.45 1] [--channels-last] [--out DIR]
+python -m bench.profile_contention [--preset mamtra-1:3] [--streams 64] [--duties 0 0.45 1] [--channels-last]
+    [--out DIR]
 
 The server runs the LM loop and the audio stage in two processes (two CUDA contexts, ``MAMTRA_AUDIO_PROCESS``).
 This measures the audio stage's rounds alone and while a background process runs the engine's decode step
