@@ -218,7 +218,7 @@ class StreamConvTranspose1d:
 
     def step(self, x: torch.Tensor, final: bool = False) -> torch.Tensor:
         s, k = self.stride, self.weight.shape[-1]
-        buf = _act_after(self.kept, x, 0, None)
+        buf = x if self.kept is None else _act_after(self.kept, x, 0, None)
         n = buf.shape[-1]
         limit = (n - 1) * s + k - self.padding if final else n * s
         kept = buf[..., max(0, n - self.keep):].clone()  # not a view of this call's input
@@ -262,7 +262,7 @@ def _act_after(kept: torch.Tensor | None, x: torch.Tensor, left: int, slope: flo
     if slope is None and x.dim() == 3:  # one op (a pad or a concatenation): the layout is the usual one anyway
         if kept is not None:
             return torch.cat([kept, x], dim=-1)
-        return x if left == 0 else F.pad(x, (left, 0) if left > 0 else (0, -left))
+        return F.pad(x, (left, 0) if left >= 0 else (0, -left))
     if kept is None and left < 0:
         out = frames_like(x, x.shape[-1] - left)
         out[..., x.shape[-1]:].zero_()

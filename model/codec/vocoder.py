@@ -241,9 +241,6 @@ class VocoderStream:
         self.frames_in = 0
         self.samples_out = 0
 
-    def _input(self, mel: torch.Tensor) -> torch.Tensor:
-        return mel.to(self.device, self.dtype)
-
     def _four(self, x: torch.Tensor) -> torch.Tensor:
         """A ``(B, C, T)`` conv output as the 4-D view that the channels-last convs' joins copy from."""
         return x.unsqueeze(2) if self.four_d and x.dim() == 3 else x
@@ -255,7 +252,7 @@ class VocoderStream:
     @torch.inference_mode()
     def push(self, mel: torch.Tensor, final: bool = False) -> torch.Tensor:
         squeeze = mel.dim() == 2
-        x = self._input(mel[None] if squeeze else mel)
+        x = (mel[None] if squeeze else mel).to(self.device, self.dtype)
         self.frames_in += x.shape[-1]
         x = self.pre.step(x, final)
         for up, blocks, mix in zip(self.ups, self.res, self.mix):
@@ -269,7 +266,7 @@ class VocoderStream:
     def push_ragged(self, mel: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
         """``push(mel[r:r+1, :, :lens[r]])`` of every row at once (``model.codec.streaming.Lens``) → ``(B, W)`` audio
         and its ``Lens``. Leaves the tallies to the caller (they differ per row: ``count``)."""
-        x, n = self.pre.step_ragged(self._input(mel), lens)
+        x, n = self.pre.step_ragged(mel.to(self.device, self.dtype), lens)
         for up, blocks, mix in zip(self.ups, self.res, self.mix):
             x, n = up.step_ragged(self._three(x), n, LRELU_SLOPE)
             x = self._four(x)
