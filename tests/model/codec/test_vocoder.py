@@ -12,7 +12,7 @@ import torch
 from model.codec.mel import MelSpectrogram
 from model.codec.vocoder import ResamplerStream, resample_to_output
 
-from .conftest import SR, chirp_tones
+from .conftest import SR, chirp_tones, ragged_rounds
 
 STREAM_TOL = dict(rtol=0, atol=1e-4)  # streamed vs offline HiFi-GAN: float rounding of differently shaped convs
 RESAMPLE_TOL = dict(rtol=0, atol=1e-6)
@@ -74,43 +74,16 @@ def test_streamed_vocoder_equals_offline(vocoder, speechlike_mel, sizes, channel
     assert sum(o.numel() for o in outs[:-1]) > 0  # audio leaves before the end, not all at flush
 
 
-def test_channels_last_ragged_batches_convolve_channels_last_tensors_only(vocoder, speechlike_mel, monkeypatch):
-    """The channels-last stream's point: every conv of a batched (ragged) push reads a channels-last tensor, so
-    cuDNN transposes nothing; and each row's audio is what the plain (B, C, T) stream gives it."""
-    import model.codec.streaming as streaming
-    from model.codec.streaming import Lens
-
-    layouts, names = [], []
-    # the residual blocks' convs read channels-last; the first, the last and the upsampling ones (B, C, T)
-    for name in ("conv2d", "conv_transpose2d", "conv1d", "conv_transpose1d"):
-        real = getattr(streaming.F, name)
-        fmt = torch.channels_last if name.endswith("2d") else torch.contiguous_format
-
-        def spy(x, *a, _real=real, _fmt=fmt, _name=name, **k):
-            layouts.append(x.is_contiguous(memory_format=_fmt))
-            names.append(_name)
-            return _real(x, *a, **k)
-        monkeypatch.setattr(streaming.F, name, spy)
-    plain = [vocoder.stream() for _ in range(3)]
-    fast = [vocoder.stream(channels_last=True) for _ in range(3)]
-    from model.codec.streaming import StreamState, run_batched
-
-    def rounds(streams):
-        states = [StreamState(s) for s in streams]
-        outs = [[] for _ in streams]
-        pos = [0, 0, 0]
-        for lens in ([20, 20, 20], [7, 3, 5], [4, 9, 6]):
-            mel = torch.zeros(3, speechlike_mel.shape[0], max(lens))
-            for r, n in enumerate(lens):
-                mel[r, :, :n] = speechlike_mel[:, pos[r]:pos[r] + n]
-                pos[r] += n
-            audio, n_out = run_batched(states, lambda root, m=mel, ln=lens: root.push_ragged(m, Lens(ln, "cpu")))
-            for r in range(3):
-                outs[r].append(audio[r, :n_out.values[r]])
-        return [torch.cat(o) for o in outs]
-
-    want, got = rounds(plain), rounds(fast)
-    assert names.count("conv2d") > 50 and all(layouts), f"{layouts.count(False)} of {len(layouts)} convs read another layout"
+def test_channels_last_ragged_batches_convolve_channels_last_tensors_only(vocoder, speechlike_mel, conv_layouts):
+    """The channels-last stream's point: every 2-D conv of a batched (ragged) push reads a channels-last tensor (the
+    residual blocks'; the first, the last and the upsampling convs read (B, C, T)), so cuDNN transposes nothing; and
+    each row's audio is what the plain (B, C, T) stream gives it."""
+    mels = speechlike_mel[None].expand(3, -1, -1)
+    plan = [[20, 20, 20], [7, 3, 5], [4, 9, 6]]
+    want = ragged_rounds([vocoder.stream() for _ in range(3)], mels, plan)
+    got = ragged_rounds([vocoder.stream(channels_last=True) for _ in range(3)], mels, plan)
+    assert conv_layouts.calls.count("conv2d") > 50
+    assert all(conv_layouts.ok), f"{conv_layouts.ok.count(False)} of {len(conv_layouts.ok)} convs read another layout"
     for w, g in zip(want, got):
         assert w.numel() > 0 and w.shape == g.shape
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
