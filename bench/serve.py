@@ -229,7 +229,7 @@ def _steps(seconds: float, count: float) -> dict:
 
 
 _STAGE = "mamtra_first_audio_stage_seconds"
-FIRST_AUDIO_STAGES = {"1": ("queue", "prefill", "tokens", "audio_wait", "audio_decode", "delivery"),
+FIRST_AUDIO_STAGES = {"1": ("input", "queue", "prefill", "tokens", "audio_wait", "audio_decode", "delivery"),
                       "2": ("tokens", "audio_wait", "audio_decode", "delivery")}
 
 

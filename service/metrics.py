@@ -43,8 +43,9 @@ class Metrics:
         # Where a request's first audio goes (and its second chunk's, which a player with only the first chunk
         # buffered waits for): per chunk 1/2, the stages in order; their sum is the engine's share of the TTFA.
         self.first_audio_stage = Histogram(
-            "mamtra_first_audio_stage_seconds", "A request's first two chunks by stage: queue (waiting for a slot), "
-            "prefill (admitted to first token), tokens (to the chunk's last token; chunk 2: from chunk 1's), "
+            "mamtra_first_audio_stage_seconds", "A request's first two chunks by stage: input (REST: arrival to its "
+            "first sentence handed to the engine: parsing, validation, text front-end), queue (the sentence waiting "
+            "for a slot), prefill (to the first token), tokens (to the chunk's last token; chunk 2: from chunk 1's), "
             "audio_wait (queued for the audio stage), audio_decode (its decode batch), delivery (to the response "
             "stream)", ["chunk", "stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.request_duration = Histogram(

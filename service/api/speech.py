@@ -137,6 +137,9 @@ async def create_speech(body: SpeechRequest, request: Request, engine: EngineDep
             metrics.requests.labels(outcome="rejected").inc()
         raise
     stats = StreamStats(metrics, arrival)
+    handed = getattr(handle, "first_sentence_at", None)  # the first of the first-audio stages (service.metrics)
+    if handed is not None:
+        metrics.first_audio_stage.labels(chunk="1", stage="input").observe(max(0.0, handed - arrival))
     if body.stream_format == "sse":
         return StreamResponse(sse_pieces(handle, encoder, input_chars=len(body.input)),
                               media_type="text/event-stream", headers=dict(STREAM_HEADERS), stats=stats,

@@ -111,6 +111,7 @@ class _Handle(StreamHandle):
         self.created = time.monotonic()
         self.deadline = self.created + engine.config.request_timeout_s
         self.admitted_at: float | None = None
+        self.first_sentence_at: float | None = None  # the first sentence handed to the scheduler (first-audio stages)
         self.first_token_at: float | None = None  # engine thread (the first-audio stages)
         self.first_chunk_at: float | None = None  # engine thread: chunk 1 handed to the audio thread
         self.closed = False  # no more chunks will be produced
@@ -340,6 +341,8 @@ class Engine(EngineAPI):
                                 handle.id, len(prompt))
                     continue
                 self.scheduler.add_sentence(handle.id, Sentence(prompt, cap, tag=s))
+                if handle.first_sentence_at is None:
+                    handle.first_sentence_at = time.monotonic()
         self._wake.set()
 
     def _end_input(self, handle: _Handle) -> None:
@@ -476,9 +479,11 @@ class Engine(EngineAPI):
                 handle.tokens_emitted += 1
                 if handle.first_token_at is None:
                     handle.first_token_at = time.monotonic()
-                    if handle.admitted_at is not None:
-                        self._stage(1, "queue", handle.admitted_at - handle.created)
-                        self._stage(1, "prefill", handle.first_token_at - handle.admitted_at)
+                    if handle.admitted_at is not None and handle.first_sentence_at is not None:
+                        # a slot and a sentence, in either order (a WebSocket stream is admitted before its text)
+                        ready = max(handle.admitted_at, handle.first_sentence_at)
+                        self._stage(1, "queue", ready - handle.first_sentence_at)
+                        self._stage(1, "prefill", handle.first_token_at - ready)
                 if self._chunk_ready(handle):
                     jobs.append(self._chunk_job(handle, flush=False))
             elif ev.kind == "sentence_end":

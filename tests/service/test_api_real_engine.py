@@ -115,3 +115,42 @@ def test_websocket_timestamps_from_an_aligner_are_not_marked_estimated():
         r = client.post("/v1/audio/speech", json={"model": "tts-1", "voice": "ava", "input": "No words. Needed.",
                                                     "response_format": "pcm"})
         assert r.status_code == 200 and len(aligner.calls) == calls
+
+
+def _stage_sum(engine, chunk: str, stage: str) -> float:
+    return engine.metrics.registry.get_sample_value("mamtra_first_audio_stage_seconds_sum",
+                                                    {"chunk": chunk, "stage": stage}) or 0.0
+
+
+def test_first_audio_stages_add_up_to_no_more_than_the_requests_time(served):
+    """REST: the input stage (arrival to the first sentence in the engine) starts the chain; chunk 1's stages add up
+    to at most the request's wall time."""
+    import time
+
+    client, engine = served
+    t = time.monotonic()
+    r = client.post("/v1/audio/speech", json={"model": "tts-1", "voice": "ava", "input": "One. Two.",
+                                                "response_format": "pcm"})
+    wall = time.monotonic() - t
+    assert r.status_code == 200
+    value = engine.metrics.registry.get_sample_value
+    assert value("mamtra_first_audio_stage_seconds_count", {"chunk": "1", "stage": "input"}) == 1
+    stages = ("input", "queue", "prefill", "tokens", "audio_wait", "audio_decode", "delivery")
+    assert 0 < sum(_stage_sum(engine, "1", s) for s in stages) <= wall
+
+
+def test_a_websocket_streams_prefill_stage_starts_at_its_text_not_at_its_start(served):
+    """A WebSocket context holds a slot from its start; the time before its text arrives is nobody's stage."""
+    import time
+
+    client, engine = served
+    with client.websocket_connect("/v1/audio/stream") as ws:
+        ws.send_json({"type": "start", "context_id": "a", "voice": "ava", "format": "pcm"})
+        time.sleep(0.5)
+        ws.send_json({"type": "text", "context_id": "a", "text": "Late words here."})
+        ws.send_json({"type": "close", "context_id": "a"})
+        while ws.receive_json()["type"] != "done":
+            pass
+    assert engine.metrics.registry.get_sample_value("mamtra_first_audio_stage_seconds_count",
+                                                    {"chunk": "1", "stage": "prefill"}) == 1
+    assert _stage_sum(engine, "1", "queue") + _stage_sum(engine, "1", "prefill") < 0.4
