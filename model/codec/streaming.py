@@ -167,7 +167,7 @@ class StreamConv1d:
     def step(self, x: torch.Tensor, final: bool = False) -> torch.Tensor:
         x = _act_after(self.buf, x, self.left, None)
         if final:
-            x = _act_after(None, x, -self.right, None)
+            x = F.pad(x, (0, self.right))
         n_out = x.shape[-1] - self.span
         if n_out <= 0:
             self.buf = x
@@ -256,18 +256,11 @@ def _after(kept: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
 
 
 def _act_after(kept: torch.Tensor | None, x: torch.Tensor, left: int, slope: float | None) -> torch.Tensor:
-    """``kept`` (or ``left`` zeros when None; ``left`` < 0: ``-left`` zeros after ``x``) followed by
-    ``leaky_relu(x, slope)`` (``x`` when ``slope`` is None), the activation written straight into the joined buffer
-    (one pass over ``x`` instead of two), in ``x``'s layout."""
+    """``kept`` (or ``left`` zeros when None) followed by ``leaky_relu(x, slope)`` (``x`` when ``slope`` is None),
+    the activation written straight into the joined buffer (one pass over ``x`` instead of two), in ``x``'s
+    layout."""
     if slope is None and x.dim() == 3:  # one op (a pad or a concatenation): the layout is the usual one anyway
-        if kept is not None:
-            return torch.cat([kept, x], dim=-1)
-        return F.pad(x, (left, 0) if left >= 0 else (0, -left))
-    if kept is None and left < 0:
-        out = frames_like(x, x.shape[-1] - left)
-        out[..., x.shape[-1]:].zero_()
-        out[..., :x.shape[-1]].copy_(x)
-        return out
+        return F.pad(x, (left, 0)) if kept is None else torch.cat([kept, x], dim=-1)
     have = left if kept is None else kept.shape[-1]
     out = frames_like(x, have + x.shape[-1])
     if kept is None:
