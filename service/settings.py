@@ -46,6 +46,9 @@ class Settings(BaseSettings):
                                                         "vocoder) in a process of its own, beside the LM loop "
                                                         "instead of sharing its interpreter lock; auto = on with "
                                                         "CUDA")
+    vocoder_channels_last: bool | None = Field(None, description="The vocoder's residual convs on channels-last "
+                                               "activations (no cuDNN layout transposes; on CUDA); unset: as the "
+                                               "model bundle says (off)")
     gil_switch_interval_ms: float = Field(0.5, gt=0, description="Python's thread switch interval while serving "
                                           "(the event loop, engine and audio threads share the GIL; Python's "
                                           "default is 5 ms)")

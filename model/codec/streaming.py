@@ -145,6 +145,8 @@ class StreamConv1d:
     and runs as a 2-D conv: cuDNN's fast half-precision kernels work channels-last, and on ``(B, C, T)`` tensors
     they transpose the input in and the output back on every conv (~33 of ~150 ms of GPU time in a 256-stream
     HiFi-GAN pass on an H100, docs/BENCHMARKS.md §4); kept channels-last from layer to layer, nothing is transposed.
+    A 3-D weight given 4-D channels-last activations runs that one conv on ``(B, C, T)`` and returns channels-last
+    (its input and output transposed): for the few convs cuDNN runs slowly channels-last (``model.codec.vocoder``).
     """
 
     STATE = ("buf",)
@@ -160,8 +162,11 @@ class StreamConv1d:
         self.buf: torch.Tensor | None = None
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
+        if x.dim() == 4 and self.weight.dim() == 4:
             return F.conv2d(x, self.weight, self.bias, dilation=(1, self.dilation), groups=self.groups)
+        if x.dim() == 4:  # a 3-D weight in a channels-last chain: this conv runs on (B, C, T), its output goes back
+            y = F.conv1d(x.squeeze(2).contiguous(), self.weight, self.bias, dilation=self.dilation, groups=self.groups)
+            return channels_last(y)
         return F.conv1d(x, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
 
     def step(self, x: torch.Tensor, final: bool = False) -> torch.Tensor:

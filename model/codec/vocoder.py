@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 from collections.abc import Sequence
 from functools import lru_cache
@@ -39,6 +40,8 @@ from torchaudio.functional.functional import _get_sinc_resample_kernel
 
 from model.codec.streaming import (AlignedSum, Lens, StreamConv1d, StreamConvTranspose1d, channels_last,
                                    to_device)
+
+log = logging.getLogger(__name__)
 
 OUTPUT_SAMPLE_RATE = 24_000
 VOCODER_SAMPLE_RATE = 22_050
@@ -170,6 +173,46 @@ class Vocoder:
         return VocoderStream(weights)
 
 
+_PAYS: dict[tuple, bool] = {}  # channels_last_pays per conv shape, dilation, dtype and device
+
+
+def channels_last_pays(conv: torch.nn.Module, *, rows: int = 64, frames: int = 512) -> bool:
+    """Whether this conv runs channels-last (``StreamConv1d`` with a 4-D weight) about as fast as on ``(B, C, T)``
+    with its input and output transposed, or faster. cuDNN picks a kernel per conv shape by heuristics, and for a
+    few shapes its channels-last pick is slow: on an H100 (bf16) HiFi-GAN's 256-channel, 7-tap, dilation-5 conv took
+    61 ms for 64 streams' round, more than the other 78 convs together (docs/BENCHMARKS.md §4). On CUDA both ways are
+    timed once per conv shape (``rows`` × ``frames``, median of 5 after 2 warm-ups); elsewhere True."""
+    w = conv.weight.detach()
+    if w.device.type != "cuda":
+        return True
+    dil = conv.dilation[0]
+    key = (tuple(w.shape), dil, w.dtype, w.device)
+    if key not in _PAYS:
+        x = channels_last(torch.randn(rows, w.shape[1], frames + (w.shape[-1] - 1) * dil, device=w.device,
+                                      dtype=w.dtype))
+        w4, b = channels_last(w), conv.bias
+        ways = {"channels_last": lambda: F.conv2d(x, w4, b, dilation=(1, dil)),
+                "plain": lambda: channels_last(F.conv1d(x.squeeze(2).contiguous(), w, b, dilation=dil))}
+        ms = {}
+        with torch.no_grad():
+            for name, run in ways.items():
+                times = []
+                for i in range(7):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    run()
+                    end.record()
+                    end.synchronize()
+                    if i >= 2:
+                        times.append(start.elapsed_time(end))
+                ms[name] = sorted(times)[len(times) // 2]
+        _PAYS[key] = ms["channels_last"] <= 1.25 * ms["plain"]
+        if not _PAYS[key]:
+            log.info("vocoder conv %s dilation %d runs on (B, C, T): channels-last %.2f ms, plain %.2f ms",
+                     tuple(w.shape), dil, ms["channels_last"], ms["plain"])
+    return _PAYS[key]
+
+
 def _conv(conv: torch.nn.Module, four_d: bool, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A conv's weight and bias as the streams use them (``scale``: its input's scale folded into the weight)."""
     w = conv.weight if scale == 1.0 else conv.weight.detach() * scale
@@ -190,8 +233,11 @@ class _StreamWeights:
         self.pre = _conv(g.conv_pre, False), g.conv_pre.padding[0]
         self.ups = [(_conv(up, False, 1.0 if i == 0 else 1.0 / k), up.stride[0], up.padding[0])
                     for i, up in enumerate(g.ups)]
-        self.res = [[[(_conv(c1, four_d), c1.padding[0], c1.dilation[0], _conv(c2, four_d), c2.padding[0],
-                       c2.dilation[0]) for c1, c2 in zip(block.convs1, block.convs2)]
+        # ... except those that cuDNN runs slowly channels-last (channels_last_pays): they keep 3-D weights and run
+        # on (B, C, T) inside the channels-last chain.
+        self.res = [[[(_conv(c1, four_d and channels_last_pays(c1)), c1.padding[0], c1.dilation[0],
+                       _conv(c2, four_d and channels_last_pays(c2)), c2.padding[0], c2.dilation[0])
+                      for c1, c2 in zip(block.convs1, block.convs2)]
                      for block in g.resblocks[i * k:(i + 1) * k]] for i in range(len(g.ups))]
         self.post = _conv(g.conv_post, False, 1.0 / k), g.conv_post.padding[0]
         self.num_kernels = k

@@ -68,8 +68,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: str = "auto",
-                audio_process: bool = False) -> tuple[SpeechLM, Pipeline]:
-    """``audio_process``: the decoder runs in a child process (``service.engine.audio_process``)."""
+                audio_process: bool = False, decoder_options: dict[str, Any] | None = None
+                ) -> tuple[SpeechLM, Pipeline]:
+    """``audio_process``: the decoder runs in a child process (``service.engine.audio_process``);
+    ``decoder_options``: keys of the decoder section that override the bundle's (e.g. ``vocoder_channels_last``)."""
     root = Path(model_dir) if model_dir else DEFAULT_BUNDLE
     spec_path = root / "pipeline.json"
     if not spec_path.exists():
@@ -83,7 +85,7 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
     model = load_checkpoint(root / "lm", backend=backend, device=device)
     try:
         frontend: TextFrontend = _factory(FRONTENDS, spec["frontend"]["kind"])(root, spec["frontend"])
-        decoder_spec = {"device": str(device), **spec["decoder"]}
+        decoder_spec = {"device": str(device), **spec["decoder"], **(decoder_options or {})}
         make_decoder = _factory(DECODERS, spec["decoder"]["kind"])
         if audio_process:
             from service.engine.audio_process import AudioProcessError, ProcessDecoder

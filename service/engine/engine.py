@@ -696,8 +696,10 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
 
     device = resolve_device(settings.device)
     audio_process = settings.audio_process == "on" or (settings.audio_process == "auto" and device.type == "cuda")
+    layout = settings.vocoder_channels_last
+    options = {} if layout is None else {"vocoder_channels_last": layout}
     model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend,
-                                  audio_process=audio_process)
+                                  audio_process=audio_process, decoder_options=options)
     config = EngineConfig.from_settings(settings, device=device)
     model.cast_(config.dtype)
     return Engine(model=model, pipeline=pipeline, config=config, metrics=metrics)

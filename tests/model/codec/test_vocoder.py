@@ -89,6 +89,32 @@ def test_channels_last_ragged_batches_convolve_channels_last_tensors_only(vocode
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
 
 
+def test_convs_that_stay_plain_inside_the_channels_last_chain(vocoder, speechlike_mel, conv_layouts, monkeypatch):
+    """A conv that cuDNN runs slowly channels-last (``channels_last_pays`` says no: here every dilation-3 conv) runs
+    on a contiguous (B, C, T) copy of its input inside the channels-last chain; the rows' audio is unchanged."""
+    import model.codec.vocoder as voc
+
+    asked = []
+
+    def pays(conv, **_):
+        asked.append(conv.dilation[0])
+        return conv.dilation[0] != 3
+    monkeypatch.setattr(voc, "channels_last_pays", pays)
+    fresh = voc.Vocoder(vocoder.generator)  # its own per-layout weights, made under the patched probe
+    mels = speechlike_mel[None].expand(3, -1, -1)
+    plan = [[20, 20, 20], [7, 3, 5], [4, 9, 6]]
+    want = ragged_rounds([fresh.stream() for _ in range(3)], mels, plan)
+    conv_layouts.calls.clear(), conv_layouts.ok.clear()
+    got = ragged_rounds([fresh.stream(channels_last=True) for _ in range(3)], mels, plan)
+    assert len(asked) == 72 and asked.count(3) == 12
+    # per round: 12 dilation-3 convs (1-D) + 60 channels-last ones, and the first, 4 upsampling and last convs
+    assert conv_layouts.calls.count("conv1d") == 3 * (12 + 2) and conv_layouts.calls.count("conv2d") == 3 * 60
+    assert all(conv_layouts.ok)
+    for w, g in zip(want, got):
+        assert w.numel() > 0 and w.shape == g.shape
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+
+
 def boundary_jumps(audio: np.ndarray, boundaries: list[int]) -> np.ndarray:
     d = np.abs(np.diff(audio))
     return np.array([d[b - 1] for b in boundaries if 0 < b < audio.size])
