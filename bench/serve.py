@@ -397,11 +397,12 @@ def run_model(model_dir: Path, label: str, config: ServeConfig, out: Path, *, ra
                                                    coalesce_s=config.coalesce_s),
                      "server": server_summary(before, after, wall)}
             levels.append(level)
-            print(format_row(label, level), flush=True)
+            print(format_row(label, level) + ("  [CUDA MPS]" if idle.get("mamtra_cuda_mps") else ""), flush=True)
             print(format_stages(level), flush=True)
     return {"model": label, "random_weights": random_preset is not None, "preset": random_preset,
             "model_dir": None if random_preset else str(model_dir), "startup_s": startup_s, "voice": voice,
-            "settings": settings, "memory_idle": server_summary(idle, idle, 1.0)["memory"], "levels": levels,
+            "settings": settings, "memory_idle": server_summary(idle, idle, 1.0)["memory"],
+            "cuda_mps": bool(idle.get("mamtra_cuda_mps", 0.0)), "levels": levels,
             "max_clients_without_underruns": max_clients_without_underruns(levels)}
 
 

@@ -57,6 +57,8 @@ class Metrics:
         self.requests = Counter("mamtra_requests_total", "Finished requests by outcome", ["outcome"], registry=r)
         self.state_slots_used = Gauge("mamtra_state_slots_used", "State-pool slots in use", registry=r)
         self.state_slots_total = Gauge("mamtra_state_slots_total", "State-pool slots", registry=r)
+        self.cuda_mps = Gauge("mamtra_cuda_mps", "1 when the LM and audio processes share the GPU through the "
+                              "server's CUDA MPS daemon (MAMTRA_CUDA_MPS)", registry=r)
         self.state_bytes = Gauge("mamtra_state_bytes", "Bytes preallocated by the state pool", registry=r)
         self.state_bytes_per_stream = Gauge("mamtra_state_bytes_per_stream", "State-pool bytes per slot", registry=r)
         # Work done

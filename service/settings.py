@@ -46,6 +46,11 @@ class Settings(BaseSettings):
                                                         "vocoder) in a process of its own, beside the LM loop "
                                                         "instead of sharing its interpreter lock; auto = on with "
                                                         "CUDA")
+    cuda_mps: Literal["auto", "on", "off"] = Field("auto", description="Run the LM and audio processes as clients "
+                                                   "of a private CUDA MPS daemon, so their kernels share the GPU "
+                                                   "instead of time-slicing it; auto = on with CUDA, the audio "
+                                                   "process and nvidia-cuda-mps-control, unless MPS is set up "
+                                                   "already")
     vocoder_channels_last: bool | None = Field(None, description="The vocoder's residual convs on channels-last "
                                                "activations (no cuDNN layout transposes; on CUDA); unset: as the "
                                                "model bundle says (off)")

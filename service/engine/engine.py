@@ -693,7 +693,11 @@ def _estimate_word_times(words: tuple[str, ...], start: float, end: float) -> li
 def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     """The production engine from settings: the bundled model unless ``MAMTRA_MODEL_DIR`` points elsewhere."""
     from service.engine.bundle import load_bundle, resolve_device
+    from service.engine.mps import start_mps
 
+    # before this process makes a CUDA context (resolve_device's is_available() does not make one)
+    mps = start_mps(settings.cuda_mps, device=settings.device, audio_process=settings.audio_process != "off")
+    metrics.cuda_mps.set(mps is not None)
     device = resolve_device(settings.device)
     audio_process = settings.audio_process == "on" or (settings.audio_process == "auto" and device.type == "cuda")
     layout = settings.vocoder_channels_last

@@ -1,0 +1,94 @@
+"""MAMTRA_CUDA_MPS: when the server starts its private MPS daemon, and that it never leaves a half-set-up one behind.
+
+The daemon here is a fake ``nvidia-cuda-mps-control`` on the PATH that logs what it is asked; the real one is started
+on the GPU machine by the serve benchmark (docs/BENCHMARKS.md §4)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+import service.engine.mps as mps
+
+FAKE = """#!/bin/sh
+echo "args:$*" >> "$FAKE_MPS_LOG"
+if [ "$1" = "-d" ]; then
+  [ -n "$FAKE_MPS_FAIL" ] && { echo "cannot start" >&2; exit 1; }
+  echo "pipe:$CUDA_MPS_PIPE_DIRECTORY" >> "$FAKE_MPS_LOG"; exit 0
+fi
+read cmd; echo "cmd:$cmd" >> "$FAKE_MPS_LOG"
+[ "$cmd" = "get_server_list" ] && echo 4242
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_daemon(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / mps.BINARY
+    exe.write_text(FAKE)
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "calls.log"
+    log.touch()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MPS_LOG", str(log))
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.delenv("CUDA_MPS_LOG_DIRECTORY", raising=False)
+    monkeypatch.setattr(mps, "has_gpu", lambda: True)
+    registered = []
+    monkeypatch.setattr(mps.atexit, "register", registered.append)
+    return log, registered
+
+
+def test_when_auto_starts_a_daemon(fake_daemon, monkeypatch):
+    assert mps.wanted("auto", device="auto", audio_process=True) == (True, "auto")
+    assert mps.wanted("off", device="cuda", audio_process=True)[0] is False
+    assert mps.wanted("auto", device="cpu", audio_process=True) == (False, "no CUDA device")
+    assert mps.wanted("auto", device="cuda", audio_process=False)[0] is False
+    with pytest.raises(mps.MPSError, match="MAMTRA_CUDA_MPS=on but the audio process is off"):
+        mps.wanted("on", device="cuda", audio_process=False)
+    monkeypatch.setattr(mps, "has_gpu", lambda: False)
+    assert mps.wanted("auto", device="auto", audio_process=True) == (False, "no CUDA device")
+    monkeypatch.setattr(mps, "has_gpu", lambda: True)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert mps.wanted("auto", device="cuda", audio_process=True)[1].endswith("not on the PATH")
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", "/run/ops-mps")  # the operator's own MPS: left to it
+    assert mps.wanted("on", device="cuda", audio_process=True) == (False, "MPS set up outside (CUDA_MPS_PIPE_DIRECTORY)")
+
+
+def test_a_started_daemon_serves_this_process_and_quits_at_exit(fake_daemon, monkeypatch):
+    log, registered = fake_daemon
+    monkeypatch.setattr(mps.MPSDaemon, "probe", lambda self: None)
+    daemon = mps.start_mps("auto", device="cuda", audio_process=True)
+    assert daemon is not None and registered == [daemon.stop]
+    pipe = daemon.env["CUDA_MPS_PIPE_DIRECTORY"]
+    assert os.environ["CUDA_MPS_PIPE_DIRECTORY"] == pipe and os.path.isdir(pipe)  # inherited by the audio child
+    assert daemon.servers() == [4242]
+    daemon.stop()
+    daemon.stop()  # once only
+    assert log.read_text().splitlines() == ["args:-d", f"pipe:{pipe}", "args:", "cmd:get_server_list", "args:",
+                                            "cmd:quit"]
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ and not daemon.root.exists()
+
+
+def test_a_daemon_that_serves_no_cuda_context_is_quit_and_auto_goes_on_without_it(fake_daemon):
+    """The probe's child really tries a CUDA context through the (fake) daemon; on this machine that fails."""
+    log, registered = fake_daemon
+    assert mps.start_mps("auto", device="cuda", audio_process=True) is None
+    assert log.read_text().splitlines()[-1] == "cmd:quit" and not registered
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
+    with pytest.raises(mps.MPSError, match="MAMTRA_CUDA_MPS=on but the daemon did not start: a CUDA context"):
+        mps.start_mps("on", device="cuda", audio_process=True)
+
+
+def test_a_daemon_that_does_not_start(fake_daemon, monkeypatch):
+    log, registered = fake_daemon
+    monkeypatch.setenv("FAKE_MPS_FAIL", "1")
+    assert mps.start_mps("auto", device="cuda", audio_process=True) is None
+    assert log.read_text().splitlines() == ["args:-d"] and not registered  # nothing to quit
+    with pytest.raises(mps.MPSError, match="cannot start"):
+        mps.start_mps("on", device="cuda", audio_process=True)
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
