@@ -12,15 +12,15 @@ environment, so both become clients of one MPS server. A child process first mak
 seconds): where that fails, ``auto`` goes on without MPS and ``on`` stops with the error. ``auto`` starts it when the
 GPU is ours to share this way: a CUDA device, the audio process on, ``nvidia-cuda-mps-control`` on the PATH (the
 NVIDIA container runtime mounts it with the driver's utilities) and no MPS set up by the operator already
-(``CUDA_MPS_PIPE_DIRECTORY`` unset, e.g. the device plugin's MPS sharing). The daemon is told to quit when the
-process exits. Its server is shared by the clients of its pipe folder only, here this server's two processes.
+(``CUDA_MPS_PIPE_DIRECTORY`` unset, e.g. the device plugin's MPS sharing). The daemon quits after the process
+exits (``MPSDaemon``). Its server is shared by the clients of its pipe folder only, here this server's two processes.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,7 +37,10 @@ class MPSError(RuntimeError):
 
 
 class MPSDaemon:
-    """A private MPS control daemon: ``start`` it before any CUDA context, ``stop`` it at exit."""
+    """A private MPS control daemon: ``start`` it before any CUDA context. It quits once the process that started it
+    has exited (a watcher started with it, in a session of its own: also after a SIGKILL). Not from an ``atexit``
+    hook: ``quit`` waits for the server's clients to leave, and the exiting process is one of them until it is gone.
+    ``stop`` quits it at once, for a daemon that never got a client of this process."""
 
     def __init__(self, binary: str, root: Path):
         self.binary = binary
@@ -53,11 +56,17 @@ class MPSDaemon:
                            f"{(out.stderr or out.stdout).strip()}")
         return out.stdout
 
-    def start(self) -> None:
+    def start(self, watch_pid: int | None = None) -> None:
+        """``watch_pid``: the process whose exit quits the daemon (default: this one)."""
         for path in self.env.values():
             Path(path).mkdir(parents=True, exist_ok=True)
         self._control("-d")
         self.running = True
+        pid = os.getpid() if watch_pid is None else watch_pid
+        quit_after = (f"while kill -0 {pid} 2>/dev/null; do sleep 1; done; echo quit | {shlex.quote(self.binary)}; "
+                      f"rm -rf {shlex.quote(str(self.root))}")
+        subprocess.Popen(["sh", "-c", quit_after], env={**os.environ, **self.env}, start_new_session=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.probe()
         os.environ.update(self.env)  # this process and its children (the audio process) are its clients
 
@@ -132,6 +141,5 @@ def start_mps(mode: str, *, device: str, audio_process: bool) -> MPSDaemon | Non
             raise MPSError(f"MAMTRA_CUDA_MPS=on but the daemon did not start: {e}") from None
         log.warning("CUDA MPS not started: %s", e)
         return None
-    atexit.register(daemon.stop)
     log.info("CUDA MPS daemon started", extra={"pipe": daemon.env["CUDA_MPS_PIPE_DIRECTORY"]})
     return daemon

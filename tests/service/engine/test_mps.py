@@ -6,7 +6,10 @@ on the GPU machine by the serve benchmark (docs/BENCHMARKS.md §4)."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import time
 
 import pytest
 
@@ -38,9 +41,14 @@ def fake_daemon(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
     monkeypatch.delenv("CUDA_MPS_LOG_DIRECTORY", raising=False)
     monkeypatch.setattr(mps, "has_gpu", lambda: True)
-    registered = []
-    monkeypatch.setattr(mps.atexit, "register", registered.append)
-    return log, registered
+    return log
+
+
+def wait_for(predicate, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return predicate()
 
 
 def test_when_auto_starts_a_daemon(fake_daemon, monkeypatch):
@@ -59,11 +67,11 @@ def test_when_auto_starts_a_daemon(fake_daemon, monkeypatch):
     assert mps.wanted("on", device="cuda", audio_process=True) == (False, "MPS set up outside (CUDA_MPS_PIPE_DIRECTORY)")
 
 
-def test_a_started_daemon_serves_this_process_and_quits_at_exit(fake_daemon, monkeypatch):
-    log, registered = fake_daemon
+def test_a_started_daemon_serves_this_process(fake_daemon, monkeypatch):
+    log = fake_daemon
     monkeypatch.setattr(mps.MPSDaemon, "probe", lambda self: None)
     daemon = mps.start_mps("auto", device="cuda", audio_process=True)
-    assert daemon is not None and registered == [daemon.stop]
+    assert daemon is not None
     pipe = daemon.env["CUDA_MPS_PIPE_DIRECTORY"]
     assert os.environ["CUDA_MPS_PIPE_DIRECTORY"] == pipe and os.path.isdir(pipe)  # inherited by the audio child
     assert daemon.servers() == [4242]
@@ -74,21 +82,35 @@ def test_a_started_daemon_serves_this_process_and_quits_at_exit(fake_daemon, mon
     assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ and not daemon.root.exists()
 
 
+def test_the_daemon_quits_once_the_process_that_started_it_is_gone(fake_daemon, monkeypatch, tmp_path):
+    """Not before: ``quit`` waits for the server's clients, and that process is one until it has exited."""
+    log = fake_daemon
+    monkeypatch.setattr(mps.MPSDaemon, "probe", lambda self: None)
+    server = subprocess.Popen(["sleep", "1.5"])  # stands for the server process, killed or exiting
+    daemon = mps.MPSDaemon(shutil.which(mps.BINARY), tmp_path / "mps")
+    daemon.start(watch_pid=server.pid)
+    time.sleep(0.5)
+    assert "cmd:quit" not in log.read_text() and daemon.root.exists()
+    server.wait()
+    assert wait_for(lambda: "cmd:quit" in log.read_text() and not daemon.root.exists())
+    assert log.read_text().splitlines()[-1] == "cmd:quit"
+
+
 def test_a_daemon_that_serves_no_cuda_context_is_quit_and_auto_goes_on_without_it(fake_daemon):
     """The probe's child really tries a CUDA context through the (fake) daemon; on this machine that fails."""
-    log, registered = fake_daemon
+    log = fake_daemon
     assert mps.start_mps("auto", device="cuda", audio_process=True) is None
-    assert log.read_text().splitlines()[-1] == "cmd:quit" and not registered
+    assert log.read_text().splitlines()[-1] == "cmd:quit"
     assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
     with pytest.raises(mps.MPSError, match="MAMTRA_CUDA_MPS=on but the daemon did not start: a CUDA context"):
         mps.start_mps("on", device="cuda", audio_process=True)
 
 
 def test_a_daemon_that_does_not_start(fake_daemon, monkeypatch):
-    log, registered = fake_daemon
+    log = fake_daemon
     monkeypatch.setenv("FAKE_MPS_FAIL", "1")
     assert mps.start_mps("auto", device="cuda", audio_process=True) is None
-    assert log.read_text().splitlines() == ["args:-d"] and not registered  # nothing to quit
+    assert log.read_text().splitlines() == ["args:-d"]  # nothing to quit
     with pytest.raises(mps.MPSError, match="cannot start"):
         mps.start_mps("on", device="cuda", audio_process=True)
     assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
