@@ -52,8 +52,8 @@ class Settings(BaseSettings):
                                                    "process and nvidia-cuda-mps-control, unless MPS is set up "
                                                    "already")
     vocoder_channels_last: bool | None = Field(None, description="The vocoder's residual convs on channels-last "
-                                               "activations (no cuDNN layout transposes; on CUDA); unset: as the "
-                                               "model bundle says (off)")
+                                               "activations (no cuDNN layout transposes); unset: as the model "
+                                               "bundle says (default: on with CUDA)")
     gil_switch_interval_ms: float = Field(0.5, gt=0, description="Python's thread switch interval while serving "
                                           "(the event loop, engine and audio threads share the GIL; Python's "
                                           "default is 5 ms)")

@@ -223,10 +223,11 @@ class CodecSpeechDecoder:
                  voice_names: dict[str, str] | None = None, shape_buckets: bool | None = None,
                  channels_last: bool = False):
         """``shape_buckets``: pad batches to a few shapes (see ``push_many``; default: on with CUDA).
-        ``channels_last``: the vocoder's residual convs on channels-last activations (``Vocoder.stream``; default
-        off). On an H100 it removed cuDNN's layout transposes (the convs of a 256-stream pass 59 → 24 ms of GPU
-        time) but cuDNN ran one of the convs with a slow direct kernel (243 ms); such convs now stay on (B, C, T)
-        (``model.codec.vocoder.channels_last_pays``, timed at start-up). docs/BENCHMARKS.md §4."""
+        ``channels_last``: the vocoder's residual convs on channels-last activations (``Vocoder.stream``; the
+        bundle factory's default on CUDA). On an H100 it removes cuDNN's layout transposes (the convs of a
+        256-stream pass 59 → 24 ms of GPU time); the one conv cuDNN runs slowly that way stays on (B, C, T)
+        (``model.codec.vocoder.channels_last_pays``, timed at start-up): a round of 64 / 256 streams 43.6 / 156.3 →
+        36.2 / 125.4 ms (docs/BENCHMARKS.md §4)."""
         self.codec = codec.eval()
         self.vocoder = vocoder
         self.token_offset = token_offset
@@ -424,10 +425,14 @@ def bundle_decoder(root: Path, spec: dict[str, Any]) -> CodecSpeechDecoder:
     "path": "codec" (relative to the bundle), "token_offset": first speech id, "voices": {voice id: codec voice},
     "device": "cpu" (``load_bundle`` fills in the engine's device when absent), "vocoder_dtype": "fp32" | "bf16",
     "vocoder_weights": "universal" | "random" (benchmarks only, see ``CodecSpeechDecoder.load``),
-    "vocoder_channels_last": false | true (``CodecSpeechDecoder``)}``."""
+    "vocoder_channels_last": false | true (``CodecSpeechDecoder``; default: true on CUDA)}``."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.get("vocoder_dtype", "fp32")]
     return CodecSpeechDecoder.load(Path(root) / spec.get("path", "codec"), device=spec.get("device", "cpu"),
                                    token_offset=int(spec.get("token_offset", 0)),
                                    voice_names=spec.get("voices"), vocoder_dtype=dtype,
                                    vocoder_weights=spec.get("vocoder_weights", "universal"),
-                                   channels_last=bool(spec.get("vocoder_channels_last", False)))
+                                   channels_last=bool(spec.get("vocoder_channels_last", _on_cuda(spec))))
+
+
+def _on_cuda(spec: dict[str, Any]) -> bool:
+    return str(spec.get("device", "cpu")).split(":")[0] == "cuda"

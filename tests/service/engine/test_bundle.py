@@ -55,7 +55,7 @@ def test_bundle_serves_text_through_the_whole_pipeline(bundle):
     # every speech token became 40 ms of 24 kHz audio (within a frame or two per sentence of edge padding)
     assert abs(len(pcm) / 24000 - tokens * 0.04) < 2 * 0.05, (len(pcm), tokens)
     assert [c.seq for c in chunks] == list(range(len(chunks)))
-    assert not pipeline.decoder.channels_last  # the bundle's default; MAMTRA_VOCODER_CHANNELS_LAST overrides it:
+    assert not pipeline.decoder.channels_last  # the default on CPU; MAMTRA_VOCODER_CHANNELS_LAST overrides it:
     _, pipeline = load_bundle(out, device=torch.device("cpu"), backend="ref",
                               decoder_options={"vocoder_channels_last": True})
     assert pipeline.decoder.channels_last
