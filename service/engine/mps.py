@@ -3,8 +3,8 @@
 On CUDA the engine is two processes: the LM loop here and the audio decoder in a child (``audio_process``). Two
 processes are two CUDA contexts, and without MPS the GPU time-slices between contexts instead of running their
 kernels side by side: a round of the audio decoder, hundreds of small kernels, waits out the LM's slices and the
-other way round. On an H100 (docs/BENCHMARKS.md §4) a serve run at 64 clients spent ~230–330 ms of a stream's first
-chunk in the audio stage (waiting for the round in progress, then its own); under MPS ~105 ms.
+other way round. On an H100 (docs/BENCHMARKS.md §4, M) serve runs at 64 clients spent 130–330 ms of a stream's
+first chunk in the audio stage (waiting for the round in progress, then its own); under MPS 75–105 ms.
 
 ``start_mps(mode, ...)`` starts a private MPS control daemon (its pipe and log folders in a new temporary folder) and
 points this process's environment at it, before the process makes a CUDA context; the audio child inherits the
