@@ -64,7 +64,8 @@ def test_when_auto_starts_a_daemon(fake_daemon, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert mps.wanted("auto", device="cuda", audio_process=True)[1].endswith("not on the PATH")
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", "/run/ops-mps")  # the operator's own MPS: left to it
-    assert mps.wanted("on", device="cuda", audio_process=True) == (False, "MPS set up outside (CUDA_MPS_PIPE_DIRECTORY)")
+    assert mps.wanted("on", device="cuda", audio_process=True) == (False,
+                                                                   "MPS set up outside (CUDA_MPS_PIPE_DIRECTORY)")
 
 
 def test_a_started_daemon_serves_this_process(fake_daemon, monkeypatch):
@@ -114,3 +115,37 @@ def test_a_daemon_that_does_not_start(fake_daemon, monkeypatch):
     with pytest.raises(mps.MPSError, match="cannot start"):
         mps.start_mps("on", device="cuda", audio_process=True)
     assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
+
+
+def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layout(monkeypatch):
+    """build_engine: MAMTRA_CUDA_MPS is acted on before the first CUDA call (resolve_device's is_available), the
+    audio process counts as on unless it is off, the gauge says whether MPS is in use, and
+    MAMTRA_VOCODER_CHANNELS_LAST reaches the decoder's spec only when set."""
+    import service.engine.bundle as bundle
+    from service.engine.engine import build_engine
+    from service.metrics import Metrics
+    from service.settings import Settings
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def load_bundle(model_dir, **kw):
+        calls.append(("load_bundle", kw["decoder_options"]))
+        raise Stop
+    monkeypatch.setattr(mps, "start_mps", lambda mode, **kw: calls.append(("start_mps", mode, kw)) or object())
+    monkeypatch.setattr(bundle, "resolve_device",
+                        lambda name: calls.append(("resolve_device",)) or bundle.torch.device("cpu"))
+    monkeypatch.setattr(bundle, "load_bundle", load_bundle)
+    metrics = Metrics()
+    cases = ((Settings(cuda_mps="on", device="cuda"), {}),
+             (Settings(audio_process="off", vocoder_channels_last=False), {"vocoder_channels_last": False}))
+    for settings, options in cases:
+        calls.clear()
+        with pytest.raises(Stop):
+            build_engine(settings, metrics)
+        assert [c[0] for c in calls] == ["start_mps", "resolve_device", "load_bundle"]
+        assert calls[0][1] == settings.cuda_mps and calls[2][1] == options
+        assert calls[0][2] == {"device": settings.device, "audio_process": settings.audio_process != "off"}
+    assert metrics.cuda_mps._value.get() == 1.0
