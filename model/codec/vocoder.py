@@ -166,7 +166,7 @@ class Vocoder:
     def stream(self, *, channels_last: bool = False) -> VocoderStream:
         """A stream of its own (state) on the shared weights; ``channels_last``: its residual blocks run on 4-D
         channels-last activations (``model.codec.streaming.StreamConv1d``: the layout of cuDNN's half-precision
-        kernels, no transposes; not the default, see ``CodecSpeechDecoder``)."""
+        kernels, no transposes; the bundle's default on CUDA, see ``CodecSpeechDecoder``)."""
         weights = self._streams.get(channels_last)
         if weights is None:
             weights = self._streams[channels_last] = _StreamWeights(self.generator, channels_last)

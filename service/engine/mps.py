@@ -48,9 +48,13 @@ class MPSDaemon:
         self.root = root
         self.running = False
 
+    def _client_env(self) -> dict[str, str]:
+        """This process's environment pointed at the daemon (for the commands and the probe it runs)."""
+        return {**os.environ, **self.env}
+
     def _control(self, *args: str, command: str | None = None) -> str:
         out = subprocess.run([self.binary, *args], input=command, capture_output=True, text=True, timeout=30,
-                             env={**os.environ, **self.env})
+                             env=self._client_env())
         if out.returncode != 0:
             raise MPSError(f"{self.binary} {' '.join(args) or command!r} failed ({out.returncode}): "
                            f"{(out.stderr or out.stdout).strip()}")
@@ -65,7 +69,7 @@ class MPSDaemon:
         pid = os.getpid() if watch_pid is None else watch_pid
         quit_after = (f"while kill -0 {pid} 2>/dev/null; do sleep 1; done; echo quit | {shlex.quote(self.binary)}; "
                       f"rm -rf {shlex.quote(str(self.root))}")
-        subprocess.Popen(["sh", "-c", quit_after], env={**os.environ, **self.env}, start_new_session=True,
+        subprocess.Popen(["sh", "-c", quit_after], env=self._client_env(), start_new_session=True,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.probe()
         os.environ.update(self.env)  # this process and its children (the audio process) are its clients
@@ -76,7 +80,7 @@ class MPSDaemon:
         code = "import torch; torch.ones(1, device='cuda').sum().item()"
         try:
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                                 env={**os.environ, **self.env})
+                                 env=self._client_env())
         except subprocess.TimeoutExpired:
             raise MPSError("a CUDA context through the MPS daemon took more than 180 s") from None
         if out.returncode != 0:
@@ -90,16 +94,16 @@ class MPSDaemon:
         return [int(w) for w in self._control(command="get_server_list\n").split() if w.isdigit()]
 
     def stop(self) -> None:
-        if not self.running:
-            return
-        self.running = False
-        try:
-            self._control(command="quit\n")
-        except (MPSError, OSError, subprocess.SubprocessError) as e:
-            log.warning("CUDA MPS daemon did not quit: %s", e)
-        for key, value in self.env.items():
-            if os.environ.get(key) == value:
-                del os.environ[key]
+        """Quit a running daemon and remove its folders (also those of one that never started)."""
+        if self.running:
+            self.running = False
+            try:
+                self._control(command="quit\n")
+            except (MPSError, OSError, subprocess.SubprocessError) as e:
+                log.warning("CUDA MPS daemon did not quit: %s", e)
+            for key, value in self.env.items():
+                if os.environ.get(key) == value:
+                    del os.environ[key]
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -136,7 +140,6 @@ def start_mps(mode: str, *, device: str, audio_process: bool) -> MPSDaemon | Non
         daemon.start()
     except (MPSError, OSError, subprocess.SubprocessError) as e:
         daemon.stop()
-        shutil.rmtree(daemon.root, ignore_errors=True)
         if mode == "on":
             raise MPSError(f"MAMTRA_CUDA_MPS=on but the daemon did not start: {e}") from None
         log.warning("CUDA MPS not started: %s", e)
