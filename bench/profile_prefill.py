@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=None)
     ap.add_argument("--long", action="store_true", help="the model's 8,192-token window (the server's)")
+    ap.add_argument("--kernels", type=int, default=0, help="print the N costliest GPU kernels of the graph-mode "
+                    "steps (decode 64, decode 64 + prefill 1) and time the sampler alone")
     a = ap.parse_args()
     from bench.lm import Device, build_model
     from model.config import preset
@@ -37,7 +39,7 @@ def main() -> None:
     rows = []
     for mode in ("eager", "graphs"):
         runner = Runner(model, max_streams=64 + max(n, 8), max_context=8192 if a.long else 1024,
-                        allowed_ids=list(range(1000)), sampling=SamplingConfig(), dtype=torch.bfloat16,
+                        allowed_ids=list(range(4377)), sampling=SamplingConfig(), dtype=torch.bfloat16,
                         cuda_graphs=True, prefill_graphs=mode == "graphs")
         t0 = time.perf_counter()
         if runner.prefill_graphs is not None:
@@ -97,11 +99,51 @@ def main() -> None:
             row = dict(mode=mode, step=label, median_ms=statistics.median(ts[1:]) * 1e3)
             print(json.dumps(row), flush=True)
             rows.append(row)
+        if a.kernels and mode == "graphs":
+            rows += _kernels(runner, dec, a)
         del runner
         torch.cuda.empty_cache()
     if a.out:
         with open(f"{a.out}/profile_prefill.json", "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def _kernels(runner, dec, a) -> list[dict]:
+    """The costliest kernels of a graph-mode decode step of 64 (alone and with one prefill), and the sampler's time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from model.sampling import sample
+    from service.engine.scheduler import PrefillChunk, StepPlan
+
+    rows = []
+    one = (PrefillChunk("r0", 64, 0, tuple(range(a.tokens)), True),)
+    for label, pre in (("decode 64", ()), ("decode 64 + prefill 1", one)):
+        for _ in range(3):
+            runner.execute(StepPlan(prefills=pre, decodes=dec))
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            runner.execute(StepPlan(prefills=pre, decodes=dec))
+            torch.cuda.synchronize()
+        ka = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)
+        gpu = sum(e.self_device_time_total for e in ka) / 1e3
+        top = [dict(name=e.key[:90], calls=e.count, gpu_ms=e.self_device_time_total / 1e3)
+               for e in ka[:a.kernels] if e.self_device_time_total > 0]
+        row = dict(step=label, gpu_ms=gpu, top=top, sync_ms=runner.last_sync_s * 1e3)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    logits = torch.randn(64, runner.model.config.vocab_size, device=runner.device, dtype=torch.bfloat16)
+    last = torch.zeros(64, dtype=torch.long, device=runner.device)
+    runs = torch.ones(64, dtype=torch.long, device=runner.device)
+    ts = []
+    for _ in range(12):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        sample(logits, runner.sampling, allowed=runner.allowed, last_token=last, run_length=runs).tolist()
+        ts.append(time.perf_counter() - t)
+    row = dict(step="sample 64 rows", median_ms=statistics.median(ts[2:]) * 1e3)
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

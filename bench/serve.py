@@ -229,6 +229,7 @@ def _steps(seconds: float, count: float) -> dict:
 
 
 _STAGE = "mamtra_first_audio_stage_seconds"
+LOOP_PHASES = ("plan", "host", "sync", "update", "dispatch")
 FIRST_AUDIO_STAGES = {"1": ("input", "queue", "prefill", "tokens", "audio_wait", "audio_decode", "delivery"),
                       "2": ("tokens", "audio_wait", "audio_decode", "delivery")}
 
@@ -263,6 +264,10 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
         "steps": {kind: _steps(delta(f'mamtra_step_seconds_sum{{kind="{kind}"}}'),
                                delta(f'mamtra_step_seconds_count{{kind="{kind}"}}'))
                   for kind in ("decode", "prefill", "mixed")},
+        # the engine loop's time per step by phase (mean ms): what a step costs beside the GPU's work
+        "loop_phase_ms": {ph: ratio(1e3 * delta(f'mamtra_engine_loop_phase_seconds_sum{{phase="{ph}"}}'),
+                                    delta(f'mamtra_engine_loop_phase_seconds_count{{phase="{ph}"}}'))
+                          for ph in LOOP_PHASES},
         # audio batches of at most N chunks (cumulative histogram buckets): how well chunks of streams batch
         "audio_batches_le": {le: delta(f'mamtra_audio_decode_batch_size_bucket{{le="{le}"}}')
                              for le in ("1.0", "8.0", "64.0", "256.0")},
@@ -486,7 +491,12 @@ def format_stages(level: dict) -> str:
     for chunk, stages in level["server"].get("first_audio_stages_ms", {}).items():
         cells = " ".join(f"{stage} {'-' if ms is None else format(ms, '.0f')}" for stage, ms in stages.items())
         parts.append(f"chunk {chunk}: {cells}")
-    return "    first audio, mean ms: " + " | ".join(parts)
+    line = "    first audio, mean ms: " + " | ".join(parts)
+    loop = level["server"].get("loop_phase_ms")
+    if loop and any(v is not None for v in loop.values()):
+        line += "\n    engine loop per step, mean ms: " + " ".join(
+            f"{ph} {'-' if ms is None else format(ms, '.2f')}" for ph, ms in loop.items())
+    return line
 
 
 def format_table(result: dict) -> str:

@@ -70,6 +70,10 @@ class Metrics:
                                            buckets=BATCH_BUCKETS, registry=r)
         self.step_seconds = Histogram("mamtra_step_seconds", "Engine step wall time by kind", ["kind"],
                                       buckets=STEP_BUCKETS, registry=r)
+        self.loop_phase_seconds = Histogram(
+            "mamtra_engine_loop_phase_seconds", "Engine loop time per step by phase: plan (scheduler, under the "
+            "lock), host (the runner's launches), sync (waiting for the GPU's sampled tokens), update (scheduler), "
+            "dispatch (tokens to chunks, audio hand-over)", ["phase"], buckets=STEP_BUCKETS, registry=r)
         # The token -> audio stage (its own thread): its busy fraction is rate(..._sum); a backlog shows as wait.
         self.audio_decode_seconds = Histogram(
             "mamtra_audio_decode_seconds", "Wall time of one token -> audio decode batch",

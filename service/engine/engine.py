@@ -414,7 +414,9 @@ class Engine(EngineAPI):
 
     def _loop(self) -> None:
         try:
+            phase = self.metrics.loop_phase_seconds
             while not self._stop.is_set():
+                t_plan = time.perf_counter()
                 with self._lock:
                     self._expire()
                     for h in self._handles.values():
@@ -422,7 +424,9 @@ class Engine(EngineAPI):
                     plan = self.scheduler.plan()
                     events = self.scheduler.pop_events()
                     self._publish_load()
+                t0 = time.perf_counter()
                 self._dispatch(events)
+                t_dispatch = time.perf_counter() - t0
                 self._last_tick = time.monotonic()
                 if plan.empty:
                     self._wake.wait(0.05)
@@ -431,15 +435,24 @@ class Engine(EngineAPI):
                 t0 = time.perf_counter()
                 result = self.runner.execute(plan)
                 self._steps += 1
-                dt = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                dt = t1 - t0
                 kind = "mixed" if plan.prefills and plan.decodes else ("prefill" if plan.prefills else "decode")
                 self.metrics.step_seconds.labels(kind=kind).observe(dt)
                 if plan.decodes:
                     self.metrics.decode_batch_size.observe(len(plan.decodes))
                 with self._lock:
                     events = self.scheduler.update(plan, result)
+                t2 = time.perf_counter()
                 self._dispatch(events)
+                t3 = time.perf_counter()
                 self._last_tick = time.monotonic()
+                sync = self.runner.last_sync_s
+                phase.labels(phase="plan").observe(t0 - t_plan - t_dispatch)
+                phase.labels(phase="host").observe(max(dt - sync, 0.0))
+                phase.labels(phase="sync").observe(sync)
+                phase.labels(phase="update").observe(t2 - t1)
+                phase.labels(phase="dispatch").observe(t_dispatch + t3 - t2)
         except BaseException as e:  # a fault of ours: fail every stream, turn unready, keep the process up
             log.exception("engine loop failed")
             self._failure = e

@@ -10,6 +10,7 @@ the sampled token ids back, once per step.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,7 @@ class Runner:
         if self.allowed.numel() == 0 or int(self.allowed[-1]) >= model.config.vocab_size or int(self.allowed[0]) < 0:
             raise ValueError("allowed ids must be non-empty and inside the vocabulary")
         self._samplers: dict[str, _SamplerState] = {}
+        self.last_sync_s = 0.0  # the last step's wait for its sampled tokens (the engine's loop-phase metric)
 
     # --- per-request sampling state ------------------------------------------------------------------------------
     def open_request(self, request_id: str, *, seed: int | None) -> None:
@@ -103,8 +105,11 @@ class Runner:
         states = [self._samplers.setdefault(r, _SamplerState(None)) for r in rows]
         last = torch.tensor([s.last_token for s in states], device=self.device).clamp(min=0)
         runs = torch.tensor([s.run_length for s in states], device=self.device)
-        sampled = sample(torch.cat(logits), self.sampling, allowed=self.allowed, last_token=last, run_length=runs,
-                         generators=[s.generator for s in states]).tolist()  # the step's one host sync
+        picked = sample(torch.cat(logits), self.sampling, allowed=self.allowed, last_token=last, run_length=runs,
+                        generators=[s.generator for s in states])
+        t0 = time.perf_counter()
+        sampled = picked.tolist()  # the step's one host sync
+        self.last_sync_s = time.perf_counter() - t0
         for s, tok in zip(states, sampled):
             s.run_length = s.run_length + 1 if tok == s.last_token else 1
             s.last_token = tok
