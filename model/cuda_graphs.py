@@ -19,6 +19,8 @@ The graphs and their buffers belong to these objects (owned by the runner or a b
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -41,11 +43,17 @@ class _Graphs:
 
 
 class GraphedDecoder(_Graphs):
+    """Decode steps replayed per batch bucket. With a ``sampler`` (``(logits, slots, keys) -> token ids``, no host
+    sync, static shapes) the graph also samples, and a call returns the token ids instead of the logits: the
+    sampler's ~30 small kernels then cost no launches either."""
+
     def __init__(self, model: SpeechLM, pool: StatePool, *, scratch_slot: int,
-                 buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> None:
+                 buckets: tuple[int, ...] = DEFAULT_BUCKETS,
+                 sampler: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> None:
         super().__init__(model, pool, scratch_slot)
         self.buckets = tuple(sorted(buckets))
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, Tensor]] = {}
+        self.sampler = sampler
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
 
     def bucket_for(self, b: int) -> int | None:
         return next((k for k in self.buckets if k >= b), None)
@@ -53,21 +61,28 @@ class GraphedDecoder(_Graphs):
     @torch.inference_mode()
     def capture(self, bucket: int) -> None:
         dev = next(self.model.parameters()).device
-        tokens = torch.zeros(bucket, dtype=torch.long, device=dev)
-        slots = torch.full((bucket,), self.scratch_slot, dtype=torch.long, device=dev)
-        positions = torch.zeros(bucket, 1, dtype=torch.long, device=dev)
-        batch = Batch(slots=slots, positions=positions, valid=torch.ones(bucket, 1, dtype=torch.bool, device=dev),
+        # static inputs, one row each: tokens, slots, positions, noise keys
+        inputs = torch.zeros(4, bucket, dtype=torch.long, device=dev)
+        inputs[1] = self.scratch_slot
+        tokens, slots, positions, keys = inputs
+        batch = Batch(slots=slots, positions=positions[:, None],
+                      valid=torch.ones(bucket, 1, dtype=torch.bool, device=dev),
                       lengths=torch.ones(bucket, dtype=torch.long, device=dev), kv_len=self.pool.max_context)
+
+        def run() -> Tensor:
+            logits = self.model.decode_step(tokens, states=self.pool.layers, batch=batch)
+            return logits if self.sampler is None else self.sampler(logits, slots, keys)
+
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the capture: Triton compiles and autotunes here
             for _ in range(2):
-                self.model.decode_step(tokens, states=self.pool.layers, batch=batch)
+                run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._mempool):
-            logits = self.model.decode_step(tokens, states=self.pool.layers, batch=batch)
-        self._graphs[bucket] = (graph, tokens, slots, positions, logits)
+            out = run()
+        self._graphs[bucket] = (graph, inputs, out)
 
     def capture_all(self, max_batch: int) -> None:
         for bucket in self.buckets:
@@ -75,24 +90,26 @@ class GraphedDecoder(_Graphs):
                 self.capture(bucket)
 
     @torch.inference_mode()
-    def __call__(self, tokens: Tensor, slots: Tensor, positions: Tensor) -> Tensor:
-        """tokens, slots, positions (b,) on the device -> logits (b, vocab) (a view into the graph's output)."""
+    def __call__(self, tokens: Tensor, slots: Tensor, positions: Tensor, keys: Tensor | None = None) -> Tensor:
+        """tokens, slots, positions (b,) on the device (and the rows' noise keys, with a sampler) -> logits (b,
+        vocab), or with a sampler the sampled token ids (b,): a view into the graph's output."""
         b = tokens.shape[0]
         bucket = self.bucket_for(b)
         if bucket is None:
             raise ValueError(f"batch {b} exceeds the largest captured bucket {self.buckets[-1]}")
         if bucket not in self._graphs:
             self.capture(bucket)
-        graph, t_buf, s_buf, p_buf, logits = self._graphs[bucket]
-        t_buf[:b].copy_(tokens)
-        s_buf[:b].copy_(slots)
-        p_buf[:b, 0].copy_(positions)
+        graph, inputs, out = self._graphs[bucket]
+        inputs[0, :b].copy_(tokens)
+        inputs[1, :b].copy_(slots)
+        inputs[2, :b].copy_(positions)
+        if keys is not None:
+            inputs[3, :b].copy_(keys)
         if b < bucket:
-            t_buf[b:].zero_()
-            s_buf[b:].fill_(self.scratch_slot)
-            p_buf[b:].zero_()
+            inputs[:, b:].zero_()
+            inputs[1, b:].fill_(self.scratch_slot)
         graph.replay()
-        return logits[:b]
+        return out[:b]
 
 
 PREFILL_SEQ_BUCKETS = (1, 2, 4, 8)

@@ -1,8 +1,10 @@
 """Sampling settings and the sampler used by the engine's runner.
 
 One frozen dataclass holds every knob. Sampling is restricted to the tokens a step may emit (speech tokens and
-end-of-speech), then temperature, top-k, top-p and a repetition guard apply. Each request can carry its own seed:
-its noise comes from its own generator, so the same seed gives the same audio whatever else shares the batch.
+end-of-speech), then temperature, top-k, top-p and a repetition guard apply. Each row can carry its own noise key:
+its noise is a hash of (key, token id) (``counter_uniform``), so a request that draws its keys from its own seed gets
+the same audio whatever else shares the batch, and the draw needs no generator object: it can run inside a CUDA
+graph with the rest of the decode step.
 """
 
 from __future__ import annotations
@@ -29,15 +31,14 @@ class SamplingConfig:
 
 
 def sample(logits: Tensor, config: SamplingConfig, *, allowed: Tensor | None = None,
-           last_token: Tensor | None = None, run_length: Tensor | None = None,
-           generators: list[torch.Generator | None] | None = None) -> Tensor:
-    """logits (b, v) -> token ids (b,).
+           last_token: Tensor | None = None, run_length: Tensor | None = None, keys: Tensor | None = None) -> Tensor:
+    """logits (b, v) -> token ids (b,). No host sync: every op runs on the logits' device.
 
     allowed: tokens that may be sampled, as a (v,) bool mask or as their ids, ascending (long). With ids only those
     columns are sampled over (the paper-scale head has 158,500 rows, speech 4,376 of them: the work of a step's
-    sampling shrinks by that ratio) and the step needs no host sync besides reading the result.
+    sampling shrinks by that ratio).
     last_token/run_length (b,): the previous token and how many times in a row it was emitted (repetition guard).
-    generators: one per row (None = the global RNG).
+    keys (b,) int64 in [0, 2**32): each row's noise key (``counter_uniform``); None = the global RNG.
     """
     if allowed is not None and allowed.dtype != torch.bool:
         index = allowed
@@ -46,13 +47,13 @@ def sample(logits: Tensor, config: SamplingConfig, *, allowed: Tensor | None = N
             pos = torch.searchsorted(index, last_token.to(index.dtype)).clamp(max=index.numel() - 1)
             blocked = (run_length >= config.max_repeat) & (index[pos] == last_token)
             _block(sub, pos, blocked)
-        return index[_draw(sub, config, generators)]
+        return index[_draw(sub, config, keys, ids=index)]
     logits = logits.float()
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
     if last_token is not None and run_length is not None:
         _block(logits, last_token.clamp(min=0), run_length >= config.max_repeat)
-    return _draw(logits, config, generators)
+    return _draw(logits, config, keys)
 
 
 def _block(logits: Tensor, column: Tensor, blocked: Tensor) -> None:
@@ -62,27 +63,43 @@ def _block(logits: Tensor, column: Tensor, blocked: Tensor) -> None:
     logits.scatter_(1, col, torch.where(blocked.unsqueeze(1), torch.full_like(cur, float("-inf")), cur))
 
 
-def _draw(logits: Tensor, config: SamplingConfig, generators: list[torch.Generator | None] | None) -> Tensor:
+def _draw(logits: Tensor, config: SamplingConfig, keys: Tensor | None, ids: Tensor | None = None) -> Tensor:
+    """Column index of each row's draw. ``ids``: the token id of each column (the noise is keyed by token id, so a
+    row's draw does not depend on which columns were sampled over)."""
     if config.temperature == 0:
         return logits.argmax(-1)
     logits = logits / config.temperature
-    if config.top_k and config.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    # top-k first: its values come sorted, so top-p needs no sort of the whole row (both as in the usual definition:
+    # top-p over the top-k tokens' renormalised probabilities; the first token always stays)
+    k = config.top_k if config.top_k and config.top_k < logits.shape[-1] else logits.shape[-1]
+    vals, cols = torch.topk(logits, k, dim=-1)
     if config.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token if the mass before it already reaches top_p (the first token always stays)
+        probs = torch.softmax(vals, dim=-1)
         drop = (torch.cumsum(probs, dim=-1) - probs) >= config.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    # Gumbel-max with per-row noise: sampling from softmax(logits) with each row's own generator.
-    noise = _uniform(logits.shape, logits.device, generators)
+        vals = vals.masked_fill(drop, float("-inf"))
+    # Gumbel-max over the kept tokens: a draw from softmax(vals)
+    if keys is None:
+        noise = torch.rand(vals.shape, device=vals.device)
+    else:
+        noise = counter_uniform(keys, cols if ids is None else ids[cols])
     gumbel = -torch.log(-torch.log(noise.clamp(min=1e-10, max=1 - 1e-7)))
-    return (logits + gumbel).argmax(-1)
+    pick = (vals + gumbel).argmax(-1, keepdim=True)
+    return cols.gather(-1, pick).squeeze(-1)
 
 
-def _uniform(shape: torch.Size, device: torch.device, generators: list[torch.Generator | None] | None) -> Tensor:
-    if not generators or all(g is None for g in generators):
-        return torch.rand(shape, device=device)
-    return torch.stack([torch.rand(shape[-1], device=device, generator=g) for g in generators])
+_M32 = 0xFFFFFFFF
+
+
+def _pcg(x: Tensor) -> Tensor:
+    """The PCG-RXS-M-XS 32-bit hash of x in [0, 2**32), on int64 tensors (every product stays below 2**63)."""
+    state = (x * 747796405 + 2891336453) & _M32
+    word = (((state >> ((state >> 28) + 4)) ^ state) * 277803737) & _M32
+    return (word >> 22) ^ word
+
+
+def counter_uniform(keys: Tensor, columns: Tensor) -> Tensor:
+    """Uniform noise in (0, 1), float32, of shape ``columns.shape``: a hash of (row key, column), so the same key
+    and column always give the same number (counter-based, no generator state). keys (b,) and columns (b, n) int64,
+    keys in [0, 2**32)."""
+    h = _pcg(_pcg(keys & _M32).unsqueeze(-1) ^ _pcg(columns & _M32))
+    return (h.to(torch.float32) + 0.5) * (1.0 / 2**32)

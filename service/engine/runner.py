@@ -1,17 +1,19 @@
 """The torch side of the engine: executes a ``StepPlan`` on the model and the state pool, returns sampled tokens.
 
-The runner owns the state pool and the per-request sampling state (generator, repetition guard); the model owns
+The runner owns the state pool and the per-request sampling state (noise keys, repetition guard); the model owns
 neither. One step = slot resets, one batched prefill of this step's prompt chunks (right-padded; on GPU replayed from a
-CUDA graph per sequences × tokens bucket when one holds them), one batched decode step of every running stream
-(replayed from a CUDA graph per batch bucket on GPU), then sampling — all under
-``torch.inference_mode``. The only host syncs are reading
-the sampled token ids back, once per step.
+CUDA graph per sequences × tokens bucket when one holds them), one batched decode step of every running stream, then
+sampling — all under ``torch.inference_mode``. On GPU the decode step and its sampling are one CUDA graph per batch
+bucket: the repetition guard's state lives on the device by slot, and each row's noise is a hash of a key the host
+draws (``model.sampling.counter_uniform``). A step's inputs reach the device in one pinned copy that never waits for
+the GPU; the only host sync is reading the sampled token ids back, once per step.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -20,13 +22,6 @@ from model.sampling import SamplingConfig, sample
 from model.cuda_graphs import GraphedDecoder, GraphedPrefill
 from model.state import Batch, StatePool
 from service.engine.scheduler import StepPlan, StepResult
-
-
-@dataclass
-class _SamplerState:
-    generator: torch.Generator | None
-    last_token: int = -1
-    run_length: int = 0
 
 
 class Runner:
@@ -39,7 +34,14 @@ class Runner:
         # With CUDA graphs one extra slot is scratch space for the padding rows of a batch bucket.
         self.pool = StatePool(model.config, max_streams=max_streams + int(self.use_graphs), max_context=max_context,
                               dtype=dtype, ssm_dtype=ssm_dtype, device=self.device)
-        self.graphs = GraphedDecoder(model, self.pool, scratch_slot=max_streams) if self.use_graphs else None
+        slots = self.pool.max_streams
+        # the repetition guard by slot (the previous token, -1 for none yet, and its run), read and written on the
+        # device by the sampling of every step, inside the decode graph on GPU
+        self._last = torch.full((slots,), -1, dtype=torch.long, device=self.device)
+        self._run = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self._owner: list[str | None] = [None] * slots  # the request whose guard state a slot holds
+        self.graphs = (GraphedDecoder(model, self.pool, scratch_slot=max_streams, sampler=self._sample_rows)
+                       if self.use_graphs else None)
         self.prefill_graphs = (GraphedPrefill(model, self.pool, scratch_slot=max_streams)
                                if self.use_graphs and prefill_graphs else None)
         self.max_context = self.pool.max_context
@@ -48,19 +50,39 @@ class Runner:
         self.allowed = torch.tensor(sorted(set(allowed_ids)), dtype=torch.long, device=self.device)
         if self.allowed.numel() == 0 or int(self.allowed[-1]) >= model.config.vocab_size or int(self.allowed[0]) < 0:
             raise ValueError("allowed ids must be non-empty and inside the vocabulary")
-        self._samplers: dict[str, _SamplerState] = {}
+        self._keys: dict[str, random.Random | None] = {}  # per request: its seeded key source, or None
+        self._rng = random.Random(os.urandom(16))  # noise keys of unseeded requests
         self.last_sync_s = 0.0  # the last step's wait for its sampled tokens (the engine's loop-phase metric)
 
     # --- per-request sampling state ------------------------------------------------------------------------------
     def open_request(self, request_id: str, *, seed: int | None) -> None:
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(seed)
-        self._samplers[request_id] = _SamplerState(gen)
+        self._keys[request_id] = random.Random(seed) if seed is not None else None
 
     def close_request(self, request_id: str) -> None:
-        self._samplers.pop(request_id, None)
+        self._keys.pop(request_id, None)
+
+    def _key(self, request_id: str) -> int:
+        """The next noise key of a request's draws: from its seed (the same sequence whatever shares the batch)."""
+        rng = self._keys.get(request_id)
+        return (rng or self._rng).getrandbits(32)
+
+    def _upload(self, rows: list[list[int]]) -> torch.Tensor:
+        """Small int64 host rows -> one device tensor, without waiting for the GPU (a pinned, non-blocking copy;
+        the pinned block is not reused before the copy ran)."""
+        t = torch.tensor(rows, dtype=torch.long)
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
+    def _sample_rows(self, logits: torch.Tensor, slots: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Sample one token per row and advance the rows' repetition guard (by slot). No host sync."""
+        last = self._last.index_select(0, slots)
+        run = self._run.index_select(0, slots)
+        tok = sample(logits, self.sampling, allowed=self.allowed, last_token=last.clamp(min=0), run_length=run,
+                     keys=keys)
+        self._run.index_copy_(0, slots, torch.where(tok == last, run + 1, torch.ones_like(run)))
+        self._last.index_copy_(0, slots, tok)
+        return tok
 
     # --- the step ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -68,9 +90,14 @@ class Runner:
         for slot in plan.resets:
             self.pool.reset(slot)
         rows: list[str] = []
-        logits = []
+        picked: list[torch.Tensor] = []
         if plan.prefills:
             chunks = plan.prefills
+            for c in chunks:
+                if self._owner[c.slot] != c.request_id:  # a new request in this slot: its guard starts empty
+                    self._owner[c.slot] = c.request_id
+                    self._last[c.slot] = -1
+                    self._run[c.slot] = 0
             out = None
             if self.prefill_graphs is not None:  # None when no captured bucket holds this step's prompts
                 out = self.prefill_graphs([c.token_ids for c in chunks], [c.slot for c in chunks],
@@ -86,31 +113,29 @@ class Runner:
                 out = self.model.prefill(ids.to(self.device), states=self.pool.layers, batch=batch)
             keep = [i for i, c in enumerate(chunks) if c.sample]
             if keep:
-                logits.append(out[keep])
-                rows += [chunks[i].request_id for i in keep]
+                ids = [chunks[i].request_id for i in keep]
+                slots, keys, index = self._upload([[chunks[i].slot for i in keep], [self._key(r) for r in ids], keep])
+                if len(keep) < len(chunks):  # by a device index: indexing by a host list would wait for the GPU
+                    out = out.index_select(0, index)
+                picked.append(self._sample_rows(out, slots, keys))
+                rows += ids
         if plan.decodes:
             items = plan.decodes
-            tokens = torch.tensor([d.token_id for d in items], dtype=torch.long).to(self.device, non_blocking=True)
+            tokens, slots, pos, keys = self._upload([[d.token_id for d in items], [d.slot for d in items],
+                                                     [d.position for d in items],
+                                                     [self._key(d.request_id) for d in items]])
             if self.graphs is not None and self.graphs.bucket_for(len(items)) is not None:
-                slots = torch.tensor([d.slot for d in items], dtype=torch.long).to(self.device, non_blocking=True)
-                pos = torch.tensor([d.position for d in items], dtype=torch.long).to(self.device, non_blocking=True)
-                logits.append(self.graphs(tokens, slots, pos))
+                picked.append(self.graphs(tokens, slots, pos, keys))  # decode and sampling: one graph
             else:
                 batch = Batch.make([d.slot for d in items], [d.position for d in items], [1] * len(items),
                                    max_context=self.max_context, device=self.device)
-                logits.append(self.model.decode_step(tokens, states=self.pool.layers, batch=batch))
+                logits = self.model.decode_step(tokens, states=self.pool.layers, batch=batch)
+                picked.append(self._sample_rows(logits, slots, keys))
             rows += [d.request_id for d in items]
         if not rows:
             return StepResult({})
-        states = [self._samplers.setdefault(r, _SamplerState(None)) for r in rows]
-        last = torch.tensor([s.last_token for s in states], device=self.device).clamp(min=0)
-        runs = torch.tensor([s.run_length for s in states], device=self.device)
-        picked = sample(torch.cat(logits), self.sampling, allowed=self.allowed, last_token=last, run_length=runs,
-                        generators=[s.generator for s in states])
+        out = picked[0] if len(picked) == 1 else torch.cat(picked)
         t0 = time.perf_counter()
-        sampled = picked.tolist()  # the step's one host sync
+        sampled = out.tolist()  # the step's one host sync
         self.last_sync_s = time.perf_counter() - t0
-        for s, tok in zip(states, sampled):
-            s.run_length = s.run_length + 1 if tok == s.last_token else 1
-            s.last_token = tok
         return StepResult(dict(zip(rows, sampled)))

@@ -1,5 +1,5 @@
-"""GPU: the runner with CUDA-graph decode samples the same tokens as without (greedy), through prefill, decode
-buckets with padding, slot resets and reuse."""
+"""GPU: the runner with CUDA-graph decode (sampling inside the graph) samples the same tokens as without, greedy and
+seeded, through prefill, decode buckets with padding, slot resets and reuse, and the repetition guard."""
 
 import pytest
 
@@ -11,17 +11,18 @@ from tests.service.engine.fakes import EOS, SPEECH0, N_SPEECH, tiny_lm
 pytestmark = pytest.mark.gpu
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
 @pytest.mark.parametrize("layout", ["AMAM", "AAAA", "MMMM"])
-def test_graph_runner_equals_eager_runner(layout):
+def test_graph_runner_equals_eager_runner(layout, temperature):
     outs = {}
     for graphs in (False, True):
         model = tiny_lm(layout, max_context=512, eos_bias=-50.0).cuda()
         runner = Runner(model, max_streams=5, max_context=512, allowed_ids=list(range(SPEECH0, SPEECH0 + N_SPEECH)) + [EOS],
-                        sampling=SamplingConfig(temperature=0.0), cuda_graphs=graphs)
+                        sampling=SamplingConfig(temperature=temperature, max_repeat=3), cuda_graphs=graphs)
         prompts = {"a": (3, 4, 5, 6, 1), "b": (7, 8, 1), "c": (9, 10, 11, 12, 13, 14, 1)}
         slots = {"a": 2, "b": 0, "c": 4}
-        for rid in prompts:
-            runner.open_request(rid, seed=None)
+        for i, rid in enumerate(prompts):
+            runner.open_request(rid, seed=None if temperature == 0 else i)
         result = runner.execute(StepPlan(resets=tuple(slots.values()), prefills=tuple(
             PrefillChunk(r, slots[r], 0, p, True) for r, p in prompts.items())))
         last, pos, seq = dict(result.sampled), {r: len(p) for r, p in prompts.items()}, []

@@ -1,0 +1,68 @@
+"""The runner on CPU: the repetition guard lives on the device by slot, starts empty for each new request in a slot,
+and seeded draws do not depend on what shares the batch."""
+
+from model.sampling import SamplingConfig
+from service.engine.runner import Runner
+from service.engine.scheduler import DecodeItem, PrefillChunk, StepPlan
+from tests.service.engine.fakes import EOS, N_SPEECH, SPEECH0, tiny_lm
+
+ALLOWED = list(range(SPEECH0, SPEECH0 + N_SPEECH)) + [EOS]
+
+
+def _run(runner, rid, slot, prompt, steps, others=()):
+    """Prefill ``prompt`` for ``rid`` in ``slot`` (beside ``others``: (rid, slot, prompt)), then decode; rid's tokens."""
+    batch = [(rid, slot, prompt), *others]
+    res = runner.execute(StepPlan(resets=tuple(s for _, s, _ in batch), prefills=tuple(
+        PrefillChunk(r, s, 0, p, True) for r, s, p in batch)))
+    last = dict(res.sampled)
+    pos = {r: len(p) for r, _, p in batch}
+    out = [last[rid]]
+    for _ in range(steps):
+        res = runner.execute(StepPlan(decodes=tuple(DecodeItem(r, s, pos[r], last[r]) for r, s, _ in batch)))
+        for r, _, _ in batch:
+            pos[r] += 1
+            last[r] = res.sampled[r]
+        out.append(last[rid])
+    return out
+
+
+def _runs(tokens):
+    longest = cur = 1
+    for a, b in zip(tokens, tokens[1:]):
+        cur = cur + 1 if a == b else 1
+        longest = max(longest, cur)
+    return longest
+
+
+def test_guard_caps_repeats_and_starts_empty_for_the_next_request_in_a_slot():
+    model = tiny_lm("AMAM", max_context=256, eos_bias=50.0)  # greedy picks end-of-speech at every step
+    unguarded = Runner(model, max_streams=2, max_context=256, allowed_ids=ALLOWED,
+                       sampling=SamplingConfig(temperature=0.0, max_repeat=100))
+    unguarded.open_request("free", seed=None)
+    assert _run(unguarded, "free", 0, (3, 4, 5, 1), 4) == [EOS] * 5
+
+    runner = Runner(model, max_streams=2, max_context=256, allowed_ids=ALLOWED,
+                    sampling=SamplingConfig(temperature=0.0, max_repeat=2))
+    runner.open_request("a", seed=None)
+    a = _run(runner, "a", 0, (3, 4, 5, 1), 4)
+    assert [t == EOS for t in a] == [True, True, False, True, True]  # the third in a row is blocked
+    assert _runs(a) <= 2
+    runner.close_request("a")
+    runner.open_request("b", seed=None)
+    # the same slot, a's run of two at its end does not carry over: b starts as a did
+    assert _run(runner, "b", 0, (3, 4, 5, 1), 4) == a
+
+
+def test_seeded_draws_are_the_same_alone_or_beside_others():
+    model = tiny_lm("AMAM", max_context=256, eos_bias=-50.0)
+    cfg = SamplingConfig(temperature=1.0, top_k=20, top_p=0.95)
+    alone = Runner(model, max_streams=3, max_context=256, allowed_ids=ALLOWED, sampling=cfg)
+    alone.open_request("x", seed=7)
+    x = _run(alone, "x", 1, (3, 4, 5, 1), 20)
+    shared = Runner(model, max_streams=3, max_context=256, allowed_ids=ALLOWED, sampling=cfg)
+    shared.open_request("y", seed=3)
+    shared.open_request("x", seed=7)
+    assert _run(shared, "x", 2, (3, 4, 5, 1), 20, others=[("y", 0, (6, 7, 1))]) == x
+    other = Runner(model, max_streams=3, max_context=256, allowed_ids=ALLOWED, sampling=cfg)
+    other.open_request("x", seed=8)
+    assert _run(other, "x", 1, (3, 4, 5, 1), 20) != x
