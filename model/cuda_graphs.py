@@ -19,7 +19,9 @@ The graphs and their buffers belong to these objects (owned by the runner or a b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import gc
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -28,6 +30,21 @@ from model.lm import SpeechLM
 from model.state import Batch, StatePool
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@contextlib.contextmanager
+def capturing() -> Iterator[None]:
+    """Around a capture: collect garbage first and keep Python's cyclic collector off until the capture ends. A
+    collection during capture that frees CUDA objects (another graph and its memory pool, pinned host memory, whose
+    release records an event on the legacy default stream) invalidates the capture in CUDA's global capture mode."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Graphs:
@@ -80,7 +97,7 @@ class GraphedDecoder(_Graphs):
                 run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._mempool):
+        with capturing(), torch.cuda.graph(graph, pool=self._mempool):
             out = run()
         self._graphs[bucket] = (graph, inputs, out)
 
@@ -152,7 +169,7 @@ class GraphedPrefill(_Graphs):
                 run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._mempool):
+        with capturing(), torch.cuda.graph(graph, pool=self._mempool):
             logits = run()
         self._graphs[(b, t)] = (graph, packed, logits)
 

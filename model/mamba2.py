@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model import ssd_ref
+from model import norm_fused, ssd_ref
 from model.config import ModelConfig
 from model.layers import repeat_heads
 from model.state import Batch, MambaState
@@ -121,8 +121,7 @@ class Mamba2Mixer(nn.Module):
                 y = step_inplace(state.ssm, batch.slots, x_kv.reshape(b, self.n_kv_heads, self.head_dim),
                                  dt[:, 0], A, B_kv.reshape(b, self.n_kv_heads, self.d_state),
                                  C.reshape(b, self.n_heads, self.d_state), self.D)
-                y = self._gated_norm(y.unsqueeze(1), z.float())
-                return self.out_proj(y.to(hidden.dtype))
+                return self.out_proj(self._norm_out(y.unsqueeze(1), z, hidden.dtype))
             x, B, C = self.split_xbc(act.unsqueeze(1))
             y, new_ssm = step(state.ssm[batch.slots], x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
             state.ssm[batch.slots] = new_ssm
@@ -141,8 +140,13 @@ class Mamba2Mixer(nn.Module):
             if state is not None:
                 state.ssm[batch.slots] = final.to(state.ssm.dtype)
         y = y.float() + self.D.float()[:, None] * x.float()  # (b, t, h, p)
-        y = self._gated_norm(y, z.float())
-        return self.out_proj(y.to(hidden.dtype))
+        return self.out_proj(self._norm_out(y, z, hidden.dtype))
+
+    def _norm_out(self, y: Tensor, z: Tensor, dtype: torch.dtype) -> Tensor:
+        """The gated norm of y (b, t, h, p) by z (b, t, d_inner), in ``dtype`` for the output projection."""
+        if self.backend != "ref" and norm_fused.usable(y):  # inference on GPU: one kernel instead of ~10
+            return norm_fused.gated_rms_norm(y, z, self.norm_weight, self.eps, dtype)
+        return self._gated_norm(y, z.float()).to(dtype)
 
     def _gated_norm(self, y: Tensor, z: Tensor) -> Tensor:
         """norm(y · silu(z)) per head (group size head_dim), as Mamba-2 with n_groups = n_heads."""

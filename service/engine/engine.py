@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from model import norm_fused
 from model.align.aligner import proportional_spans
 from model.lm import SpeechLM
 from model.sampling import SamplingConfig
@@ -718,5 +719,6 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend,
                                   audio_process=audio_process, decoder_options=options)
     config = EngineConfig.from_settings(settings, device=device)
+    norm_fused.set_enabled(settings.fused_norms)
     model.cast_(config.dtype)
     return Engine(model=model, pipeline=pipeline, config=config, metrics=metrics)

@@ -24,6 +24,35 @@ from model.state import Batch, StatePool
 from service.engine.scheduler import StepPlan, StepResult
 
 
+class _Sampler:
+    """Sampling by slot on the device: the repetition guard's state (each slot's previous token, -1 for none yet,
+    and its run) and the draw that reads and advances it, with no host sync (inside the decode graph on GPU).
+
+    An object of its own rather than a method of the runner: the decode graphs hold the sampler, and a sampler that
+    referred back to the runner would make a cycle, leaving a dropped runner's CUDA graphs and state pool to Python's
+    cyclic collector — which can run in the middle of another graph's capture and invalidate it."""
+
+    def __init__(self, slots: int, sampling: SamplingConfig, allowed: torch.Tensor) -> None:
+        self.sampling = sampling
+        self.allowed = allowed
+        self.last = torch.full((slots,), -1, dtype=torch.long, device=allowed.device)
+        self.run = torch.zeros(slots, dtype=torch.long, device=allowed.device)
+
+    def reset(self, slot: int) -> None:
+        self.last[slot] = -1
+        self.run[slot] = 0
+
+    def __call__(self, logits: torch.Tensor, slots: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """One token per row; advances the rows' guard (by slot)."""
+        last = self.last.index_select(0, slots)
+        run = self.run.index_select(0, slots)
+        tok = sample(logits, self.sampling, allowed=self.allowed, last_token=last.clamp(min=0), run_length=run,
+                     keys=keys)
+        self.run.index_copy_(0, slots, torch.where(tok == last, run + 1, torch.ones_like(run)))
+        self.last.index_copy_(0, slots, tok)
+        return tok
+
+
 class Runner:
     def __init__(self, model: SpeechLM, *, max_streams: int, max_context: int, allowed_ids: list[int],
                  sampling: SamplingConfig, dtype: torch.dtype = torch.float32,
@@ -34,22 +63,18 @@ class Runner:
         # With CUDA graphs one extra slot is scratch space for the padding rows of a batch bucket.
         self.pool = StatePool(model.config, max_streams=max_streams + int(self.use_graphs), max_context=max_context,
                               dtype=dtype, ssm_dtype=ssm_dtype, device=self.device)
-        slots = self.pool.max_streams
-        # the repetition guard by slot (the previous token, -1 for none yet, and its run), read and written on the
-        # device by the sampling of every step, inside the decode graph on GPU
-        self._last = torch.full((slots,), -1, dtype=torch.long, device=self.device)
-        self._run = torch.zeros(slots, dtype=torch.long, device=self.device)
-        self._owner: list[str | None] = [None] * slots  # the request whose guard state a slot holds
-        self.graphs = (GraphedDecoder(model, self.pool, scratch_slot=max_streams, sampler=self._sample_rows)
-                       if self.use_graphs else None)
-        self.prefill_graphs = (GraphedPrefill(model, self.pool, scratch_slot=max_streams)
-                               if self.use_graphs and prefill_graphs else None)
         self.max_context = self.pool.max_context
         self.sampling = sampling
         # The ids sampling may pick, ascending: it samples over those columns only (see model.sampling.sample)
         self.allowed = torch.tensor(sorted(set(allowed_ids)), dtype=torch.long, device=self.device)
         if self.allowed.numel() == 0 or int(self.allowed[-1]) >= model.config.vocab_size or int(self.allowed[0]) < 0:
             raise ValueError("allowed ids must be non-empty and inside the vocabulary")
+        self._sampler = _Sampler(self.pool.max_streams, sampling, self.allowed)
+        self._owner: list[str | None] = [None] * self.pool.max_streams  # the request whose guard state a slot holds
+        self.graphs = (GraphedDecoder(model, self.pool, scratch_slot=max_streams, sampler=self._sampler)
+                       if self.use_graphs else None)
+        self.prefill_graphs = (GraphedPrefill(model, self.pool, scratch_slot=max_streams)
+                               if self.use_graphs and prefill_graphs else None)
         self._keys: dict[str, random.Random | None] = {}  # per request: its seeded key source, or None
         self._rng = random.Random(os.urandom(16))  # noise keys of unseeded requests
         self.last_sync_s = 0.0  # the last step's wait for its sampled tokens (the engine's loop-phase metric)
@@ -74,16 +99,6 @@ class Runner:
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    def _sample_rows(self, logits: torch.Tensor, slots: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """Sample one token per row and advance the rows' repetition guard (by slot). No host sync."""
-        last = self._last.index_select(0, slots)
-        run = self._run.index_select(0, slots)
-        tok = sample(logits, self.sampling, allowed=self.allowed, last_token=last.clamp(min=0), run_length=run,
-                     keys=keys)
-        self._run.index_copy_(0, slots, torch.where(tok == last, run + 1, torch.ones_like(run)))
-        self._last.index_copy_(0, slots, tok)
-        return tok
-
     # --- the step ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
@@ -96,8 +111,7 @@ class Runner:
             for c in chunks:
                 if self._owner[c.slot] != c.request_id:  # a new request in this slot: its guard starts empty
                     self._owner[c.slot] = c.request_id
-                    self._last[c.slot] = -1
-                    self._run[c.slot] = 0
+                    self._sampler.reset(c.slot)
             out = None
             if self.prefill_graphs is not None:  # None when no captured bucket holds this step's prompts
                 out = self.prefill_graphs([c.token_ids for c in chunks], [c.slot for c in chunks],
@@ -117,7 +131,7 @@ class Runner:
                 slots, keys, index = self._upload([[chunks[i].slot for i in keep], [self._key(r) for r in ids], keep])
                 if len(keep) < len(chunks):  # by a device index: indexing by a host list would wait for the GPU
                     out = out.index_select(0, index)
-                picked.append(self._sample_rows(out, slots, keys))
+                picked.append(self._sampler(out, slots, keys))
                 rows += ids
         if plan.decodes:
             items = plan.decodes
@@ -130,7 +144,7 @@ class Runner:
                 batch = Batch.make([d.slot for d in items], [d.position for d in items], [1] * len(items),
                                    max_context=self.max_context, device=self.device)
                 logits = self.model.decode_step(tokens, states=self.pool.layers, batch=batch)
-                picked.append(self._sample_rows(logits, slots, keys))
+                picked.append(self._sampler(logits, slots, keys))
             rows += [d.request_id for d in items]
         if not rows:
             return StepResult({})

@@ -84,3 +84,4 @@ def test_graphed_prefill_equals_eager(layout):
             assert graphs([(1, 2)], [2], [250]) is None  # the bucket's window would pass max_context
     for got, want in zip(results["graph"], results["eager"]):
         assert_close(got, want, **TF32)
+

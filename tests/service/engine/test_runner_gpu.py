@@ -35,3 +35,25 @@ def test_graph_runner_equals_eager_runner(layout, temperature):
             seq.append(dict(res.sampled))
         outs[graphs] = seq
     assert outs[True] == outs[False]
+
+
+def test_a_dropped_runner_is_freed_without_the_cyclic_collector():
+    """No reference cycle through the decode graphs' sampler: a dropped runner's graphs and state pool go at once,
+    never in a later cyclic collection that might fall inside another graph's capture."""
+    import gc
+    import weakref
+
+    model = tiny_lm("AMAM", max_context=512, eos_bias=-50.0).cuda()
+    gc.disable()
+    try:
+        runner = Runner(model, max_streams=2, max_context=512, allowed_ids=list(range(SPEECH0, SPEECH0 + N_SPEECH)),
+                        sampling=SamplingConfig(temperature=0.8))
+        runner.open_request("a", seed=1)
+        runner.execute(StepPlan(resets=(0,), prefills=(PrefillChunk("a", 0, 0, (3, 4, 1), True),)))
+        runner.execute(StepPlan(decodes=(DecodeItem("a", 0, 3, SPEECH0),)))
+        assert runner.graphs is not None and runner.graphs._graphs  # a decode graph was captured
+        ref = weakref.ref(runner)
+        del runner
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -1,0 +1,38 @@
+"""CPU: the guard around a CUDA graph capture (``model.cuda_graphs.capturing``) collects garbage first and keeps the
+cyclic collector off until the capture ends, restoring its state."""
+
+import gc
+
+import pytest
+
+from model.cuda_graphs import capturing
+
+
+def test_capturing_collects_then_holds_the_cyclic_collector_off():
+    class Cycle:
+        def __init__(self):
+            self.me = self
+
+    import weakref
+    c = Cycle()
+    ref = weakref.ref(c)
+    del c
+    assert gc.isenabled()
+    with capturing():
+        assert ref() is None  # collected before the capture
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_a_collector_that_was_off_stays_off_and_errors_restore_it():
+    gc.disable()
+    try:
+        with capturing():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError):
+        with capturing():
+            raise RuntimeError("capture failed")
+    assert gc.isenabled()
