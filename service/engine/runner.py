@@ -70,7 +70,7 @@ class Runner:
         if self.allowed.numel() == 0 or int(self.allowed[-1]) >= model.config.vocab_size or int(self.allowed[0]) < 0:
             raise ValueError("allowed ids must be non-empty and inside the vocabulary")
         self._sampler = _Sampler(self.pool.max_streams, sampling, self.allowed)
-        self._owner: list[str | None] = [None] * self.pool.max_streams  # the request whose guard state a slot holds
+        self._fresh: set[str] = set()  # opened requests not yet prefilled: their slot's guard starts empty
         self.graphs = (GraphedDecoder(model, self.pool, scratch_slot=max_streams, sampler=self._sampler)
                        if self.use_graphs else None)
         self.prefill_graphs = (GraphedPrefill(model, self.pool, scratch_slot=max_streams)
@@ -82,9 +82,11 @@ class Runner:
     # --- per-request sampling state ------------------------------------------------------------------------------
     def open_request(self, request_id: str, *, seed: int | None) -> None:
         self._keys[request_id] = random.Random(seed) if seed is not None else None
+        self._fresh.add(request_id)
 
     def close_request(self, request_id: str) -> None:
         self._keys.pop(request_id, None)
+        self._fresh.discard(request_id)
 
     def _key(self, request_id: str) -> int:
         """The next noise key of a request's draws: from its seed (the same sequence whatever shares the batch)."""
@@ -109,8 +111,8 @@ class Runner:
         if plan.prefills:
             chunks = plan.prefills
             for c in chunks:
-                if self._owner[c.slot] != c.request_id:  # a new request in this slot: its guard starts empty
-                    self._owner[c.slot] = c.request_id
+                if c.request_id in self._fresh:  # a request's first prefill: its guard starts empty (not so at a
+                    self._fresh.discard(c.request_id)  # context restart, which re-prefills the same request)
                     self._sampler.reset(c.slot)
             out = None
             if self.prefill_graphs is not None:  # None when no captured bucket holds this step's prompts

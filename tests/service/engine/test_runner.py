@@ -66,3 +66,14 @@ def test_seeded_draws_are_the_same_alone_or_beside_others():
     other = Runner(model, max_streams=3, max_context=256, allowed_ids=ALLOWED, sampling=cfg)
     other.open_request("x", seed=8)
     assert _run(other, "x", 1, (3, 4, 5, 1), 20) != x
+
+
+def test_a_reused_request_id_in_the_same_slot_starts_with_an_empty_guard():
+    model = tiny_lm("AMAM", max_context=256, eos_bias=50.0)
+    runner = Runner(model, max_streams=2, max_context=256, allowed_ids=ALLOWED,
+                    sampling=SamplingConfig(temperature=0.0, max_repeat=2))
+    runner.open_request("same", seed=None)
+    first = _run(runner, "same", 0, (3, 4, 5, 1), 4)
+    runner.close_request("same")
+    runner.open_request("same", seed=None)  # a client may send its own ids again
+    assert _run(runner, "same", 0, (3, 4, 5, 1), 4) == first
