@@ -76,6 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     merge.add_argument("results", nargs="+")
     merge.add_argument("--out", required=True, help="the merged JSON file (its stem should start with 'serve')")
     merge.set_defaults(func=_merge_serve)
+    compare = kinds.add_parser("compare-serve", help="variants' serve results side by side over repeated runs: "
+                                                     "median [min-max] per model and concurrency")
+    compare.add_argument("variants", nargs="+", metavar="LABEL=SERVE_JSON",
+                         help="one per run; repeat a label to pool its runs (e.g. A=call1/a.json A=call2/a.json)")
+    compare.add_argument("--out", help="also write the rows as JSON here")
+    compare.set_defaults(func=_compare_serve)
     plot = kinds.add_parser("plot", help="plots from saved JSON results")
     plot.add_argument("results", nargs="+")
     plot.set_defaults(func=_plot)
@@ -208,6 +214,22 @@ def _merge_serve(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(merged, indent=1) + "\n")
     print(f"wrote {path}")
     _try_plots([path])
+    return 0
+
+
+def _compare_serve(args: argparse.Namespace) -> int:
+    from bench import serve
+
+    variants: dict[str, list[dict]] = {}
+    for item in args.variants:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"expected LABEL=SERVE_JSON, got {item!r}")
+        variants.setdefault(label, []).append(json.loads(Path(path).read_text()))
+    rows = serve.compare_levels(variants)
+    print(serve.format_comparison(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
 

@@ -33,6 +33,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -506,3 +507,60 @@ def format_table(result: dict) -> str:
         lines.append(f"{r['model']}: largest concurrency with every request complete and no underrun: "
                      f"{r['max_clients_without_underruns']}")
     return "\n".join(lines)
+
+
+# --- comparing variants over repeated runs -----------------------------------------------------------------------
+COMPARE_MEASURES = (  # (column, unit, value of one level)
+    ("TTFA p50", "ms", lambda lv: 1e3 * lv["ttfa_s"]["p50"]),
+    ("TTFA p95", "ms", lambda lv: 1e3 * lv["ttfa_s"]["p95"]),
+    ("chunk 1 tokens", "ms", lambda lv: lv["server"].get("first_audio_stages_ms", {}).get("1", {}).get("tokens")),
+    ("chunk 1 audio", "ms", lambda lv: _audio_stage(lv)),
+    ("xRT agg", "", lambda lv: lv["x_realtime_aggregate"]),
+    ("xRT/stream p50", "", lambda lv: lv["x_realtime_per_stream"]["p50"]),
+    ("underruns", "", lambda lv: lv["underruns"]["events"]),
+    ("stalled", "s", lambda lv: lv["underruns"]["stall_s"]),
+    ("decode step", "ms", lambda lv: lv["server"].get("steps", {}).get("decode", {}).get("mean_ms")),
+    ("mixed step", "ms", lambda lv: lv["server"].get("steps", {}).get("mixed", {}).get("mean_ms")),
+)
+
+
+def _audio_stage(level: dict) -> float | None:
+    stages = level["server"].get("first_audio_stages_ms", {}).get("1", {})
+    wait, decode = stages.get("audio_wait"), stages.get("audio_decode")
+    return None if wait is None or decode is None else wait + decode
+
+
+def compare_levels(variants: dict[str, list[dict]]) -> list[dict]:
+    """Serve results of several variants (label -> its serve.json documents, e.g. the A and B runs of interleaved
+    calls) -> one row per (variant, model, clients): each measure's median, min and max over every run of that level
+    (repeated levels of one run, ``--clients 64 64 64``, count as runs). Runs of one call compare; TTFA at a level
+    moves by up to ±40 % between runs of one tree, so read medians of several runs, not one run."""
+    rows = []
+    for label, docs in variants.items():
+        groups: dict[tuple[str, int], list[dict]] = {}
+        for doc in docs:
+            for run in doc["runs"]:
+                for level in run["levels"]:
+                    groups.setdefault((run["model"], level["clients"]), []).append(level)
+        for (model, clients), levels in sorted(groups.items()):
+            row = {"variant": label, "model": model, "clients": clients, "runs": len(levels)}
+            for name, _, get in COMPARE_MEASURES:
+                values = [v for v in (get(lv) for lv in levels) if v is not None]
+                row[name] = ({"median": statistics.median(values), "min": min(values), "max": max(values)}
+                             if values else None)
+            rows.append(row)
+    return rows
+
+
+def format_comparison(rows: list[dict]) -> str:
+    """A table: per measure, the median and in brackets the range over the runs."""
+    head = ["variant", "model", "clients", "runs"] + [f"{n} ({u})" if u else n for n, u, _ in COMPARE_MEASURES]
+    lines = [" | ".join(head)]
+    for r in rows:
+        cells = [r["variant"], r["model"], str(r["clients"]), str(r["runs"])]
+        for name, _, _ in COMPARE_MEASURES:
+            v = r[name]
+            cells.append("-" if v is None else f"{v['median']:.1f} [{v['min']:.1f}-{v['max']:.1f}]")
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+

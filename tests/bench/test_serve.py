@@ -160,6 +160,41 @@ def test_merge_serve_puts_runs_side_by_side(tmp_path):
     assert len(merged["environments"]) == 2 and merged["method"] == {"clients": [1]}
 
 
+def _level(clients, p95_ms, events, *, tokens=None):
+    server = {"steps": {"decode": {"count": 10, "mean_ms": 5.0}, "mixed": {"count": 0, "mean_ms": None}}}
+    if tokens is not None:
+        server["first_audio_stages_ms"] = {"1": {"tokens": tokens, "audio_wait": 10.0, "audio_decode": 20.0}}
+    return {"clients": clients, "ttfa_s": {"p50": p95_ms / 2e3, "p95": p95_ms / 1e3}, "x_realtime_aggregate": 100.0,
+            "x_realtime_per_stream": {"p50": 2.0}, "underruns": {"events": events, "stall_s": 0.5 * events},
+            "server": server}
+
+
+def test_compare_serve_pools_runs_and_repeated_levels_per_variant(tmp_path, capsys):
+    from bench.serve import compare_levels
+    from service.cli import main
+
+    a1 = {"runs": [{"model": "m", "levels": [_level(64, 400, 10, tokens=150.0), _level(64, 500, 20, tokens=170.0)]}]}
+    a2 = {"runs": [{"model": "m", "levels": [_level(64, 300, 30)]}]}
+    b = {"runs": [{"model": "m", "levels": [_level(64, 200, 0), _level(256, 900, 5)]}]}
+    rows = compare_levels({"A": [a1, a2], "B": [b]})
+    assert [(r["variant"], r["clients"], r["runs"]) for r in rows] == [("A", 64, 3), ("B", 64, 1), ("B", 256, 1)]
+    a = rows[0]
+    assert a["TTFA p95"] == {"median": 400.0, "min": 300.0, "max": 500.0}
+    assert a["underruns"]["median"] == 20 and a["stalled"]["max"] == 15.0
+    assert a["chunk 1 tokens"] == {"median": 160.0, "min": 150.0, "max": 170.0}  # only runs that recorded it
+    assert a["chunk 1 audio"]["median"] == 30.0 and a["mixed step"] is None
+    paths = []
+    for name, doc in (("a1", a1), ("a2", a2), ("b", b)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(doc))
+    out = tmp_path / "rows.json"
+    assert main(["bench", "compare-serve", f"A={paths[0]}", f"A={paths[1]}", f"B={paths[2]}", "--out", str(out)]) == 0
+    assert "400.0 [300.0-500.0]" in capsys.readouterr().out
+    assert json.loads(out.read_text()) == rows
+    with pytest.raises(SystemExit):
+        main(["bench", "compare-serve", str(paths[0])])
+
+
 def test_a_real_bundle_with_a_random_vocoder(tmp_path):
     """--model DIR --random-vocoder: the bundle's files as they are, only pipeline.json says random weights."""
     from bench.serve import random_bundle, with_random_vocoder
