@@ -33,11 +33,13 @@ DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 @contextlib.contextmanager
-def capturing() -> Iterator[None]:
-    """Around a capture: collect garbage first and keep Python's cyclic collector off until the capture ends. A
-    collection during capture that frees CUDA objects (another graph and its memory pool, pinned host memory, whose
-    release records an event on the legacy default stream) invalidates the capture in CUDA's global capture mode."""
-    gc.collect()
+def capturing(collect: bool = True) -> Iterator[None]:
+    """Around a capture: collect garbage first (``collect``; a few tens of ms with a server's heap, so a run of
+    captures collects once) and keep Python's cyclic collector off until the capture ends. A collection during
+    capture that frees CUDA objects (another graph and its memory pool, pinned host memory, whose release records an
+    event on the legacy default stream) invalidates the capture in CUDA's global capture mode."""
+    if collect:
+        gc.collect()
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -76,7 +78,7 @@ class GraphedDecoder(_Graphs):
         return next((k for k in self.buckets if k >= b), None)
 
     @torch.inference_mode()
-    def capture(self, bucket: int) -> None:
+    def capture(self, bucket: int, *, collect: bool = True) -> None:
         dev = next(self.model.parameters()).device
         # static inputs, one row each: tokens, slots, positions, noise keys
         inputs = torch.zeros(4, bucket, dtype=torch.long, device=dev)
@@ -97,14 +99,15 @@ class GraphedDecoder(_Graphs):
                 run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with capturing(), torch.cuda.graph(graph, pool=self._mempool):
+        with capturing(collect), torch.cuda.graph(graph, pool=self._mempool):
             out = run()
         self._graphs[bucket] = (graph, inputs, out)
 
     def capture_all(self, max_batch: int) -> None:
+        gc.collect()
         for bucket in self.buckets:
             if bucket <= max(max_batch, 1) or bucket == self.bucket_for(max_batch):
-                self.capture(bucket)
+                self.capture(bucket, collect=False)
 
     @torch.inference_mode()
     def __call__(self, tokens: Tensor, slots: Tensor, positions: Tensor, keys: Tensor | None = None) -> Tensor:
@@ -150,7 +153,7 @@ class GraphedPrefill(_Graphs):
         return b, t
 
     @torch.inference_mode()
-    def capture(self, b: int, t: int) -> None:
+    def capture(self, b: int, t: int, *, collect: bool = True) -> None:
         dev = next(self.model.parameters()).device
         # one static host->device buffer per graph: per row [slot, start, length, ids...]
         packed = torch.zeros(b, 3 + t, dtype=torch.long, device=dev)
@@ -169,14 +172,15 @@ class GraphedPrefill(_Graphs):
                 run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with capturing(), torch.cuda.graph(graph, pool=self._mempool):
+        with capturing(collect), torch.cuda.graph(graph, pool=self._mempool):
             logits = run()
         self._graphs[(b, t)] = (graph, packed, logits)
 
     def capture_all(self) -> None:
+        gc.collect()
         for b in self.seq_buckets:
             for t in self.len_buckets:
-                self.capture(b, t)
+                self.capture(b, t, collect=False)
 
     @torch.inference_mode()
     def __call__(self, token_ids: list[tuple[int, ...]], slots: list[int], starts: list[int]) -> Tensor | None:

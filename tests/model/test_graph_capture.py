@@ -36,3 +36,22 @@ def test_a_collector_that_was_off_stays_off_and_errors_restore_it():
         with capturing():
             raise RuntimeError("capture failed")
     assert gc.isenabled()
+
+
+def test_a_run_of_captures_may_skip_the_collection():
+    class Cycle:
+        def __init__(self):
+            self.me = self
+
+    import weakref
+    gc.disable()  # no automatic collection between here and the capture
+    try:
+        c = Cycle()
+        ref = weakref.ref(c)
+        del c
+        with capturing(collect=False):
+            assert ref() is not None and not gc.isenabled()  # not collected, and the collector stays off
+    finally:
+        gc.enable()
+    gc.collect()
+    assert ref() is None
