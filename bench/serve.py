@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.serve_stats import RequestRecord, level_summary, max_clients_without_underruns
+from bench.serve_stats import RequestRecord, level_summary, max_clients_by_prebuffer, max_clients_without_underruns
 
 ROOT = Path(__file__).resolve().parents[1]
 NATURAL_SECONDS_PER_CHAR = 0.07  # read English: ~14 characters (spaces included) per second
@@ -409,7 +409,8 @@ def run_model(model_dir: Path, label: str, config: ServeConfig, out: Path, *, ra
             "model_dir": None if random_preset else str(model_dir), "startup_s": startup_s, "voice": voice,
             "settings": settings, "memory_idle": server_summary(idle, idle, 1.0)["memory"],
             "cuda_mps": bool(idle.get("mamtra_cuda_mps", 0.0)), "levels": levels,
-            "max_clients_without_underruns": max_clients_without_underruns(levels)}
+            "max_clients_without_underruns": max_clients_without_underruns(levels),
+            "max_clients_without_underruns_by_prebuffer": max_clients_by_prebuffer(levels)}
 
 
 def with_random_vocoder(model_dir: Path, out: Path) -> Path:
@@ -493,6 +494,10 @@ def format_stages(level: dict) -> str:
         cells = " ".join(f"{stage} {'-' if ms is None else format(ms, '.0f')}" for stage, ms in stages.items())
         parts.append(f"chunk {chunk}: {cells}")
     line = "    first audio, mean ms: " + " | ".join(parts)
+    by = level.get("underruns_by_prebuffer")
+    if by:
+        line += "\n    underruns (stalled s) of players that buffer: " + ", ".join(
+            f"{key} s {v['events']} ({v['stall_s']:.1f})" for key, v in by.items())
     loop = level["server"].get("loop_phase_ms")
     if loop and any(v is not None for v in loop.values()):
         line += "\n    engine loop per step, mean ms: " + " ".join(
@@ -506,6 +511,10 @@ def format_table(result: dict) -> str:
         lines += [format_row(r["model"], lv) for lv in r["levels"]]
         lines.append(f"{r['model']}: largest concurrency with every request complete and no underrun: "
                      f"{r['max_clients_without_underruns']}")
+        by = r.get("max_clients_without_underruns_by_prebuffer")
+        if by:
+            lines.append(f"{r['model']}: the same for players that buffer: "
+                         + ", ".join(f"{key} s: {n}" for key, n in by.items()))
     return "\n".join(lines)
 
 
@@ -519,6 +528,7 @@ COMPARE_MEASURES = (  # (column, unit, value of one level)
     ("xRT/stream p50", "", lambda lv: lv["x_realtime_per_stream"]["p50"]),
     ("underruns", "", lambda lv: lv["underruns"]["events"]),
     ("stalled", "s", lambda lv: lv["underruns"]["stall_s"]),
+    ("underruns, 0.2 s buffer", "", lambda lv: lv.get("underruns_by_prebuffer", {}).get("0.2", {}).get("events")),
     ("decode step", "ms", lambda lv: lv["server"].get("steps", {}).get("decode", {}).get("mean_ms")),
     ("mixed step", "ms", lambda lv: lv["server"].get("steps", {}).get("mixed", {}).get("mean_ms")),
 )

@@ -113,12 +113,18 @@ def player_underruns(arrivals: Sequence[float], seconds: Sequence[float], *, pre
     return events, stalled
 
 
+# Players that buffer this much audio before they start, besides the level's own ``prebuffer_s``: how the underruns
+# fall with a buffer (a strict player at 0 s is the harshest; browsers and phone players buffer ~0.1-0.5 s)
+PLAYER_PREBUFFERS = (0.0, 0.1, 0.2, 0.3, 0.5)
+
+
 def level_summary(records: Sequence[RequestRecord], *, wall_s: float, prebuffer_s: float = 0.0,
                   coalesce_s: float = 0.001) -> dict:
     """Everything one concurrency level reports, from its requests."""
     ttfa, all_gaps, per_stream = [], [], []
     events = stalled = 0.0
     with_underruns = 0
+    by_prebuffer = {f"{p:g}": {"events": 0, "stall_s": 0.0, "requests_with_underruns": 0} for p in PLAYER_PREBUFFERS}
     statuses: dict[str, int] = {}
     errors: list[str] = []
     for r in records:
@@ -132,10 +138,16 @@ def level_summary(records: Sequence[RequestRecord], *, wall_s: float, prebuffer_
             continue
         times, sizes = coalesce(r.arrivals, r.sizes, coalesce_s)
         all_gaps += gaps(times)
-        e, s = player_underruns(times, [n / BYTES_PER_SECOND for n in sizes], prebuffer_s=prebuffer_s)
+        chunk_s = [n / BYTES_PER_SECOND for n in sizes]
+        e, s = player_underruns(times, chunk_s, prebuffer_s=prebuffer_s)
         events += e
         stalled += s
         with_underruns += e > 0
+        for key, acc in by_prebuffer.items():
+            e2, s2 = player_underruns(times, chunk_s, prebuffer_s=float(key))
+            acc["events"] += e2
+            acc["stall_s"] += s2
+            acc["requests_with_underruns"] += e2 > 0
         per_stream.append(r.audio_s / (r.ended - r.sent))
     completed = [r for r in records if r.completed]
     rejected = sum(r.rejected for r in records)
@@ -151,6 +163,7 @@ def level_summary(records: Sequence[RequestRecord], *, wall_s: float, prebuffer_
         "gap_s": percentiles(all_gaps),
         "underruns": {"events": int(events), "stall_s": stalled, "requests_with_underruns": with_underruns,
                       "prebuffer_s": prebuffer_s},
+        "underruns_by_prebuffer": by_prebuffer,  # the same requests, players with these buffers (seconds)
         "x_realtime_per_stream": {
             "p50": float(np.percentile(per_stream_arr, 50)) if per_stream else None,
             "p5": float(np.percentile(per_stream_arr, 5)) if per_stream else None,
@@ -166,12 +179,22 @@ def level_passes(level: dict) -> bool:
     return req["completed"] > 0 and req["completed"] == req["sent"] and level["underruns"]["events"] == 0
 
 
-def max_clients_without_underruns(levels: Sequence[dict]) -> int | None:
+def max_clients_without_underruns(levels: Sequence[dict], prebuffer: str | None = None) -> int | None:
     """The largest concurrency N such that N and every lower level measured pass (``level_passes``): a level that
-    passes above a failing one is noise, not capacity."""
+    passes above a failing one is noise, not capacity. ``prebuffer``: judged for the player of that buffer (a key of
+    ``underruns_by_prebuffer``) instead of the level's own."""
     best = None
     for level in sorted(levels, key=lambda lv: lv["clients"]):
+        if prebuffer is not None:
+            level = {**level, "underruns": level["underruns_by_prebuffer"][prebuffer]}
         if not level_passes(level):
             break
         best = level["clients"]
     return best
+
+
+def max_clients_by_prebuffer(levels: Sequence[dict]) -> dict[str, int | None]:
+    """``max_clients_without_underruns`` for each player buffer of ``PLAYER_PREBUFFERS`` (levels that have them)."""
+    if not levels or any("underruns_by_prebuffer" not in lv for lv in levels):
+        return {}
+    return {key: max_clients_without_underruns(levels, key) for key in levels[0]["underruns_by_prebuffer"]}

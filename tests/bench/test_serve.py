@@ -76,6 +76,27 @@ def test_level_summary_counts_outcomes_latency_gaps_underruns_and_real_time():
     assert s["x_realtime_aggregate"] == pytest.approx(3.0 / 2.5)
 
 
+def test_underruns_are_also_counted_for_players_with_a_buffer():
+    from bench.serve_stats import PLAYER_PREBUFFERS, max_clients_by_prebuffer
+
+    tenth = HALF // 5  # 0.1 s chunks
+    late = _record(0, 0.0, [0.0, 0.05, 0.25], ended=0.3, size=tenth)  # strict: dry at 0.2, next at 0.25
+    on_time = _record(1, 0.0, [0.0, 0.1, 0.2], ended=0.3, size=tenth)
+    s = level_summary([late, on_time], wall_s=0.3)
+    by = s["underruns_by_prebuffer"]
+    assert list(by) == [f"{p:g}" for p in PLAYER_PREBUFFERS]
+    assert by["0"]["events"] == s["underruns"]["events"] == 1 and by["0"]["stall_s"] == pytest.approx(0.05)
+    assert by["0.2"] == {"events": 0, "stall_s": 0.0, "requests_with_underruns": 0}  # starts at 0.05, dry at 0.25
+
+    def level(n, strict, buffered):
+        return {"clients": n, "requests": {"sent": 1, "completed": 1}, "underruns": {"events": strict},
+                "underruns_by_prebuffer": {"0": {"events": strict}, "0.2": {"events": buffered}}}
+
+    levels = [level(1, 0, 0), level(64, 3, 0), level(256, 9, 2)]
+    assert max_clients_by_prebuffer(levels) == {"0": 1, "0.2": 64}
+    assert max_clients_by_prebuffer([{"clients": 1}]) == {}  # results from before the buffers were recorded
+
+
 def test_capacity_is_the_top_of_the_passing_prefix():
     def level(n, *, underruns=0, failed=0):
         return {"clients": n, "underruns": {"events": underruns},
