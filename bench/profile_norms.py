@@ -8,23 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
-
-
-def _time(fn, reps: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def _kernels(fn) -> int:
@@ -44,7 +29,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=40)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    from bench.lm import Device, build_model
+    from bench.lm import Device, _time, build_model
     from model import norm_fused
     from model.config import preset
     from model.cuda_graphs import GraphedDecoder, GraphedPrefill
@@ -52,11 +37,11 @@ def main() -> None:
 
     dev = torch.device("cuda")
     config = preset(a.preset)
-    model = build_model(config, Device(dev), dtype=torch.bfloat16)
-    usable = norm_fused.usable
+    device = Device(dev)
+    model = build_model(config, device, dtype=torch.bfloat16)
     rows = []
     for fused in (True, False, True, False):
-        norm_fused.usable = usable if fused else (lambda x: False)
+        norm_fused.set_enabled(fused)
         pool = StatePool(config, max_streams=a.batch + 1, max_context=8192, dtype=torch.bfloat16, device=dev)
         dec = GraphedDecoder(model, pool, scratch_slot=a.batch, buckets=(a.batch,))
         pre = GraphedPrefill(model, pool, scratch_slot=a.batch, seq_buckets=(1,), len_buckets=(64,))
@@ -72,13 +57,14 @@ def main() -> None:
             dec(tokens, slots, pos)
             pre(prompt, [0], [0])
             row = dict(fused=fused, preset=a.preset, batch=a.batch, position=a.position, prompt_tokens=a.tokens,
-                       decode_ms=_time(g_dec.replay), prefill_ms=_time(g_pre.replay),
+                       decode_ms=1e3 * _time(g_dec.replay, device, warmup=5, reps=50),
+                       prefill_ms=1e3 * _time(g_pre.replay, device, warmup=5, reps=50),
                        decode_kernels=_kernels(g_dec.replay), prefill_kernels=_kernels(g_pre.replay))
         print(json.dumps(row), flush=True)
         rows.append(row)
         del dec, pre, pool
         torch.cuda.empty_cache()
-    norm_fused.usable = usable
+    norm_fused.set_enabled(True)
     if a.out:
         with open(f"{a.out}/profile_norms.json", "w") as f:
             json.dump(rows, f, indent=1)

@@ -573,4 +573,3 @@ def format_comparison(rows: list[dict]) -> str:
             cells.append("-" if v is None else f"{v['median']:.1f} [{v['min']:.1f}-{v['max']:.1f}]")
         lines.append(" | ".join(cells))
     return "\n".join(lines)
-

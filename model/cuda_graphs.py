@@ -60,6 +60,20 @@ class _Graphs:
         self.scratch_slot = scratch_slot
         self._mempool = torch.cuda.graph_pool_handle()
 
+    def _record(self, run: Callable[[], Tensor], collect: bool) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        """``run`` twice on a side stream (Triton compiles and autotunes there, outside the capture), then captured
+        into a graph in this object's memory pool (inside ``capturing``): the graph and ``run``'s static output."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with capturing(collect), torch.cuda.graph(graph, pool=self._mempool):
+            out = run()
+        return graph, out
+
 
 class GraphedDecoder(_Graphs):
     """Decode steps replayed per batch bucket. With a ``sampler`` (``(logits, slots, keys) -> token ids``, no host
@@ -92,15 +106,7 @@ class GraphedDecoder(_Graphs):
             logits = self.model.decode_step(tokens, states=self.pool.layers, batch=batch)
             return logits if self.sampler is None else self.sampler(logits, slots, keys)
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the capture: Triton compiles and autotunes here
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with capturing(collect), torch.cuda.graph(graph, pool=self._mempool):
-            out = run()
+        graph, out = self._record(run, collect)
         self._graphs[bucket] = (graph, inputs, out)
 
     def capture_all(self, max_batch: int) -> None:
@@ -165,15 +171,7 @@ class GraphedPrefill(_Graphs):
                              dense_writes=True)
             return self.model.prefill(packed[:, 3:], states=self.pool.layers, batch=batch)
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the capture: Triton compiles and autotunes here
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with capturing(collect), torch.cuda.graph(graph, pool=self._mempool):
-            logits = run()
+        graph, logits = self._record(run, collect)
         self._graphs[(b, t)] = (graph, packed, logits)
 
     def capture_all(self) -> None:

@@ -78,9 +78,7 @@ def _kernels():
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """``weight * (x * rsqrt(mean(x², -1) + eps)).to(x.dtype)`` with float32 statistics; x (..., d), weight (d,)."""
     d = x.shape[-1]
-    rows = x.reshape(-1, d)
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
+    rows = _rows(x, d)
     out = torch.empty(rows.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     if rows.shape[0]:
         block = _pow2(d)
@@ -97,17 +95,19 @@ def gated_rms_norm(y: Tensor, z: Tensor, weight: Tensor, eps: float, out_dtype: 
     b, t, h, p = y.shape
     if p & (p - 1):
         raise ValueError(f"head dimension {p} is not a power of two")
-    y2 = y.reshape(b * t, h * p)
-    if y2.stride(-1) != 1:
-        y2 = y2.contiguous()
-    z2 = z.reshape(b * t, h * p)
-    if z2.stride(-1) != 1:
-        z2 = z2.contiguous()
+    y2, z2 = _rows(y, h * p), _rows(z, h * p)
     out = torch.empty(b * t, h * p, dtype=out_dtype, device=y.device)
     if b * t:
         _kernels()[1][(b * t, h)](y2, z2, weight, out, y2.stride(0), z2.stride(0), out.stride(0), eps, P=p,
                                   num_warps=1 if p <= 64 else 2)
     return out.reshape(b, t, h * p)
+
+
+def _rows(x: Tensor, width: int) -> Tensor:
+    """x as (rows, width) with unit stride along a row (a view where it can be: a strided slice keeps its row
+    stride, which the kernels take)."""
+    rows = x.reshape(-1, width)
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
 def _pow2(n: int) -> int:

@@ -2,18 +2,21 @@
 cyclic collector off until the capture ends, restoring its state."""
 
 import gc
+import weakref
 
 import pytest
 
 from model.cuda_graphs import capturing
 
 
-def test_capturing_collects_then_holds_the_cyclic_collector_off():
-    class Cycle:
-        def __init__(self):
-            self.me = self
+class Cycle:
+    """Garbage only the cyclic collector frees."""
 
-    import weakref
+    def __init__(self):
+        self.me = self
+
+
+def test_capturing_collects_then_holds_the_cyclic_collector_off():
     c = Cycle()
     ref = weakref.ref(c)
     del c
@@ -39,11 +42,6 @@ def test_a_collector_that_was_off_stays_off_and_errors_restore_it():
 
 
 def test_a_run_of_captures_may_skip_the_collection():
-    class Cycle:
-        def __init__(self):
-            self.me = self
-
-    import weakref
     gc.disable()  # no automatic collection between here and the capture
     try:
         c = Cycle()
