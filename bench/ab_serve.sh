@@ -14,6 +14,6 @@ for spec in $trees; do
   label=${spec%%=*}; rest=${spec#*=}; where=${rest%%@*}; dir=$(cd $where && pwd)
   envs=(); [[ $rest == *@* ]] && IFS=, read -ra envs <<< "${rest#*@}"
   mkdir -p $OUT/$label
-  (cd $dir && env "${envs[@]}" PYTHONPATH=/tmp/site:$dir:$R/.carry/hifigan_pkg timeout 280 python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT/$label', *sys.argv[1:]]))" "$@" 2>&1 | grep -v '%|' | grep -E "^mamtra|^transformer|largest|first audio|engine loop|players that buffer" | awk '!seen[$0]++' | sed "s/^/$label /")
+  (cd $dir && env "${envs[@]}" PYTHONPATH=/tmp/site:$dir:$R/.carry/hifigan_pkg timeout 280 python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT/$label', *sys.argv[1:]]))" "$@" 2>&1 | grep -v '%|' | grep -E "^mamtra|^transformer|largest|first audio|engine loop|players that buffer|urgent lane" | awk '!seen[$0]++' | sed "s/^/$label /")
   rm -f $OUT/$label/*.png $OUT/$label/*.log
 done

@@ -261,6 +261,9 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
                                   for chunk, stages in FIRST_AUDIO_STAGES.items()},
         "speech_tokens": delta("mamtra_speech_tokens_total"),
         "server_underruns": delta("mamtra_underruns_total"),
+        # requests' first chunks through the urgent lane (MAMTRA_AUDIO_URGENT_LANE): won, lost, skipped, failed
+        "urgent_lane": {r: delta(f'mamtra_audio_urgent_lane_chunks_total{{result="{r}"}}')
+                        for r in ("won", "lost", "skipped", "failed")},
         # per step kind (decode, prefill, mixed): steps and mean wall time; what prefills cost the decode loop
         "steps": {kind: _steps(delta(f'mamtra_step_seconds_sum{{kind="{kind}"}}'),
                                delta(f'mamtra_step_seconds_count{{kind="{kind}"}}'))
@@ -498,6 +501,9 @@ def format_stages(level: dict) -> str:
     if by:
         line += "\n    underruns (stalled s) of players that buffer: " + ", ".join(
             f"{key} s {v['events']} ({v['stall_s']:.1f})" for key, v in by.items())
+    lane = level["server"].get("urgent_lane")
+    if lane and any(lane.values()):
+        line += "\n    urgent lane, chunks: " + " ".join(f"{r} {n:.0f}" for r, n in lane.items())
     loop = level["server"].get("loop_phase_ms")
     if loop and any(v is not None for v in loop.values()):
         line += "\n    engine loop per step, mean ms: " + " ".join(

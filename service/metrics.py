@@ -84,6 +84,10 @@ class Metrics:
         self.audio_decode_wait = Histogram(
             "mamtra_audio_decode_wait_seconds", "Time a chunk's tokens waited for the audio thread",
             buckets=STEP_BUCKETS, registry=r)
+        self.urgent_lane_chunks = Counter(
+            "mamtra_audio_urgent_lane_chunks_total", "Requests' first chunks through the urgent lane "
+            "(MAMTRA_AUDIO_URGENT_LANE), by result: won (the lane delivered it), lost (the audio worker had already), "
+            "skipped (left to the worker), failed", ["result"], registry=r)
         # Memory
         self.gpu_memory_allocated = Gauge("mamtra_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated",
                                           registry=r)

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
                                        "batch of chunks fill (0: never waits)")
     audio_urgent_chunks: int = Field(2, ge=0, description="A request's first chunks decoded ahead of steady "
                                      "streams', in a batch of their own and without the fill wait (0: none)")
+    audio_urgent_lane: Literal["auto", "on", "off"] = Field("auto", description="A second audio decoder (a "
+                                                            "second audio process) that decodes requests' urgent "
+                                                            "chunks at once, beside the main one's round in "
+                                                            "progress; whichever finishes a chunk first delivers it; "
+                                                            "auto = on with the audio process")
     audio_process: Literal["auto", "on", "off"] = Field("auto", description="Decode audio (codec decoder + "
                                                         "vocoder) in a process of its own, beside the LM loop "
                                                         "instead of sharing its interpreter lock; auto = on with "

@@ -111,7 +111,9 @@ class ProcessDecoder:
     """``SpeechDecoder`` (``open``, ``push_many``) backed by the bundle's decoder in a child process."""
 
     def __init__(self, factory: Callable | str, root: str | Path, spec: dict, *, threads: int | None = None,
-                 start_timeout_s: float = 600.0):
+                 start_timeout_s: float = 600.0, wait: bool = True):
+        """``wait=False``: return once the child is spawned; ``wait_ready()`` then waits for its decoder (so that
+        two processes load at once)."""
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         self._proc = ctx.Process(target=_child, name="mamtra-audio",
@@ -121,13 +123,23 @@ class ProcessDecoder:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._freed: list[int] = []
-        if not self._conn.poll(start_timeout_s):
+        self._start_timeout_s = start_timeout_s
+        self._ready = False
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait for the child's decoder (``AudioProcessError`` if it fails or takes longer than the start timeout)."""
+        if self._ready:
+            return
+        if not self._conn.poll(self._start_timeout_s):
             self.shutdown()
-            raise AudioProcessError(f"the audio process did not start within {start_timeout_s:.0f} s")
+            raise AudioProcessError(f"the audio process did not start within {self._start_timeout_s:.0f} s")
         status, detail = self._recv()
         if status != "ready":
             self.shutdown()
             raise AudioProcessError(f"the audio process failed to start: {detail}")
+        self._ready = True
 
     def open(self, voice_id: str, *, speed: float = 1.0) -> ProcessStream:
         return ProcessStream(self, next(self._ids), voice_id, float(speed))

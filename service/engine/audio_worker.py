@@ -16,6 +16,11 @@ first, in batches of their own, then the others: a new stream's first audio does
 of steady streams that each have seconds of audio buffered. A batch's cost grows far slower than its size (one
 launch per op for all streams), and while this thread sleeps the engine loop, which shares the GIL with it,
 produces more chunks. Without a backlog nothing waits.
+
+``UrgentLane`` is a second path for the requests' first chunks only, beside the worker, for a decoder of its own
+(a second audio process, ``Engine``): it runs whatever urgent jobs are queued at once, in batches of a few, while the
+worker may be in the middle of a round of hundreds of steady streams. The worker still decodes every job, the first
+chunks included (its decoder state must continue from them), and whichever path finishes a chunk first delivers it.
 """
 
 from __future__ import annotations
@@ -144,3 +149,77 @@ class AudioWorker:
         self._run_batch(batch)
         for job in ends:
             self._run_end(job)
+
+
+class UrgentLane:
+    """Runs urgent jobs as they come, at most ``max_batch`` distinct requests a batch (a request's next job waits for
+    the next batch), with no fill wait; ``idle`` is called about every ``idle_s`` seconds while nothing is queued (the
+    engine releases the lane's decoder streams of finished requests there). Jobs may be dropped by ``run_batch``
+    without harm: the ``AudioWorker`` decodes them too."""
+
+    def __init__(self, *, run_batch: Callable[[list[AudioJob]], None], max_batch: int,
+                 idle: Callable[[], None] | None = None, idle_s: float = 1.0) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._run_batch = run_batch
+        self._idle = idle
+        self.idle_s = idle_s
+        self.max_batch = max_batch
+        self._jobs: deque[AudioJob] = deque()
+        self._cv = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def submit_many(self, jobs: list[AudioJob]) -> None:
+        jobs = [job for job in jobs if job.urgent and job.is_decode]
+        if not jobs:
+            return
+        with self._cv:
+            if self._stopped:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="mamtra-audio-urgent", daemon=True)
+                self._thread.start()
+            self._jobs.extend(jobs)
+            self._cv.notify()
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._jobs.clear()
+            self._cv.notify()
+
+    def _take(self) -> list[AudioJob]:
+        """The next batch: queued jobs in order, one per request (a request's later job stays queued behind its
+        earlier one), at most ``max_batch``. Called with the lock held."""
+        batch: list[AudioJob] = []
+        kept: deque[AudioJob] = deque()
+        seen: set[int] = set()
+        for job in self._jobs:
+            if id(job.handle) in seen or len(batch) >= self.max_batch:
+                kept.append(job)
+            else:
+                batch.append(job)
+            seen.add(id(job.handle))
+        self._jobs = kept
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs and not self._stopped:
+                    if not self._cv.wait(self.idle_s) and self._idle is not None and not self._jobs:
+                        self._cv.release()
+                        try:
+                            self._idle()
+                        except Exception:
+                            log.exception("urgent audio lane: idle clean-up failed")
+                        finally:
+                            self._cv.acquire()
+                if self._stopped:
+                    return
+                batch = self._take()
+            try:
+                self._run_batch(batch)
+            except Exception:  # run_batch handles its own faults; this is a last resort (the worker has the jobs)
+                log.exception("urgent audio lane: a batch failed")

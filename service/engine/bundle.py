@@ -68,10 +68,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: str = "auto",
-                audio_process: bool = False, decoder_options: dict[str, Any] | None = None
-                ) -> tuple[SpeechLM, Pipeline]:
+                audio_process: bool = False, decoder_options: dict[str, Any] | None = None,
+                urgent_lane: bool = False) -> tuple[SpeechLM, Pipeline]:
     """``audio_process``: the decoder runs in a child process (``service.engine.audio_process``);
-    ``decoder_options``: keys of the decoder section that override the bundle's (e.g. ``vocoder_channels_last``)."""
+    ``decoder_options``: keys of the decoder section that override the bundle's (e.g. ``vocoder_channels_last``);
+    ``urgent_lane``: a second decoder for the requests' first chunks (``Pipeline.urgent_decoder``; another child
+    process with ``audio_process``, the two loading at once)."""
     root = Path(model_dir) if model_dir else DEFAULT_BUNDLE
     spec_path = root / "pipeline.json"
     if not spec_path.exists():
@@ -87,15 +89,25 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
         frontend: TextFrontend = _factory(FRONTENDS, spec["frontend"]["kind"])(root, spec["frontend"])
         decoder_spec = {"device": str(device), **spec["decoder"], **(decoder_options or {})}
         make_decoder = _factory(DECODERS, spec["decoder"]["kind"])
+        urgent_decoder: SpeechDecoder | None = None
         if audio_process:
             from service.engine.audio_process import AudioProcessError, ProcessDecoder
 
-            try:  # the same factory, called in the child
-                decoder: SpeechDecoder = ProcessDecoder(make_decoder, root, decoder_spec)
+            started: list[ProcessDecoder] = []
+            try:  # the same factory, called in the child(ren)
+                for _ in range(2 if urgent_lane else 1):
+                    started.append(ProcessDecoder(make_decoder, root, decoder_spec, wait=False))
+                for process in started:
+                    process.wait_ready()
             except AudioProcessError as e:
+                for process in started:
+                    process.shutdown()
                 raise BundleError(f"{root}: {e}") from None
+            decoder: SpeechDecoder = started[0]
+            urgent_decoder = started[1] if urgent_lane else None
         else:
             decoder = make_decoder(root, decoder_spec)
+            urgent_decoder = make_decoder(root, decoder_spec) if urgent_lane else None
     except KeyError as e:
         raise BundleError(f"{spec_path}: unknown front-end or decoder kind {e}") from None
     voices = {}
@@ -118,7 +130,8 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
     guard = {k: float(spec[k]) for k in ("max_seconds_per_char", "min_cap_seconds") if k in spec}
     pipeline = Pipeline(model_id=spec["model_id"], frontend=frontend, decoder=decoder, voices=voices,
                         eos_id=spec["eos_id"], speech_ids=tuple(range(first, last + 1)),
-                        tokens_per_second=spec.get("tokens_per_second", 25.0), aligner=aligner, **guard)
+                        tokens_per_second=spec.get("tokens_per_second", 25.0), aligner=aligner,
+                        urgent_decoder=urgent_decoder, **guard)
     return model, pipeline
 
 

@@ -37,7 +37,7 @@ from model import norm_fused
 from model.align.aligner import proportional_spans
 from model.lm import SpeechLM
 from model.sampling import SamplingConfig
-from service.engine.audio_worker import AudioJob, AudioWorker
+from service.engine.audio_worker import AudioJob, AudioWorker, UrgentLane
 from service.engine.pipeline import DecoderStream, Pipeline, SentenceText
 from service.engine.runner import Runner
 from service.engine.scheduler import AdmissionError, Event, Phase, Scheduler, SchedulerConfig, Sentence
@@ -70,6 +70,7 @@ class EngineConfig:
     stall_timeout_s: float = 10.0
     audio_max_batch: int = 256  # decode jobs of different requests run together (1: one at a time)
     urgent_chunks: int = 2  # a request's first chunks decoded ahead of steady streams' (audio_worker; 0: none)
+    urgent_lane_max_batch: int = 32  # with the pipeline's urgent_decoder: urgent chunks per batch of the lane
     align_chunks: bool = True  # later chunks close on the engine's step clock (see Engine._chunk_ready)
     # A sentence whose successor is already queued does not flush the decoder: the request's audio is one decode
     # session, its chunks keep the usual size and batch with other streams' (a flush's odd-sized chunk and the
@@ -116,8 +117,10 @@ class _Handle(StreamHandle):
         self.first_token_at: float | None = None  # engine thread (the first-audio stages)
         self.first_chunk_at: float | None = None  # engine thread: chunk 1 handed to the audio thread
         self.closed = False  # no more chunks will be produced
-        self.produced = 0  # chunks posted (written by the audio thread only)
-        self.empty_jobs = 0  # decode jobs that produced no chunk (audio thread only)
+        self.produced = 0  # chunks posted (written under the engine's emit lock)
+        self.empty_jobs = 0  # decode jobs that produced no chunk (under the emit lock)
+        self.settled = 0  # the last chunk index delivered or found empty (emit lock): either audio path may be first
+        self.urgent_decoder: DecoderStream | None = None  # the urgent lane's stream (its thread only)
         self.consumed = 0  # chunks read (written by the asyncio side only)
         # Audio-thread state
         self.decoder: DecoderStream | None = None
@@ -217,6 +220,14 @@ class Engine(EngineAPI):
         self._thread: threading.Thread | None = None
         self._audio = AudioWorker(run_batch=self._decode_batch, run_end=lambda job: self._finish_stream(job.handle),
                                   max_batch=config.audio_max_batch, max_wait_s=config.audio_batch_wait_s)
+        # Chunks are delivered under this lock by whichever path decodes them first (the worker or the urgent lane)
+        self._emit_lock = threading.Lock()
+        self._lane: UrgentLane | None = None
+        if pipeline.urgent_decoder is not None and config.urgent_chunks > 0:
+            self._lane = UrgentLane(run_batch=self._decode_urgent, max_batch=config.urgent_lane_max_batch,
+                                    idle=self._release_urgent)
+        self._urgent_open: set[_Handle] = set()  # requests with a stream in the urgent decoder (the lane's thread)
+        self._lane_stream = None  # on CUDA with an in-process urgent decoder: the lane's own CUDA stream
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._audio_stream = None  # on CUDA: the audio thread's own stream (see _build_and_warm)
         self._warm = False
@@ -318,9 +329,12 @@ class Engine(EngineAPI):
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10.0)
         self._audio.shutdown()
-        shutdown = getattr(self.pipeline.decoder, "shutdown", None)  # a decoder process (MAMTRA_AUDIO_PROCESS)
-        if shutdown is not None:
-            await asyncio.get_running_loop().run_in_executor(None, shutdown)
+        if self._lane is not None:
+            self._lane.shutdown()
+        for decoder in (self.pipeline.decoder, self.pipeline.urgent_decoder):
+            shutdown = getattr(decoder, "shutdown", None)  # a decoder process (MAMTRA_AUDIO_PROCESS)
+            if shutdown is not None:
+                await asyncio.get_running_loop().run_in_executor(None, shutdown)
 
     # --- admission helpers (called from handles, asyncio thread) ---------------------------------------------------
     def _retry_after(self) -> float:
@@ -400,18 +414,34 @@ class Engine(EngineAPI):
             # then waits for the LM's kernels only, not for vocoder work queued by the audio thread, and vice versa.
             self._audio_stream = torch.cuda.Stream(device=self.runner.device)
             self._audio_stream.wait_stream(torch.cuda.current_stream(self.runner.device))
-        with self._audio_context():
-            stream = self.pipeline.decoder.open(voice.voice.id, speed=1.0)
+            if self._lane is not None:
+                self._lane_stream = torch.cuda.Stream(device=self.runner.device)
+                self._lane_stream.wait_stream(torch.cuda.current_stream(self.runner.device))
+        lane_warm = None
+        if self._lane is not None:  # the urgent decoder (another process, as a rule) warms up beside the other
+            lane_warm = threading.Thread(target=self._warm_decoder, name="mamtra-warm-urgent", args=(
+                self.pipeline.urgent_decoder, self._lane_context, voice.voice.id, self.config.urgent_lane_max_batch))
+            lane_warm.start()
+        self._warm_decoder(self.pipeline.decoder, self._audio_context, voice.voice.id, self.config.audio_max_batch)
+        if lane_warm is not None:
+            lane_warm.join()
+
+    def _warm_decoder(self, decoder, context, voice_id: str, max_batch: int) -> None:
+        with context():
+            stream = decoder.open(voice_id, speed=1.0)
             stream.push(list(self.pipeline.speech_ids[:4]), flush=True)
             if hasattr(stream, "close"):
                 stream.close()
-            warm = getattr(self.pipeline.decoder, "warm_up", None)
+            warm = getattr(decoder, "warm_up", None)
             if warm is not None:  # the audio batches' shapes (a no-op where the decoder does not bucket them)
-                warm(min(self.config.audio_max_batch, self.config.max_streams),
+                warm(min(max_batch, self.config.max_streams),
                      first_chunk=self.config.first_chunk_tokens, chunk=self.config.chunk_tokens)
 
     def _audio_context(self):
         return torch.cuda.stream(self._audio_stream) if self._audio_stream is not None else contextlib.nullcontext()
+
+    def _lane_context(self):
+        return torch.cuda.stream(self._lane_stream) if self._lane_stream is not None else contextlib.nullcontext()
 
     def _loop(self) -> None:
         try:
@@ -478,6 +508,8 @@ class Engine(EngineAPI):
         try:
             self._dispatch_into(events, jobs)
         finally:  # one hand-over per step: the audio thread never starts a round with half of a step's chunks
+            if self._lane is not None:
+                self._lane.submit_many(jobs)  # the urgent ones; the worker decodes them too
             self._audio.submit_many(jobs)
 
     def _dispatch_into(self, events: list[Event], jobs: list[AudioJob]) -> None:
@@ -566,11 +598,31 @@ class Engine(EngineAPI):
         start = time.monotonic()
         with self._audio_context():
             for job, pcm in self._decode_jobs(jobs, start):
-                if job.index in (1, 2):
-                    self._stage(job.index, "audio_wait", start - job.submitted)
-                    self._stage(job.index, "audio_decode", time.monotonic() - start)
-                self._emit(job.handle, pcm, job)
+                self._deliver(job, pcm, start)
         self.metrics.audio_decode_seconds.observe(time.monotonic() - start)
+
+    def _deliver(self, job: AudioJob, pcm: np.ndarray, start: float) -> bool:
+        """Either audio path: emit a decoded chunk unless the other path has already (a request's first chunks are
+        decoded by both when there is an urgent lane). Chunks leave in order: each path decodes a request's chunks
+        in order, and a chunk is emitted under the lock only right after its predecessor was settled."""
+        decoded = time.monotonic()
+        with self._emit_lock:
+            if not self._settle(job):
+                return False
+            self._emit(job.handle, pcm, job)
+        if job.index in (1, 2):
+            self._stage(job.index, "audio_wait", start - job.submitted)
+            self._stage(job.index, "audio_decode", decoded - start)
+        return True
+
+    @staticmethod
+    def _settle(job: AudioJob) -> bool:
+        """Under the emit lock: whether this path settles the job's chunk (False: the other path did first)."""
+        handle = job.handle
+        if job.index and job.index <= handle.settled:
+            return False
+        handle.settled = max(handle.settled, job.index)
+        return True
 
     def _decode_jobs(self, jobs: list[AudioJob], start: float):
         """(job, PCM) for every job whose request is still open and decodes without a fault."""
@@ -579,7 +631,9 @@ class Engine(EngineAPI):
             self.metrics.audio_decode_wait.observe(start - job.submitted)
             handle = job.handle
             if handle.closed:
-                handle.empty_jobs += 1
+                with self._emit_lock:
+                    if self._settle(job):
+                        handle.empty_jobs += 1
                 continue
             try:
                 if handle.decoder is None:
@@ -608,6 +662,72 @@ class Engine(EngineAPI):
                 self._decode_failed(job.handle)
                 continue
             yield job, pcm
+
+    # --- the urgent lane (a second decoder for the first chunks) ------------------------------------------------------
+    def _decode_urgent(self, jobs: list[AudioJob]) -> None:
+        """Urgent lane thread: requests' first chunks through the urgent decoder, delivered if the audio worker has
+        not delivered them yet. A request is left to the worker (its lane stream released) once it has had its
+        urgent chunks, when the worker got ahead of the lane, when it is closed, or when the lane's decode fails."""
+        decoder = self.pipeline.urgent_decoder
+        counted = self.metrics.urgent_lane_chunks
+        start = time.monotonic()
+        self._release_urgent()
+        live: list[AudioJob] = []
+        for job in jobs:
+            handle = job.handle
+            if handle.closed or job.index <= handle.settled or (handle.urgent_decoder is None and job.index > 1):
+                counted.labels(result="skipped").inc()
+                self._drop_urgent(handle)
+                continue
+            if handle.urgent_decoder is None:
+                try:
+                    handle.urgent_decoder = decoder.open(handle.voice, speed=handle.speed)
+                except Exception:
+                    log.exception("urgent audio lane: opening a stream failed; the audio worker decodes it")
+                    counted.labels(result="failed").inc()
+                    continue
+                self._urgent_open.add(handle)
+            live.append(job)
+        if not live:
+            return
+        streams = [job.handle.urgent_decoder for job in live]
+        push_many = getattr(decoder, "push_many", None)
+        try:
+            with self._lane_context():
+                if push_many is not None and len(live) > 1:
+                    pcms = push_many(streams, [job.tokens for job in live], [job.flush for job in live])
+                else:
+                    pcms = [s.push(job.tokens, flush=job.flush) for s, job in zip(streams, live)]
+        except Exception:  # the worker decodes these chunks too: nothing is lost
+            log.exception("urgent audio lane: decoding %d chunks failed; the audio worker delivers them", len(live))
+            counted.labels(result="failed").inc(len(live))
+            for job in live:
+                self._drop_urgent(job.handle)
+            if not getattr(decoder, "alive", True):  # its process died: the worker alone decodes from now on
+                log.error("urgent audio lane: its decoder process is gone; the lane is off")
+                self._lane.shutdown()
+            return
+        for job, pcm in zip(live, pcms):
+            won = self._deliver(job, pcm, start)
+            counted.labels(result="won" if won else "lost").inc()
+            if not won or job.index >= self.config.urgent_chunks:
+                self._drop_urgent(job.handle)
+
+    def _drop_urgent(self, handle: _Handle) -> None:
+        """Urgent lane thread: release the request's stream in the urgent decoder, if it has one."""
+        stream, handle.urgent_decoder = handle.urgent_decoder, None
+        self._urgent_open.discard(handle)
+        close = getattr(stream, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("request %s: releasing its urgent decoder stream failed", handle.id)
+
+    def _release_urgent(self) -> None:
+        """Urgent lane thread: release the streams of requests that ended before their urgent chunks were done."""
+        for handle in [h for h in self._urgent_open if h.closed]:
+            self._drop_urgent(handle)
 
     def _decode_failed(self, handle: _Handle) -> None:
         log.exception("request %s: audio decoding failed", handle.id)
@@ -714,10 +834,12 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     metrics.cuda_mps.set(mps is not None)
     device = resolve_device(settings.device)
     audio_process = settings.audio_process == "on" or (settings.audio_process == "auto" and device.type == "cuda")
+    urgent_lane = settings.audio_urgent_chunks > 0 and (
+        settings.audio_urgent_lane == "on" or (settings.audio_urgent_lane == "auto" and audio_process))
     layout = settings.vocoder_channels_last
     options = {} if layout is None else {"vocoder_channels_last": layout}
     model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend,
-                                  audio_process=audio_process, decoder_options=options)
+                                  audio_process=audio_process, decoder_options=options, urgent_lane=urgent_lane)
     config = EngineConfig.from_settings(settings, device=device)
     norm_fused.set_enabled(settings.fused_norms)
     model.cast_(config.dtype)

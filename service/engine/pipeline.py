@@ -76,6 +76,9 @@ class Pipeline:
     max_seconds_per_char: float = 0.2
     min_cap_seconds: float = 2.0
     aligner: WordAligner | None = None  # None: word timings are proportional estimates, labelled as such
+    # A second decoder (another audio process, as a rule) for requests' first chunks only, beside the main one:
+    # the engine's urgent lane (service.engine.audio_worker.UrgentLane). None: no lane.
+    urgent_decoder: SpeechDecoder | None = None
 
     def max_tokens(self, sentence: SentenceText) -> int:
         seconds = max(self.min_cap_seconds, self.max_seconds_per_char * len(sentence.text))

@@ -93,6 +93,30 @@ class BatchingToneDecoder(ToneDecoder):
         return [s.render(t) for s, t in zip(streams, tokens)]
 
 
+class ClosingToneDecoder(BatchingToneDecoder):
+    """A batching tone decoder whose streams have ``close()`` (recorded in ``closed``), and that fails every push
+    with ``fail=True``."""
+
+    def __init__(self, delay_s=0.0, fail=False):
+        super().__init__(delay_s)
+        self.fail = fail
+        self.closed = []
+
+    def open(self, voice_id, *, speed):
+        stream = super().open(voice_id, speed=speed)
+        stream.close = lambda: self.closed.append(stream)
+        return stream
+
+    def push_many(self, streams, tokens, flush):
+        if self.fail:
+            raise RuntimeError("this decoder always fails")
+        return super().push_many(streams, tokens, flush)
+
+    @property
+    def open_streams(self):
+        return len(self.streams) - len(self.closed)
+
+
 class FakeAligner:
     """Places word i of n at fractions ((i + 0.25) / n, (i + 0.75) / n) of its sentence, records what it was given;
     ``fail``: "none" (cannot align) or "raise"."""
@@ -170,7 +194,7 @@ def tiny_lm(layout="AMAM", max_context=256, eos_bias=0.0):
     return BiasedLM(cfg, eos_bias).eval()
 
 
-def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0, batching=False, aligner=None):
+def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0, batching=False, aligner=None, urgent_decoder=None):
     voices = {
         "ava": VoiceEntry(Voice("ava", "Ava"), (TEXT0, TEXT0 + 1)),
         "ben": VoiceEntry(Voice("ben", "Ben"), (TEXT0 + 2, TEXT0 + 3, TEXT0 + 4)),
@@ -180,15 +204,17 @@ def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0, batching=False, align
                     voices=voices,
                     eos_id=EOS, speech_ids=tuple(range(SPEECH0, SPEECH0 + N_SPEECH)), tokens_per_second=25.0,
                     max_seconds_per_char=0.0, min_cap_seconds=max_cap_seconds,  # a fixed cap per sentence
-                    aligner=aligner)
+                    aligner=aligner, urgent_decoder=urgent_decoder)
 
 
 def make_engine(*, layout="AMAM", max_context=256, eos_bias=-50.0, cap_seconds=0.4, decode_delay_s=0.0,
-                batching=False, aligner=None, **config):
+                batching=False, aligner=None, urgent_decoder=None, **config):
     """An engine whose sentences run to their cap (EOS suppressed) unless eos_bias is raised: 0.4 s = 10 tokens.
-    ``batching``: the decoder has ``push_many`` (``BatchingToneDecoder``)."""
+    ``batching``: the decoder has ``push_many`` (``BatchingToneDecoder``); ``urgent_decoder``: the pipeline's
+    second decoder (the engine's urgent lane)."""
     defaults = dict(max_streams=2, max_queue=2, first_chunk_tokens=2, chunk_tokens=4, client_queue_chunks=4)
     defaults.update(config)
     return Engine(model=tiny_lm(layout, max_context, eos_bias),
-                  pipeline=fake_pipeline(cap_seconds, decode_delay_s, batching, aligner), config=EngineConfig(**defaults),
+                  pipeline=fake_pipeline(cap_seconds, decode_delay_s, batching, aligner, urgent_decoder),
+                  config=EngineConfig(**defaults),
                   metrics=Metrics())

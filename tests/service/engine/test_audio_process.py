@@ -124,14 +124,28 @@ def test_engine_with_a_child_decoder_fails_only_the_faulty_stream():
 
 
 def test_bundle_served_through_a_child_decoder_sounds_the_same(bundle):
-    def run(audio_process):
-        model, pipeline = load_bundle(bundle, device=torch.device("cpu"), backend="ref", audio_process=audio_process)
+    def run(audio_process, urgent_lane=False):
+        model, pipeline = load_bundle(bundle, device=torch.device("cpu"), backend="ref", audio_process=audio_process,
+                                      urgent_lane=urgent_lane)
+        if urgent_lane:  # a second child, loaded beside the first
+            assert isinstance(pipeline.urgent_decoder, ProcessDecoder) and pipeline.urgent_decoder is not \
+                pipeline.decoder
         pipeline = dataclasses.replace(pipeline, max_seconds_per_char=0.0, min_cap_seconds=1.0)
-        return serve_texts(model, pipeline, [("Hello world. It works!", "slt", "a", 3),
-                                             ("Two at once.", "rms", "b", 4)])[1]
+        engine, chunks = serve_texts(model, pipeline, [("Hello world. It works!", "slt", "a", 3),
+                                                       ("Two at once.", "rms", "b", 4)])
+        if urgent_lane:
+            assert not pipeline.urgent_decoder.alive  # stopped with the engine
+            lane = engine.metrics.urgent_lane_chunks
+            assert sum(lane.labels(result=r)._value.get() for r in ("won", "lost")) >= 2  # both first chunks ran
+        return chunks
 
-    local, remote = run(False), run(True)
-    for l_chunks, r_chunks in zip(local, remote):
+    local = run(False)
+    for remote in (run(True), run(True, urgent_lane=True)):
+        _same(local, remote)
+
+
+def _same(local, remote):
+    for l_chunks, r_chunks in zip(local, remote, strict=True):
         lp = np.concatenate([c.pcm for c in l_chunks])
         rp = np.concatenate([c.pcm for c in r_chunks])
         assert lp.shape == rp.shape and np.abs(lp.astype(np.int32) - rp).max() <= 1

@@ -1,0 +1,116 @@
+"""The urgent lane: a second decoder for requests' first chunks, beside the audio worker. Whichever path decodes a
+chunk first delivers it; the audio a client gets is the same with or without the lane, whatever the lane does
+(fast, slow, failing), and the lane's decoder streams are all released."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.engine.audio_worker import AudioJob, UrgentLane
+from tests.service.engine.fakes import SAMPLES_PER_TOKEN, ClosingToneDecoder, make_engine
+
+TEXTS = [f"Request number {i} speaks now. Then it says more." for i in range(4)]
+
+
+def test_the_lane_batches_one_urgent_job_per_request_in_order_and_cleans_up_when_idle():
+    batches, idle, done = [], [], threading.Event()
+
+    def run_batch(batch):
+        batches.append([job.tokens[0] for job in batch])
+        if sum(map(len, batches)) == 4:
+            done.set()
+
+    lane = UrgentLane(run_batch=run_batch, max_batch=2, idle=lambda: idle.append(1), idle_s=0.05)
+    a, b, c = "A", "B", "C"
+    with lane._cv:  # queued before the thread looks: one hand-over
+        lane.submit_many([AudioJob(a, ["a1"], urgent=True), AudioJob(a, ["a2"], urgent=True),
+                          AudioJob(b, ["b3"]), AudioJob(b, None), AudioJob(b, ["b1"], urgent=True),
+                          AudioJob(c, ["c1"], urgent=True)])
+    assert done.wait(5)
+    time.sleep(0.2)
+    lane.shutdown()
+    assert batches == [["a1", "b1"], ["a2", "c1"]]  # steady chunks and ends are the worker's only
+    assert idle
+
+
+async def _serve(engine, texts):
+    await engine.start()
+    try:
+        handles = [engine.synthesize(t, voice="ava", request_id=f"r{i}", seed=i) for i, t in enumerate(texts)]
+        results = await asyncio.gather(*(_collect(h) for h in handles))
+        await asyncio.sleep(0.3)  # the lane's idle clean-up
+        return results
+    finally:
+        await engine.stop()
+
+
+async def _collect(handle):
+    return [c async for c in handle.chunks()]
+
+
+def _run(texts=TEXTS, urgent=None, worker_delay_s=0.03, cap_seconds=0.8, **kw):
+    engine = make_engine(max_streams=4, max_queue=4, cap_seconds=cap_seconds, batching=True, decode_delay_s=worker_delay_s,
+                         urgent_decoder=urgent, **kw)
+    if engine._lane is not None:
+        engine._lane.idle_s = 0.05
+    results = asyncio.run(asyncio.wait_for(_serve(engine, texts), 60))
+    counts = {r: engine.metrics.urgent_lane_chunks.labels(result=r)._value.get()
+              for r in ("won", "lost", "skipped", "failed")}
+    return results, counts, engine
+
+
+def _same_audio(a, b):
+    for x, y in zip(a, b, strict=True):
+        assert [c.seq for c in y] == list(range(len(y)))
+        assert np.array_equal(np.concatenate([c.pcm for c in x]), np.concatenate([c.pcm for c in y]))
+        assert [w.word for c in x for w in c.words] == [w.word for c in y for w in c.words]
+        assert sum(len(c.pcm) for c in y) == 40 * SAMPLES_PER_TOKEN  # two sentences of 0.8 s: nothing twice
+
+
+@pytest.fixture(scope="module")
+def without_lane():
+    return _run()[0]
+
+
+def test_a_fast_lane_delivers_first_chunks_and_the_audio_is_unchanged(without_lane):
+    urgent = ClosingToneDecoder()
+    results, counts, engine = _run(urgent=urgent)
+    _same_audio(without_lane, results)
+    assert counts["won"] >= 4 and counts["failed"] == 0  # every request's first chunk at least
+    assert engine.metrics.registry.get_sample_value(
+        "mamtra_first_audio_stage_seconds_count", {"chunk": "1", "stage": "audio_decode"}) == 4
+    assert urgent.streams and urgent.open_streams == 0  # every lane stream released
+    assert all(len(s.pushed) <= 2 + 4 for s in urgent.streams)  # at most the first two chunks went through the lane
+
+
+def test_a_slow_lane_loses_to_the_worker_and_changes_nothing(without_lane):
+    urgent = ClosingToneDecoder(delay_s=0.3)
+    results, counts, _ = _run(urgent=urgent, worker_delay_s=0.0)
+    _same_audio(without_lane, results)
+    assert counts["lost"] + counts["skipped"] >= 1 and counts["failed"] == 0
+    assert urgent.open_streams == 0
+
+
+def test_a_failing_lane_leaves_every_chunk_to_the_worker(without_lane):
+    urgent = ClosingToneDecoder(fail=True)
+    results, counts, _ = _run(urgent=urgent)
+    _same_audio(without_lane, results)
+    assert counts["won"] == 0 and counts["failed"] >= 4
+    assert urgent.open_streams == 0
+
+
+def test_a_request_shorter_than_its_urgent_chunks_releases_its_lane_stream():
+    urgent = ClosingToneDecoder()
+    results, counts, _ = _run(texts=["Hi."], urgent=urgent, cap_seconds=0.4,
+                                first_chunk_tokens=12)  # one chunk: the flush
+    assert [len(c.pcm) for c in results[0]] == [10 * SAMPLES_PER_TOKEN]
+    assert counts["won"] + counts["lost"] == 1
+    assert len(urgent.streams) == 2 and urgent.open_streams == 0  # the warm-up's and the request's
+
+
+def test_no_lane_without_urgent_chunks():
+    engine = make_engine(urgent_decoder=ClosingToneDecoder(), urgent_chunks=0)
+    assert engine._lane is None
