@@ -54,6 +54,7 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.empty(config.n_heads))
         self.norm_weight = nn.Parameter(torch.ones(config.d_inner))
         self.out_proj = nn.Linear(config.d_inner, config.d_model, bias=False)
+        self._neg_a: tuple[tuple[int, int], Tensor] | None = None  # inference: A = -exp(A_log), see _A
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -105,23 +106,27 @@ class Mamba2Mixer(nn.Module):
         z, xbc, dt_raw = self.split_projection(self.in_proj(hidden))
         weight = self.conv1d.weight.squeeze(1)  # (conv_dim, k)
         chunked, step = self._ops(hidden.device)
-        step_inplace = getattr(_fused_ops(), "ssd_step_inplace", None) if step is not ssd_ref.ssd_step_ref else None
-        A = -torch.exp(self.A_log.float())  # (h,)
-        dt = F.softplus(dt_raw.float() + self.dt_bias.float())  # (b, t, h)
+        fused = _fused_ops() if step is not ssd_ref.ssd_step_ref else None
+        A = self._A()  # (h,)
 
+        if state is not None and t == 1 and fused is not None:  # decode, fused: two kernels up to the output norm
+            # The conv window and the SSM state are updated in place by slot (no gather/scatter); the conv, SiLU
+            # and dt's softplus are one kernel, the recurrence with its D skip another.
+            assert batch is not None
+            act, dt = fused.conv_step_inplace(state.conv, batch.slots, xbc[:, 0], weight, self.conv1d.bias,
+                                              dt_raw[:, 0], self.dt_bias)
+            x_kv, B_kv, C = torch.split(act, [self.d_kv, self.d_kv, self.d_inner], dim=-1)
+            y = fused.ssd_step_inplace(state.ssm, batch.slots, x_kv.reshape(b, self.n_kv_heads, self.head_dim), dt,
+                                       A, B_kv.reshape(b, self.n_kv_heads, self.d_state),
+                                       C.reshape(b, self.n_heads, self.d_state), self.D)
+            return self.out_proj(self._norm_out(y.unsqueeze(1), z, hidden.dtype))
+        dt = F.softplus(dt_raw.float() + self.dt_bias.float())  # (b, t, h)
         if state is not None and t == 1:  # decode: one step of conv and recurrence per stream
             assert batch is not None
             conv_out, new_conv = ssd_ref.causal_conv1d_step_ref(xbc[:, 0], weight, self.conv1d.bias,
                                                                  state.conv[batch.slots])
             state.conv[batch.slots] = new_conv
             act = F.silu(conv_out)  # (b, conv_dim)
-            if step is not ssd_ref.ssd_step_ref and step_inplace is not None:
-                # Fused: the pooled state is updated in place by slot, D skip included (no gather/scatter).
-                x_kv, B_kv, C = torch.split(act, [self.d_kv, self.d_kv, self.d_inner], dim=-1)
-                y = step_inplace(state.ssm, batch.slots, x_kv.reshape(b, self.n_kv_heads, self.head_dim),
-                                 dt[:, 0], A, B_kv.reshape(b, self.n_kv_heads, self.d_state),
-                                 C.reshape(b, self.n_heads, self.d_state), self.D)
-                return self.out_proj(self._norm_out(y.unsqueeze(1), z, hidden.dtype))
             x, B, C = self.split_xbc(act.unsqueeze(1))
             y, new_ssm = step(state.ssm[batch.slots], x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
             state.ssm[batch.slots] = new_ssm
@@ -141,6 +146,16 @@ class Mamba2Mixer(nn.Module):
                 state.ssm[batch.slots] = final.to(state.ssm.dtype)
         y = y.float() + self.D.float()[:, None] * x.float()  # (b, t, h, p)
         return self.out_proj(self._norm_out(y, z, hidden.dtype))
+
+    def _A(self) -> Tensor:
+        """A = -exp(A_log) (h,) float32. Without autograd it is kept between calls while A_log is unchanged (same
+        storage and version): two kernels less per layer and step in a decode graph."""
+        if torch.is_grad_enabled():
+            return -torch.exp(self.A_log.float())
+        key = (self.A_log.data_ptr(), self.A_log._version)
+        if self._neg_a is None or self._neg_a[0] != key:
+            self._neg_a = (key, -torch.exp(self.A_log.float()))
+        return self._neg_a[1]
 
     def _norm_out(self, y: Tensor, z: Tensor, dtype: torch.dtype) -> Tensor:
         """The gated norm of y (b, t, h, p) by z (b, t, d_inner), in ``dtype`` for the output projection."""

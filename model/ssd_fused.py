@@ -100,7 +100,8 @@ def ssd_step_inplace(state: Tensor, slots: Tensor, x: Tensor, dt: Tensor, A: Ten
     n = B.shape[-1]
     if state.stride(-1) != 1:
         raise ValueError("ssd_step_inplace updates the pool in place: its last dimension must be contiguous")
-    x, B, C, dt = x.contiguous(), B.contiguous(), C.contiguous(), dt.contiguous()  # small per-step inputs
+    # strided views (slices of the conv output) are read as they are; only a last dimension with a stride is copied
+    x, B, C, dt = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, B, C, dt))
     y = torch.empty(b, h, p, device=x.device, dtype=torch.float32)
     block_p = min(p, 32)
     _step_kernel()[(b, h, p // block_p)](
@@ -108,3 +109,69 @@ def ssd_step_inplace(state: Tensor, slots: Tensor, x: Tensor, dt: Tensor, A: Ten
         x.stride(0), x.stride(1), dt.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         y.stride(0), y.stride(1), GROUP=h // kv_heads, N=n, BLOCK_P=block_p, num_warps=4)
     return y
+
+
+def conv_step_inplace(conv: Tensor, slots: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None,
+                      dt_raw: Tensor, dt_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """A Mamba layer's decode step up to the scan, as one kernel: the depthwise causal conv of each stream's new
+    input with its pooled window, SiLU, the window shifted *in place* by slot, and dt = softplus(dt_raw + dt_bias).
+
+    conv (slots, k-1, d) the pool's windows (any float dtype; last dimension contiguous); slots (b,); xbc (b, d) and
+    dt_raw (b, h) may be strided views of the input projection (last dimension contiguous); weight (d, k); bias (d,)
+    or None; dt_bias (h,). Returns act (b, d) in xbc's dtype and dt (b, h) float32. Equals
+    ``causal_conv1d_step_ref`` + ``silu`` + the scatter of the new window + ``softplus``, with the conv summed in
+    float32 and rounded once (the reference rounds the product in xbc's dtype). No host sync: CUDA-graph safe.
+    Padding rows that share a scratch slot race on that slot's window, which nothing reads.
+    """
+    b, d = xbc.shape
+    k = weight.shape[-1]
+    h = dt_raw.shape[-1]
+    if conv.shape[1:] != (k - 1, d) or conv.stride(-1) != 1 or xbc.stride(-1) != 1 or dt_raw.stride(-1) != 1:
+        raise ValueError("conv_step_inplace: the pool's windows must be (slots, k-1, d) and the inputs' last "
+                         "dimension contiguous")
+    weight = weight.reshape(d, k).contiguous()
+    act = torch.empty(b, d, device=xbc.device, dtype=xbc.dtype)
+    dt = torch.empty(b, h, device=xbc.device, dtype=torch.float32)
+    block = 256
+    _conv_kernel()[(b, -(-d // block))](
+        conv, slots, xbc, weight, weight if bias is None else bias, act, dt_raw, dt_bias, dt,
+        conv.stride(0), conv.stride(1), xbc.stride(0), act.stride(0), dt_raw.stride(0), dt.stride(0), d, h,
+        K=k, BLOCK=block, BLOCK_H=max(16, 1 << (h - 1).bit_length()), HAS_BIAS=bias is not None, num_warps=4)
+    return act, dt
+
+
+@functools.cache
+def _conv_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def conv_step_kernel(POOL, SLOTS, XBC, W, BIAS, ACT, DT_RAW, DT_BIAS, DT, stride_ps, stride_pk, stride_xb,
+                         stride_ab, stride_rb, stride_db, n_dim, n_heads, K: tl.constexpr, BLOCK: tl.constexpr,
+                         BLOCK_H: tl.constexpr, HAS_BIAS: tl.constexpr):
+        b = tl.program_id(0)
+        blk = tl.program_id(1)
+        d = blk * BLOCK + tl.arange(0, BLOCK)
+        m = d < n_dim
+        slot = tl.load(SLOTS + b)
+        x = tl.load(XBC + b * stride_xb + d, mask=m, other=0.0)
+        acc = x.to(tl.float32) * tl.load(W + d * K + (K - 1), mask=m, other=0.0).to(tl.float32)
+        base = POOL + slot * stride_ps + d
+        for j in tl.static_range(K - 1):  # the window's oldest input first; each moves one place back
+            cur = tl.load(base + j * stride_pk, mask=m, other=0.0)
+            acc += cur.to(tl.float32) * tl.load(W + d * K + j, mask=m, other=0.0).to(tl.float32)
+            if j > 0:
+                tl.store(base + (j - 1) * stride_pk, cur, mask=m)
+        tl.store(base + (K - 2) * stride_pk, x.to(POOL.dtype.element_ty), mask=m)
+        if HAS_BIAS:
+            acc += tl.load(BIAS + d, mask=m, other=0.0).to(tl.float32)
+        tl.store(ACT + b * stride_ab + d, (acc * tl.sigmoid(acc)).to(ACT.dtype.element_ty), mask=m)
+        if blk == 0:
+            hh = tl.arange(0, BLOCK_H)
+            mh = hh < n_heads
+            v = tl.load(DT_RAW + b * stride_rb + hh, mask=mh, other=0.0).to(tl.float32) + \
+                tl.load(DT_BIAS + hh, mask=mh, other=0.0).to(tl.float32)
+            v = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))  # torch's softplus, threshold 20
+            tl.store(DT + b * stride_db + hh, v, mask=mh)
+
+    return conv_step_kernel

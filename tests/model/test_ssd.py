@@ -79,3 +79,18 @@ def test_conv_with_state_equals_concatenation():
     full = causal_conv1d_ref(x, w, bias)
     tail = causal_conv1d_ref(x[:, 6:], w, bias, conv_state=x[:, 6 - (k - 1):6])
     assert_close(tail, full[:, 6:], **FP32)
+
+
+def test_a_mixers_decay_is_kept_between_calls_without_autograd_and_follows_A_log():
+    from model.config import preset
+    from model.mamba2 import Mamba2Mixer
+
+    mixer = Mamba2Mixer(preset("mini-1:3"), backend="ref")
+    with torch.no_grad():
+        first = mixer._A()
+        assert mixer._A() is first  # the same tensor: no kernels per call
+        assert_close(first, -torch.exp(mixer.A_log))
+        mixer.A_log.add_(0.5)  # a new version (e.g. loaded weights): recomputed
+        assert_close(mixer._A(), -torch.exp(mixer.A_log))
+    with_grad = mixer._A()
+    assert with_grad.requires_grad and with_grad is not mixer._A()  # training: always recomputed, differentiable

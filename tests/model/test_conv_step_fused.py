@@ -1,0 +1,64 @@
+"""The fused decode conv step (``model.ssd_fused.conv_step_inplace``) against the reference: the conv of each
+stream's new input with its pooled window, SiLU, the window shifted in place by slot (other slots untouched) and
+dt's softplus. On CPU through Triton's interpreter (a subprocess: the interpreter is chosen when the kernel is built),
+on the GPU as the server runs it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from model.ssd_ref import causal_conv1d_step_ref
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _check(device: str) -> None:
+    from model import ssd_fused
+
+    torch.manual_seed(0)
+    for dtype, pool_dtype, with_bias in ((torch.float32, torch.float32, True), (torch.bfloat16, torch.bfloat16, True),
+                                         (torch.bfloat16, torch.float32, False)):
+        b, d, k, h, slots_total = 5, 300, 4, 14, 9
+        proj = torch.randn(b, 40 + d + h, dtype=dtype, device=device)  # xbc and dt_raw: slices of a projection
+        xbc, dt_raw = proj[:, 40:40 + d], proj[:, 40 + d:]
+        # a window holds earlier inputs, so its values are of the input dtype whatever the pool's dtype
+        pool = torch.randn(slots_total, k - 1, d, device=device).to(dtype).to(pool_dtype)
+        ref_pool = pool.clone()
+        weight = torch.randn(d, k, dtype=dtype, device=device) * 0.5
+        bias = torch.randn(d, dtype=dtype, device=device) if with_bias else None
+        dt_bias = torch.randn(h, device=device) * 3
+        slots = torch.tensor([3, 0, 7, 8, 2], device=device)
+        act, dt = ssd_fused.conv_step_inplace(pool, slots, xbc, weight, bias, dt_raw, dt_bias)
+        out, new = causal_conv1d_step_ref(xbc.float(), weight.float(), None if bias is None else bias.float(),
+                                          ref_pool[slots].float())
+        ref_pool[slots] = new.to(pool_dtype)
+        assert act.dtype == dtype and dt.dtype == torch.float32
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1 / 64, atol=1 / 64)
+        assert_close(act, F.silu(out).to(dtype), **tol)
+        assert_close(dt, F.softplus(dt_raw.float() + dt_bias), rtol=1e-5, atol=1e-6)
+        assert torch.equal(pool, ref_pool)  # shifted exactly; slots not in the batch untouched
+    with pytest.raises(ValueError):
+        ssd_fused.conv_step_inplace(torch.zeros(2, 2, 8, device=device), torch.zeros(1, dtype=torch.long,
+                                    device=device), torch.zeros(1, 8, device=device), torch.zeros(8, 4, device=device),
+                                    None, torch.zeros(1, 2, device=device), torch.zeros(2, device=device))
+
+
+def test_conv_step_equals_the_reference_in_tritons_interpreter():
+    pytest.importorskip("triton")
+    code = "from tests.model.test_conv_step_fused import _check; _check('cpu')"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.gpu
+def test_conv_step_equals_the_reference_on_the_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    _check("cuda")
