@@ -171,7 +171,11 @@ def _conv_kernel():
             mh = hh < n_heads
             v = tl.load(DT_RAW + b * stride_rb + hh, mask=mh, other=0.0).to(tl.float32) + \
                 tl.load(DT_BIAS + hh, mask=mh, other=0.0).to(tl.float32)
-            v = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))  # torch's softplus, threshold 20
+            # torch's softplus (threshold 20) with log1p's precision: log(1 + u) alone loses the digits of a small
+            # u = exp(v) (dt ~ 1e-4 would be off by ~1e-3 of itself); log(w) · u / (w − 1) restores them (Goldberg)
+            u = tl.exp(tl.minimum(v, 20.0))
+            w = 1.0 + u
+            v = tl.where(v > 20.0, v, tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0))))
             tl.store(DT + b * stride_db + hh, v, mask=mh)
 
     return conv_step_kernel
