@@ -69,6 +69,21 @@ def serve_texts(model, pipeline, requests: list[tuple[str, str, str, int]], *, m
     return engine, asyncio.run(asyncio.wait_for(main(), timeout_s))
 
 
+def check_in_triton_interpreter(code: str, timeout_s: float = 300.0) -> None:
+    """Run ``code`` in a subprocess with Triton's interpreter (chosen when kernels are built, hence the process):
+    GPU kernels checked on CPU in CI."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=timeout_s)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

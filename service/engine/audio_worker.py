@@ -51,20 +51,23 @@ class AudioJob:
         return self.tokens is not None
 
 
-class AudioWorker:
-    def __init__(self, *, run_batch: Callable[[list[AudioJob]], None], run_end: Callable[[AudioJob], None],
-                 max_batch: int, max_wait_s: float = 0.0) -> None:
+class _JobThread:
+    """A queue of jobs and the thread that runs them (``_loop``), started by the first job."""
+
+    THREAD_NAME = "mamtra-audio"
+
+    def __init__(self, run_batch: Callable[[list[AudioJob]], None], max_batch: int) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._run_batch = run_batch
-        self._run_end = run_end
         self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self._fill_s = 0.0  # how long the next round lets its batch fill (0 without a backlog)
         self._jobs: deque[AudioJob] = deque()
         self._cv = threading.Condition()
         self._stopped = False
-        self._thread: threading.Thread | None = None  # started by the first job
+        self._thread: threading.Thread | None = None
+
+    def _accepts(self, job: AudioJob) -> bool:
+        return True
 
     def submit(self, job: AudioJob) -> None:
         self.submit_many([job])
@@ -72,13 +75,14 @@ class AudioWorker:
     def submit_many(self, jobs: list[AudioJob]) -> None:
         """Queue jobs in order, all at once: a round never sees only some of them (the engine hands over one step's
         chunks together, so they can share a batch)."""
+        jobs = [job for job in jobs if self._accepts(job)]
         if not jobs:
             return
         with self._cv:
             if self._stopped:
                 return
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="mamtra-audio", daemon=True)
+                self._thread = threading.Thread(target=self._loop, name=self.THREAD_NAME, daemon=True)
                 self._thread.start()
             self._jobs.extend(jobs)
             self._cv.notify()
@@ -89,6 +93,18 @@ class AudioWorker:
             self._stopped = True
             self._jobs.clear()
             self._cv.notify()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class AudioWorker(_JobThread):
+    def __init__(self, *, run_batch: Callable[[list[AudioJob]], None], run_end: Callable[[AudioJob], None],
+                 max_batch: int, max_wait_s: float = 0.0) -> None:
+        super().__init__(run_batch, max_batch)
+        self._run_end = run_end
+        self.max_wait_s = max_wait_s
+        self._fill_s = 0.0  # how long the next round lets its batch fill (0 without a backlog)
 
     def _loop(self) -> None:
         while True:
@@ -151,43 +167,22 @@ class AudioWorker:
             self._run_end(job)
 
 
-class UrgentLane:
+class UrgentLane(_JobThread):
     """Runs urgent jobs as they come, at most ``max_batch`` distinct requests a batch (a request's next job waits for
     the next batch), with no fill wait; ``idle`` is called about every ``idle_s`` seconds while nothing is queued (the
     engine releases the lane's decoder streams of finished requests there). Jobs may be dropped by ``run_batch``
     without harm: the ``AudioWorker`` decodes them too."""
 
+    THREAD_NAME = "mamtra-audio-urgent"
+
     def __init__(self, *, run_batch: Callable[[list[AudioJob]], None], max_batch: int,
                  idle: Callable[[], None] | None = None, idle_s: float = 1.0) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
-        self._run_batch = run_batch
+        super().__init__(run_batch, max_batch)
         self._idle = idle
         self.idle_s = idle_s
-        self.max_batch = max_batch
-        self._jobs: deque[AudioJob] = deque()
-        self._cv = threading.Condition()
-        self._stopped = False
-        self._thread: threading.Thread | None = None
 
-    def submit_many(self, jobs: list[AudioJob]) -> None:
-        jobs = [job for job in jobs if job.urgent and job.is_decode]
-        if not jobs:
-            return
-        with self._cv:
-            if self._stopped:
-                return
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="mamtra-audio-urgent", daemon=True)
-                self._thread.start()
-            self._jobs.extend(jobs)
-            self._cv.notify()
-
-    def shutdown(self) -> None:
-        with self._cv:
-            self._stopped = True
-            self._jobs.clear()
-            self._cv.notify()
+    def _accepts(self, job: AudioJob) -> bool:
+        return job.urgent and job.is_decode  # steady chunks and request ends are the worker's only
 
     def _take(self) -> list[AudioJob]:
         """The next batch: queued jobs in order, one per request (a request's later job stays queued behind its

@@ -3,19 +3,13 @@ stream's new input with its pooled window, SiLU, the window shifted in place by 
 dt's softplus. On CPU through Triton's interpreter (a subprocess: the interpreter is chosen when the kernel is built),
 on the GPU as the server runs it."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
 from model.ssd_ref import causal_conv1d_step_ref
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import check_in_triton_interpreter
 
 
 def _check(device: str) -> None:
@@ -50,11 +44,7 @@ def _check(device: str) -> None:
 
 
 def test_conv_step_equals_the_reference_in_tritons_interpreter():
-    pytest.importorskip("triton")
-    code = "from tests.model.test_conv_step_fused import _check; _check('cpu')"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_in_triton_interpreter("from tests.model.test_conv_step_fused import _check; _check('cpu')")
 
 
 @pytest.mark.gpu
@@ -62,3 +52,47 @@ def test_conv_step_equals_the_reference_on_the_gpu():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     _check("cuda")
+
+
+def _check_mixer_decode() -> None:
+    """A Mamba layer's decode steps through the fused kernels (conv step, in-place scan) equal the reference path:
+    outputs and pooled states, for a batch of slots out of order, in fp32 (the interpreter's) or on the GPU."""
+    from unittest import mock
+
+    from model import mamba2, ssd_fused
+    from model.config import preset
+    from model.state import Batch, MambaState
+
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = preset("mini-1:3")
+    mixer = mamba2.Mamba2Mixer(config, backend="ref").to(device)
+    slots_total, slots = 6, [4, 1, 3]
+    pool = MambaState(conv=torch.randn(slots_total, config.conv_kernel - 1, config.conv_dim, device=device),
+                      ssm=torch.randn(slots_total, config.n_heads, config.head_dim, config.d_state, device=device) * .1)
+    ref_pool = MambaState(conv=pool.conv.clone(), ssm=pool.ssm.clone())
+    with torch.no_grad():
+        for step in range(3):
+            hidden = torch.randn(len(slots), 1, config.d_model, device=device)
+            batch = Batch.make(slots, [5 + step] * len(slots), [1] * len(slots), max_context=64, device=device)
+            want = mixer(hidden, ref_pool, batch)
+            mixer.backend = "auto"
+            with mock.patch.object(mamba2, "_fused_ops", return_value=ssd_fused), \
+                    mock.patch.object(mixer, "_ops", return_value=(None, ssd_fused.ssd_step_fused)):
+                got = mixer(hidden, pool, batch)
+            mixer.backend = "ref"
+            assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert_close(pool.conv, ref_pool.conv, rtol=0, atol=0)
+    assert_close(pool.ssm, ref_pool.ssm, rtol=1e-5, atol=1e-6)
+
+
+def test_a_mamba_layers_fused_decode_equals_the_reference_in_tritons_interpreter():
+    check_in_triton_interpreter("from tests.model.test_conv_step_fused import _check_mixer_decode; "
+                                "_check_mixer_decode()")
+
+
+@pytest.mark.gpu
+def test_a_mamba_layers_fused_decode_equals_the_reference_on_the_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    _check_mixer_decode()

@@ -2,19 +2,14 @@
 Triton's interpreter (a subprocess, since the interpreter is chosen when the kernels are built), on the GPU as they
 run in the server, and a whole model's decode with and without them."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch.testing import assert_close
 
 from model import norm_fused
 from model.layers import RMSNorm
+from tests.conftest import check_in_triton_interpreter
 
-ROOT = Path(__file__).resolve().parents[2]
 BF16 = dict(rtol=1 / 64, atol=1e-6)  # a rounding step of bf16 either way (the mean's additions differ in order)
 
 
@@ -52,11 +47,7 @@ def _check(device: str) -> None:
 
 
 def test_kernels_equal_the_reference_in_tritons_interpreter():
-    pytest.importorskip("triton")
-    code = "from tests.model.test_norm_fused import _check; _check('cpu')"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_in_triton_interpreter("from tests.model.test_norm_fused import _check; _check('cpu')")
 
 
 def test_fused_only_for_cuda_inference():
