@@ -167,8 +167,8 @@ class PoisonedStream(ToneStream):
 
 def tone_decoder_factory(root, spec):
     """A decoder factory in ``module:function`` form, for ``ProcessDecoder`` (``spec["poison"]``: see
-    ``PoisonedToneDecoder``)."""
-    return PoisonedToneDecoder(spec["poison"]) if spec.get("poison") else BatchingToneDecoder()
+    ``PoisonedToneDecoder``; ``spec["delay_s"]``: a slow decoder, see ``BatchingToneDecoder``)."""
+    return PoisonedToneDecoder(spec["poison"]) if spec.get("poison") else BatchingToneDecoder(spec.get("delay_s", 0.0))
 
 
 class BiasedLM(SpeechLM):

@@ -150,3 +150,37 @@ def _same(local, remote):
         rp = np.concatenate([c.pcm for c in r_chunks])
         assert lp.shape == rp.shape and np.abs(lp.astype(np.int32) - rp).max() <= 1
         assert [w.word for c in l_chunks for w in c.words] == [w.word for c in r_chunks for w in c.words]
+
+
+def test_a_dead_urgent_lane_process_costs_latency_only():
+    """The urgent lane's process dies: its chunks fail over to the main audio process, every request still gets all
+    of its audio in order, the lane turns itself off and the engine stays ready."""
+    engine = make_engine(max_streams=2, cap_seconds=0.4, batching=True, urgent_decoder=ProcessDecoder(FACTORY, ".", {}))
+    # the main process is slow, so the lane reaches every first chunk first: before its death it delivers them,
+    # after it it fails on them
+    engine.pipeline = dataclasses.replace(engine.pipeline, decoder=ProcessDecoder(FACTORY, ".", {"delay_s": 0.2}))
+
+    async def collect(handle):
+        return [c async for c in handle.chunks()]
+
+    async def main():
+        await engine.start()
+        try:
+            first = await collect(engine.synthesize("Before it dies.", voice="ava", request_id="a", seed=1))
+            engine.pipeline.urgent_decoder._proc.kill()
+            engine.pipeline.urgent_decoder._proc.join(5)
+            handles = [engine.synthesize("After it died.", voice="ava", request_id=f"b{k}", seed=k) for k in range(2)]
+            after = await asyncio.gather(*(collect(h) for h in handles))
+            return first, after, engine.ready
+        finally:
+            await engine.stop()
+
+    first, after, ready = asyncio.run(asyncio.wait_for(main(), 120))
+    lane = engine.metrics.urgent_lane_chunks
+    assert lane.labels(result="won")._value.get() >= 1  # before its death
+    assert lane.labels(result="failed")._value.get() >= 1
+    assert engine._lane._stopped  # off after the failure
+    assert ready
+    for chunks in [first, *after]:
+        assert [c.seq for c in chunks] == list(range(len(chunks)))
+        assert sum(len(c.pcm) for c in chunks) == 10 * SAMPLES_PER_TOKEN
