@@ -122,9 +122,9 @@ def level_summary(records: Sequence[RequestRecord], *, wall_s: float, prebuffer_
                   coalesce_s: float = 0.001) -> dict:
     """Everything one concurrency level reports, from its requests."""
     ttfa, all_gaps, per_stream = [], [], []
-    events = stalled = 0.0
-    with_underruns = 0
-    by_prebuffer = {f"{p:g}": {"events": 0, "stall_s": 0.0, "requests_with_underruns": 0} for p in PLAYER_PREBUFFERS}
+    # per player buffer (the level's own among them, replayed once): underrun events, stalled seconds, requests
+    players = {p: {"events": 0, "stall_s": 0.0, "requests_with_underruns": 0}
+               for p in (*PLAYER_PREBUFFERS, prebuffer_s)}
     statuses: dict[str, int] = {}
     errors: list[str] = []
     for r in records:
@@ -139,15 +139,11 @@ def level_summary(records: Sequence[RequestRecord], *, wall_s: float, prebuffer_
         times, sizes = coalesce(r.arrivals, r.sizes, coalesce_s)
         all_gaps += gaps(times)
         chunk_s = [n / BYTES_PER_SECOND for n in sizes]
-        e, s = player_underruns(times, chunk_s, prebuffer_s=prebuffer_s)
-        events += e
-        stalled += s
-        with_underruns += e > 0
-        for key, acc in by_prebuffer.items():
-            e2, s2 = player_underruns(times, chunk_s, prebuffer_s=float(key))
-            acc["events"] += e2
-            acc["stall_s"] += s2
-            acc["requests_with_underruns"] += e2 > 0
+        for buffer_s, acc in players.items():
+            e, s = player_underruns(times, chunk_s, prebuffer_s=buffer_s)
+            acc["events"] += e
+            acc["stall_s"] += s
+            acc["requests_with_underruns"] += e > 0
         per_stream.append(r.audio_s / (r.ended - r.sent))
     completed = [r for r in records if r.completed]
     rejected = sum(r.rejected for r in records)
@@ -161,9 +157,9 @@ def level_summary(records: Sequence[RequestRecord], *, wall_s: float, prebuffer_
         "audio_s_per_request": percentiles([r.audio_s for r in completed], (50,)),
         "ttfa_s": percentiles(ttfa),
         "gap_s": percentiles(all_gaps),
-        "underruns": {"events": int(events), "stall_s": stalled, "requests_with_underruns": with_underruns,
-                      "prebuffer_s": prebuffer_s},
-        "underruns_by_prebuffer": by_prebuffer,  # the same requests, players with these buffers (seconds)
+        "underruns": {**players[prebuffer_s], "prebuffer_s": prebuffer_s},
+        # the same requests, players with these buffers (seconds)
+        "underruns_by_prebuffer": {f"{p:g}": players[p] for p in PLAYER_PREBUFFERS},
         "x_realtime_per_stream": {
             "p50": float(np.percentile(per_stream_arr, 50)) if per_stream else None,
             "p5": float(np.percentile(per_stream_arr, 5)) if per_stream else None,
