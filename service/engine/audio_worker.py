@@ -25,6 +25,7 @@ chunks included (its decoder state must continue from them), and whichever path 
 
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 import time
@@ -51,7 +52,7 @@ class AudioJob:
         return self.tokens is not None
 
 
-class _JobThread:
+class _JobThread(abc.ABC):
     """A queue of jobs and the thread that runs them (``_loop``), started by the first job."""
 
     THREAD_NAME = "mamtra-audio"
@@ -94,8 +95,9 @@ class _JobThread:
             self._jobs.clear()
             self._cv.notify()
 
+    @abc.abstractmethod
     def _loop(self) -> None:
-        raise NotImplementedError
+        """The thread: take queued jobs (under ``_cv``) and run them until ``shutdown``."""
 
 
 class AudioWorker(_JobThread):

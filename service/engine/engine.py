@@ -412,22 +412,20 @@ class Engine(EngineAPI):
         if self.runner.device.type == "cuda":
             # Audio decoding gets its own CUDA stream: the LM step's one host sync (reading the sampled tokens)
             # then waits for the LM's kernels only, not for vocoder work queued by the audio thread, and vice versa.
-            self._audio_stream = torch.cuda.Stream(device=self.runner.device)
-            self._audio_stream.wait_stream(torch.cuda.current_stream(self.runner.device))
+            self._audio_stream = self._side_stream()
             if self._lane is not None:
-                self._lane_stream = torch.cuda.Stream(device=self.runner.device)
-                self._lane_stream.wait_stream(torch.cuda.current_stream(self.runner.device))
+                self._lane_stream = self._side_stream()
         lane_warm = None
         if self._lane is not None:  # the urgent decoder (another process, as a rule) warms up beside the other
             lane_warm = threading.Thread(target=self._warm_decoder, name="mamtra-warm-urgent", args=(
-                self.pipeline.urgent_decoder, self._lane_context, voice.voice.id, self.config.urgent_lane_max_batch))
+                self.pipeline.urgent_decoder, self._lane_stream, voice.voice.id, self.config.urgent_lane_max_batch))
             lane_warm.start()
-        self._warm_decoder(self.pipeline.decoder, self._audio_context, voice.voice.id, self.config.audio_max_batch)
+        self._warm_decoder(self.pipeline.decoder, self._audio_stream, voice.voice.id, self.config.audio_max_batch)
         if lane_warm is not None:
             lane_warm.join()
 
-    def _warm_decoder(self, decoder, context, voice_id: str, max_batch: int) -> None:
-        with context():
+    def _warm_decoder(self, decoder, stream, voice_id: str, max_batch: int) -> None:
+        with _on(stream):
             stream = decoder.open(voice_id, speed=1.0)
             stream.push(list(self.pipeline.speech_ids[:4]), flush=True)
             if hasattr(stream, "close"):
@@ -437,11 +435,11 @@ class Engine(EngineAPI):
                 warm(min(max_batch, self.config.max_streams),
                      first_chunk=self.config.first_chunk_tokens, chunk=self.config.chunk_tokens)
 
-    def _audio_context(self):
-        return torch.cuda.stream(self._audio_stream) if self._audio_stream is not None else contextlib.nullcontext()
-
-    def _lane_context(self):
-        return torch.cuda.stream(self._lane_stream) if self._lane_stream is not None else contextlib.nullcontext()
+    def _side_stream(self):
+        """A CUDA stream of its own for an audio path, ordered after what the device's current stream has queued."""
+        stream = torch.cuda.Stream(device=self.runner.device)
+        stream.wait_stream(torch.cuda.current_stream(self.runner.device))
+        return stream
 
     def _loop(self) -> None:
         try:
@@ -596,7 +594,7 @@ class Engine(EngineAPI):
         (each request's audio as if decoded alone), else one by one. Timed: the audio stage's load and backlog are
         metrics."""
         start = time.monotonic()
-        with self._audio_context():
+        with _on(self._audio_stream):
             for job, pcm in self._decode_jobs(jobs, start):
                 self._deliver(job, pcm, start)
         self.metrics.audio_decode_seconds.observe(time.monotonic() - start)
@@ -617,11 +615,11 @@ class Engine(EngineAPI):
 
     @staticmethod
     def _settle(job: AudioJob) -> bool:
-        """Under the emit lock: whether this path settles the job's chunk (False: the other path did first)."""
-        handle = job.handle
-        if job.index and job.index <= handle.settled:
+        """Under the emit lock: whether this path settles the job's chunk (False: the other path did first). Each
+        path takes a request's chunks in order, so the one that settles chunk i finds i - 1 settled."""
+        if job.index <= job.handle.settled:
             return False
-        handle.settled = max(handle.settled, job.index)
+        job.handle.settled = job.index
         return True
 
     def _decode_jobs(self, jobs: list[AudioJob], start: float):
@@ -693,7 +691,7 @@ class Engine(EngineAPI):
         streams = [job.handle.urgent_decoder for job in live]
         push_many = getattr(decoder, "push_many", None)
         try:
-            with self._lane_context():
+            with _on(self._lane_stream):
                 if push_many is not None and len(live) > 1:
                     pcms = push_many(streams, [job.tokens for job in live], [job.flush for job in live])
                 else:
@@ -805,6 +803,11 @@ class Engine(EngineAPI):
             return
         handle.closed = True
         handle._post(_END)
+
+
+def _on(stream):
+    """Work queued on ``stream`` (a CUDA stream), or where it would go anyway (None: no stream of its own)."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 def _to_int16(pcm: np.ndarray) -> np.ndarray:
