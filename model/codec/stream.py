@@ -124,10 +124,12 @@ def _interp_positions(j0: np.ndarray, m: int, step: float, have: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, outputs ``j0 .. j0 + m − 1`` of ``interp_frames`` with ``have`` input frames: the absolute input
     frames each reads (``lo``, ``hi``) and the weight of ``hi``; positions in float64 from the absolute index, as the
-    offline op computes them. Rows ``(B,)`` → ``(B, m)`` each."""
-    pos = np.minimum((j0[:, None] + np.arange(m)).astype(np.float64) * step, (have - 1)[:, None])
+    offline op computes them. Rows ``(B,)`` → ``(B, m)`` each (a row with no input frames yet reads frame 0: its
+    outputs are past its end, unused)."""
+    last = np.maximum(have - 1, 0)[:, None]
+    pos = np.minimum((j0[:, None] + np.arange(m)).astype(np.float64) * step, last)
     lo = np.floor(pos).astype(np.int64)
-    return lo, np.minimum(lo + 1, (have - 1)[:, None]), pos - lo
+    return lo, np.minimum(lo + 1, last), pos - lo
 
 
 def check_speed(speed: float) -> float:

@@ -354,3 +354,18 @@ def test_warm_up_runs_every_row_bucket_through_a_streams_shapes(speech_decoder, 
     _decoder(speech_decoder, True).warm_up(5, first_chunk=6, chunk=4)
     assert calls == [(rows, n, f) for rows in (1, 2, 4, 8) for n, f in ((6, False), (4, False), (8, False),
                                                                         (0, True))]
+
+
+def test_an_empty_push_beside_a_fresh_stream_of_the_same_speed(speech_decoder):
+    """A fresh stream's empty chunk batched with another fresh stream's (one frame interpolation: the empty row has
+    no input frame to read) gives each what it gives alone; it used to fail the whole batch."""
+    toks = tokens(8, speech_decoder, seed=5)
+    a, b = speech_decoder.open("alice"), speech_decoder.open("bob")
+    out = speech_decoder.push_many([a, b], [toks[:4], []], [False, False])
+    assert out[1].size == 0
+    rest = speech_decoder.push_many([a, b], [toks[4:], toks[:4]], [True, True])
+    alone = speech_decoder.open("alice")
+    want = np.concatenate([alone.push(toks[:4], flush=False), alone.push(toks[4:], flush=True)])
+    torch.testing.assert_close(torch.from_numpy(np.concatenate([out[0], rest[0]])), torch.from_numpy(want), **BATCH_TOL)
+    solo_b = speech_decoder.open("bob").push(toks[:4], flush=True)
+    torch.testing.assert_close(torch.from_numpy(rest[1]), torch.from_numpy(solo_b), **BATCH_TOL)
