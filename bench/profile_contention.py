@@ -1,13 +1,14 @@
 """What the LM loop in another process costs the audio stage on one GPU (GPU profiling aid).
 
 python -m bench.profile_contention [--preset mamtra-1:3] [--streams 64] [--duties 0 0.45 1] [--channels-last]
-    [--out DIR]
+    [--first-chunk-graphs] [--out DIR]
 
 The server runs the LM loop and the audio stage in two processes (two CUDA contexts, ``MAMTRA_AUDIO_PROCESS``).
 This measures the audio stage's rounds alone and while a background process runs the engine's decode step
 (``Runner.execute``, CUDA graphs, 64 streams) at a given duty cycle (busy fraction; it sleeps between steps): a
 steady round of ``--streams`` streams at mixed phases (each first pushed 12 tokens, then 8..31, as the engine's
-chunking leaves them), a ragged round (8..23 tokens each), fresh streams' first chunks. Medians of host wall time.
+chunking leaves them), a ragged round (8..23 tokens each), fresh streams' first chunks (16, 4 and 1 of them; ``--first-chunk-graphs``: replayed from
+the decoder's CUDA graphs, ``model.codec.graphs``). Medians of host wall time.
 """
 from __future__ import annotations
 
@@ -73,8 +74,9 @@ def _audio_rounds(dec, streams: int, reps: int) -> dict:
     row = dict(steady_ms=timed(lambda: dec.push_many(ss, [list(range(16))] * streams, [False] * streams), 2 + reps))
     row["ragged_ms"] = timed(lambda: dec.push_many(ss, [list(range(8 + i % 16)) for i in range(streams)],
                                                    [False] * streams), 2 + reps)
-    row["first_chunks_16_ms"] = timed(lambda: dec.push_many([dec.open("random") for _ in range(16)],
-                                                            [list(range(12))] * 16, [False] * 16), 2 + reps)
+    for k in (16, 4):
+        row[f"first_chunks_{k}_ms"] = timed(lambda: dec.push_many([dec.open("random") for _ in range(k)],
+                                                                  [list(range(12))] * k, [False] * k), 2 + reps)
     row["first_chunk_ms"] = timed(lambda: dec.open("random").push(list(range(12)), flush=False), 2 + reps)
     return row
 
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--label", default="")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--channels-last", action="store_true", help="the vocoder's channels-last layout")
+    ap.add_argument("--first-chunk-graphs", action="store_true", help="fresh streams' first chunks from CUDA graphs")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     from model.codec.codec import SpeechCodec
@@ -96,7 +99,11 @@ def main() -> None:
 
     torch.manual_seed(0)
     dec = CodecSpeechDecoder(SpeechCodec(CodecConfig()).to("cuda").eval(),
-                             Vocoder.random(device="cuda", dtype=torch.bfloat16), channels_last=a.channels_last)
+                             Vocoder.random(device="cuda", dtype=torch.bfloat16), channels_last=a.channels_last,
+                             first_chunk_graphs=a.first_chunk_graphs)
+    t = time.perf_counter()
+    dec.warm_up(32, first_chunk=12, chunk=16)
+    warm_s = time.perf_counter() - t
     _audio_rounds(dec, a.streams, 2)  # warm-up
     ctx = mp.get_context("spawn")
     rows = []
@@ -108,6 +115,8 @@ def main() -> None:
             proc.start()
             ready.wait(600)
         row = dict(label=a.label, streams=a.streams, lm_duty=duty, channels_last=a.channels_last,
+                   first_chunk_graphs=a.first_chunk_graphs, warm_up_s=warm_s,
+                   gpu_memory_peak_gib=torch.cuda.max_memory_allocated() / 2**30,
                    **_audio_rounds(dec, a.streams, a.reps))
         if proc is not None:
             stop.set()

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     vocoder_channels_last: bool | None = Field(None, description="The vocoder's residual convs on channels-last "
                                                "activations (no cuDNN layout transposes); unset: as the model "
                                                "bundle says (default: on with CUDA)")
+    audio_first_chunk_graphs: bool | None = Field(None, description="Replay new requests' first audio chunks "
+                                                  "(fresh decoder streams) from CUDA graphs captured at start-up "
+                                                  "instead of launching their ~950 ops from Python; unset: as the "
+                                                  "model bundle says (default: on with CUDA)")
     gil_switch_interval_ms: float = Field(0.5, gt=0, description="Python's thread switch interval while serving "
                                           "(the event loop, engine and audio threads share the GIL; Python's "
                                           "default is 5 ms)")

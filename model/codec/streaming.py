@@ -26,7 +26,9 @@ Their inputs need not have equal lengths: ``step_ragged`` runs a padded batch wh
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -89,9 +91,41 @@ class Lens:
         return len(self.values)
 
 
+class _HostInputs(threading.local):
+    """Per thread: while a pass is recorded for a CUDA graph (``model.codec.graphs``), ``to_device`` keeps every
+    host array it copies in ``table`` (by value); while it is captured, ``to_device`` hands out those copies instead
+    of copying (a capture cannot copy from the host). The graph keeps the table, so the copies live as long as it."""
+
+    table: dict | None = None
+    capturing = False
+
+
+_host_inputs = _HostInputs()
+
+
+@contextlib.contextmanager
+def graph_inputs(table: dict, *, capturing: bool):
+    """``to_device`` records its copies into ``table`` (``capturing=False``), or serves them from it (a host array
+    not recorded is a ``KeyError``: the pass is not the one recorded)."""
+    saved = _host_inputs.table, _host_inputs.capturing
+    _host_inputs.table, _host_inputs.capturing = table, capturing
+    try:
+        yield
+    finally:
+        _host_inputs.table, _host_inputs.capturing = saved
+
+
 def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host array on the device without waiting for the GPU (pinned and non-blocking on CUDA)."""
     t = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array
+    table = _host_inputs.table
+    if table is not None:
+        key = (t.dtype, tuple(t.shape), t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), str(device))
+        if _host_inputs.capturing:
+            return table[key]
+        if key not in table:
+            table[key] = t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+        return table[key]
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
@@ -106,7 +140,9 @@ def take_rows(x: torch.Tensor, starts: Lens, width: int) -> torch.Tensor:
     """``x[r, ..., starts[r] : starts[r] + width]`` for every row, as a new tensor (not a view) in ``x``'s layout."""
     if starts.uniform:
         return x[..., starts.min:starts.min + width].clone()
-    idx = _window_index(starts.values, width, x.device)
+    # a graph's pass takes its indices from its own table, not the cache (which may drop them while it replays)
+    window = _window_index.__wrapped__ if _host_inputs.table is not None else _window_index
+    idx = window(starts.values, width, x.device)
     idx = idx.view(idx.shape[0], *([1] * (x.dim() - 2)), width).expand(*x.shape[:-1], width)
     return torch.gather(x, -1, idx, out=frames_like(x, width))
 

@@ -215,8 +215,9 @@ def test_bundle_factory_maps_voices_and_offsets(tmp_path):
                                         "voices": {"Alice": "v2"}})
     assert decoder.token_offset == 7 and decoder.voice_index("Alice") == 2 and decoder.voice_index("v1") == 1
     assert decoder.voice_index("someone") == 0 and not decoder.channels_last  # on CPU; on CUDA it defaults on
-    spec = {"kind": "mamtra-codec", "path": "codec", "vocoder_channels_last": True}
-    assert bundle_decoder(tmp_path, spec).channels_last
+    spec = {"kind": "mamtra-codec", "path": "codec", "vocoder_channels_last": True, "first_chunk_graphs": True}
+    assert bundle_decoder(tmp_path, spec).channels_last and bundle_decoder(tmp_path, spec).graphs is not None
+    assert decoder.graphs is None  # on CPU; on CUDA first chunks replay from graphs by default
     pcm = decoder.open("Alice", speed=1.0).push(list(range(7, 27)), flush=True)
     assert pcm.dtype == np.float32 and abs(pcm.size / 24_000 - 20 / 25) < 0.02
 
