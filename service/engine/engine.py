@@ -665,10 +665,11 @@ class Engine(EngineAPI):
     def _decode_urgent(self, jobs: list[AudioJob]) -> None:
         """Urgent lane thread: requests' first chunks through the urgent decoder, delivered if the audio worker has
         not delivered them yet. A request is left to the worker (its lane stream released) once it has had its
-        urgent chunks, when the worker got ahead of the lane, when it is closed, or when the lane's decode fails."""
+        urgent chunks, when the worker got ahead of the lane, when it is closed, or when the lane's decode fails.
+        The batch's first chunks (time to first audio; fresh streams, which the decoder may replay from a graph)
+        are decoded and delivered before its later chunks."""
         decoder = self.pipeline.urgent_decoder
         counted = self.metrics.urgent_lane_chunks
-        start = time.monotonic()
         self._release_urgent()
         live: list[AudioJob] = []
         for job in jobs:
@@ -686,8 +687,14 @@ class Engine(EngineAPI):
                     continue
                 self._urgent_open.add(handle)
             live.append(job)
-        if not live:
-            return
+        for group in ([job for job in live if job.index == 1], [job for job in live if job.index != 1]):
+            if group:
+                self._decode_urgent_group(decoder, group)
+
+    def _decode_urgent_group(self, decoder, live: list[AudioJob]) -> None:
+        """Urgent lane thread: decode and deliver some of a batch's chunks (on a failure, the worker's)."""
+        counted = self.metrics.urgent_lane_chunks
+        start = time.monotonic()
         streams = [job.handle.urgent_decoder for job in live]
         push_many = getattr(decoder, "push_many", None)
         try:
@@ -839,8 +846,9 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     audio_process = settings.audio_process == "on" or (settings.audio_process == "auto" and device.type == "cuda")
     urgent_lane = settings.audio_urgent_chunks > 0 and (
         settings.audio_urgent_lane == "on" or (settings.audio_urgent_lane == "auto" and audio_process))
-    layout = settings.vocoder_channels_last
-    options = {} if layout is None else {"vocoder_channels_last": layout}
+    options = {key: value for key, value in (("vocoder_channels_last", settings.vocoder_channels_last),
+                                             ("first_chunk_graphs", settings.audio_first_chunk_graphs))
+               if value is not None}
     model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend,
                                   audio_process=audio_process, decoder_options=options, urgent_lane=urgent_lane)
     config = EngineConfig.from_settings(settings, device=device)

@@ -114,3 +114,39 @@ def test_a_request_shorter_than_its_urgent_chunks_releases_its_lane_stream():
 def test_no_lane_without_urgent_chunks():
     engine = make_engine(urgent_decoder=ClosingToneDecoder(), urgent_chunks=0)
     assert engine._lane is None
+
+
+class _FirstPushes(ClosingToneDecoder):
+    """Records, per ``push_many`` call, which of its streams push for the first time (a request's first chunk)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.calls = []
+
+    def push_many(self, streams, tokens, flush):
+        self.calls.append([not s.flushes for s in streams])
+        return super().push_many(streams, tokens, flush)
+
+
+class _Request:
+    """What the lane reads of a request's handle."""
+
+    def __init__(self, name):
+        self.id = self.name = name
+        self.closed, self.settled, self.urgent_decoder, self.voice, self.speed = False, 0, None, "ava", 1.0
+
+
+def test_the_lane_decodes_a_batchs_first_chunks_before_its_second_chunks():
+    """A lane batch with first chunks of some requests and second chunks of others decodes the first chunks in a
+    push of their own, first (time to first audio; fresh streams, which the decoder may replay from a graph)."""
+    urgent = _FirstPushes()
+    engine = make_engine(urgent_decoder=urgent)
+    delivered = []
+    engine._deliver = lambda job, pcm, start: delivered.append((job.handle.name, job.index)) or True
+    a, b, c, d = (_Request(n) for n in "abcd")
+    engine._decode_urgent([AudioJob(a, [1, 2], urgent=True, index=1), AudioJob(d, [1, 2], urgent=True, index=1)])
+    engine._decode_urgent([AudioJob(a, [3, 4], urgent=True, index=2), AudioJob(b, [1, 2], urgent=True, index=1),
+                           AudioJob(d, [3, 4], urgent=True, index=2), AudioJob(c, [1, 2], urgent=True, index=1)])
+    assert urgent.calls == [[True, True], [True, True], [False, False]]
+    assert delivered == [("a", 1), ("d", 1), ("b", 1), ("c", 1), ("a", 2), ("d", 2)]
+    assert urgent.open_streams == 2  # b's and c's, for their second chunks; a's and d's released
