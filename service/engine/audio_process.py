@@ -22,6 +22,7 @@ import importlib
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import threading
 import traceback
 from collections.abc import Callable, Sequence
@@ -44,8 +45,11 @@ def factory_path(factory: Callable | str) -> str:
     return f"{factory.__module__}:{factory.__qualname__}"
 
 
-def _child(conn, factory: str, root: str, spec: dict, threads: int | None) -> None:
-    """The child process: build the decoder, then serve ``push`` messages until ``stop`` or the pipe closes."""
+def _child(conn, factory: str, root: str, spec: dict, threads: int | None, env: dict[str, str] | None = None
+           ) -> None:
+    """The child process: build the decoder, then serve ``push`` messages until ``stop`` or the pipe closes.
+    ``env``: set before anything makes a CUDA context (e.g. ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``)."""
+    os.environ.update(env or {})
     try:
         import torch
 
@@ -111,13 +115,14 @@ class ProcessDecoder:
     """``SpeechDecoder`` (``open``, ``push_many``) backed by the bundle's decoder in a child process."""
 
     def __init__(self, factory: Callable | str, root: str | Path, spec: dict, *, threads: int | None = None,
-                 start_timeout_s: float = 600.0, wait: bool = True):
+                 start_timeout_s: float = 600.0, wait: bool = True, env: dict[str, str] | None = None):
         """``wait=False``: return once the child is spawned; ``wait_ready()`` then waits for its decoder (so that
-        two processes load at once)."""
+        two processes load at once). ``env``: environment variables of the child only."""
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         self._proc = ctx.Process(target=_child, name="mamtra-audio",
-                                 args=(child_conn, factory_path(factory), str(root), dict(spec), threads), daemon=True)
+                                 args=(child_conn, factory_path(factory), str(root), dict(spec), threads,
+                                       dict(env or {})), daemon=True)
         self._proc.start()
         child_conn.close()
         self._lock = threading.Lock()

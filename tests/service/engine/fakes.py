@@ -171,6 +171,13 @@ def tone_decoder_factory(root, spec):
     return PoisonedToneDecoder(spec["poison"]) if spec.get("poison") else BatchingToneDecoder(spec.get("delay_s", 0.0))
 
 
+def env_reporting_factory(root, spec):
+    """A decoder factory that fails with the value of the environment variable ``spec["var"]`` in the child."""
+    import os
+
+    raise RuntimeError(f"{spec['var']}={os.environ.get(spec['var'], 'unset')}")
+
+
 class BiasedLM(SpeechLM):
     """A random tiny LM whose end-of-speech logit is shifted, so tests choose whether sentences end by EOS or cap."""
 

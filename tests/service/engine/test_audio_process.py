@@ -3,6 +3,7 @@ semantics (one faulty stream fails, the others go on), state released when reque
 
 import asyncio
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -184,3 +185,13 @@ def test_a_dead_urgent_lane_process_costs_latency_only():
     for chunks in [first, *after]:
         assert [c.seq for c in chunks] == list(range(len(chunks)))
         assert sum(len(c.pcm) for c in chunks) == 10 * SAMPLES_PER_TOKEN
+
+
+def test_the_child_gets_its_own_environment():
+    """``env`` reaches the child before its decoder is built (and before any CUDA context), not this process."""
+    var = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
+    with pytest.raises(AudioProcessError, match=f"{var}=40"):
+        ProcessDecoder("tests.service.engine.fakes:env_reporting_factory", ".", {"var": var}, env={var: "40"})
+    assert var not in os.environ
+    with pytest.raises(AudioProcessError, match=f"{var}=unset"):
+        ProcessDecoder("tests.service.engine.fakes:env_reporting_factory", ".", {"var": var})
