@@ -58,9 +58,9 @@ class Settings(BaseSettings):
                                                    "instead of time-slicing it; auto = on with CUDA, the audio "
                                                    "process and nvidia-cuda-mps-control, unless MPS is set up "
                                                    "already")
-    audio_gpu_percent: int | None = Field(None, ge=1, le=100, description="Under CUDA MPS: the share of the GPU's "
-                                          "SMs each audio process may fill (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE in "
-                                          "their environment), leaving the rest to the LM's steps; unset: all")
+    audio_gpu_percent: int = Field(70, ge=1, le=100, description="Under CUDA MPS: the share of the GPU's SMs each "
+                                   "audio process may fill (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE in their environment), "
+                                   "leaving the rest to the LM's steps (100: all)")
     vocoder_channels_last: bool | None = Field(None, description="The vocoder's residual convs on channels-last "
                                                "activations (no cuDNN layout transposes); unset: as the model "
                                                "bundle says (default: on with CUDA)")

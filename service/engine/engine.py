@@ -849,8 +849,7 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     options = {key: value for key, value in (("vocoder_channels_last", settings.vocoder_channels_last),
                                              ("first_chunk_graphs", settings.audio_first_chunk_graphs))
                if value is not None}
-    share = settings.audio_gpu_percent
-    audio_env = None if share is None else {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(share)}
+    audio_env = {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(settings.audio_gpu_percent)}
     model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend,
                                   audio_process=audio_process, decoder_options=options, urgent_lane=urgent_lane,
                                   audio_env=audio_env)

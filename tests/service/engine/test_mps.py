@@ -148,7 +148,6 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
             build_engine(settings, metrics)
         assert [c[0] for c in calls] == ["start_mps", "resolve_device", "load_bundle"]
         assert calls[0][1] == settings.cuda_mps and calls[2][1] == options
-        share = settings.audio_gpu_percent
-        assert calls[2][2] == (None if share is None else {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(share)})
+        assert calls[2][2] == {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(settings.audio_gpu_percent)}
         assert calls[0][2] == {"device": settings.device, "audio_process": settings.audio_process != "off"}
     assert metrics.cuda_mps._value.get() == 1.0
