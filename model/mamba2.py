@@ -26,6 +26,9 @@ from model.layers import repeat_heads
 from model.state import Batch, MambaState
 
 BACKENDS = ("auto", "ref", "triton")
+# Prompts up to this many tokens prefill through the sequential fused kernels (``ssd_fused.conv_prefill_inplace``,
+# ``ssd_prefill_inplace``) where the fused ops are in use; longer ones through the chunked scan.
+SEQUENTIAL_PREFILL_MAX = 128
 
 
 def _fused_ops():
@@ -120,6 +123,18 @@ class Mamba2Mixer(nn.Module):
                                        A, B_kv.reshape(b, self.n_kv_heads, self.d_state),
                                        C.reshape(b, self.n_heads, self.d_state), self.D)
             return self.out_proj(self._norm_out(y.unsqueeze(1), z, hidden.dtype))
+        if (state is not None and 1 < t <= SEQUENTIAL_PREFILL_MAX and fused is not None
+                and self.conv1d.weight.shape[-1] == 4 and not torch.is_grad_enabled()):
+            # prefill of a short prompt, fused: the conv (window in place by slot) and the whole scan (state in
+            # place, dt's softplus and padding, the D skip) are two kernels
+            assert batch is not None
+            act = fused.conv_prefill_inplace(state.conv, batch.slots, xbc, batch.lengths, weight, self.conv1d.bias)
+            x_kv, B_kv, C = torch.split(act, [self.d_kv, self.d_kv, self.d_inner], dim=-1)
+            y = fused.ssd_prefill_inplace(state.ssm, batch.slots, batch.lengths,
+                                          x_kv.reshape(b, t, self.n_kv_heads, self.head_dim), dt_raw, self.dt_bias, A,
+                                          B_kv.reshape(b, t, self.n_kv_heads, self.d_state),
+                                          C.reshape(b, t, self.n_heads, self.d_state), self.D)
+            return self.out_proj(self._norm_out(y, z, hidden.dtype))
         dt = F.softplus(dt_raw.float() + self.dt_bias.float())  # (b, t, h)
         if state is not None and t == 1:  # decode: one step of conv and recurrence per stream
             assert batch is not None

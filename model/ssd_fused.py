@@ -179,3 +179,163 @@ def _conv_kernel():
             tl.store(DT + b * stride_db + hh, v, mask=mh)
 
     return conv_step_kernel
+
+
+def conv_prefill_inplace(conv: Tensor, slots: Tensor, xbc: Tensor, lengths: Tensor, weight: Tensor,
+                         bias: Tensor | None) -> Tensor:
+    """A Mamba layer's prefill conv as one kernel: the depthwise causal conv of each row's new inputs after its
+    pooled window, SiLU, and the window replaced *in place* by the row's last k-1 real inputs (its ``lengths``; the
+    right padding after them is convolved like the reference does but never kept).
+
+    conv (slots, k-1, d) the pool's windows (any float dtype; last dimension contiguous); slots, lengths (b,), may be
+    strided (a prefill graph's are columns of its packed input); xbc (b, t, d) may be a strided view of the input projection (last dimension contiguous); weight (d, k) with
+    k = 4; bias (d,) or None. Returns act (b, t, d) in xbc's dtype. Equals ``causal_conv1d_ref`` with the gathered
+    windows + ``silu`` + the scatter of ``Mamba2Mixer._last_inputs``, with the conv summed in float32 and rounded
+    once. No host sync: CUDA-graph safe. Padding rows that share a scratch slot race on its window, which nothing
+    reads.
+    """
+    b, t, d = xbc.shape
+    k = weight.shape[-1]
+    if (k != 4 or conv.shape[1:] != (k - 1, d) or conv.stride(-1) != 1 or xbc.stride(-1) != 1):
+        raise ValueError("conv_prefill_inplace: a kernel of 4, the pool's windows (slots, 3, d) and the inputs' last "
+                         "dimension contiguous")
+    weight = weight.reshape(d, k).contiguous()
+    act = torch.empty(b, t, d, device=xbc.device, dtype=xbc.dtype)
+    block = 128
+    _conv_prefill_kernel()[(b, -(-d // block))](
+        conv, slots, lengths, xbc, weight, weight if bias is None else bias, act, slots.stride(0), lengths.stride(0),
+        conv.stride(0), conv.stride(1), xbc.stride(0), xbc.stride(1), act.stride(0), act.stride(1), t, d,
+        BLOCK=block, HAS_BIAS=bias is not None, num_warps=4)
+    return act
+
+
+@functools.cache
+def _conv_prefill_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def conv_prefill_kernel(POOL, SLOTS, LENGTHS, XBC, W, BIAS, ACT, stride_slot, stride_len, stride_ps, stride_pk,
+                            stride_xb, stride_xt, stride_ab, stride_at, n_t, n_dim, BLOCK: tl.constexpr,
+                            HAS_BIAS: tl.constexpr):
+        b = tl.program_id(0)
+        d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = d < n_dim
+        slot = tl.load(SLOTS + b * stride_slot)
+        length = tl.load(LENGTHS + b * stride_len)
+        base = POOL + slot * stride_ps + d
+        r0 = tl.load(base, mask=m, other=0.0).to(tl.float32)  # the window, oldest input first
+        r1 = tl.load(base + stride_pk, mask=m, other=0.0).to(tl.float32)
+        r2 = tl.load(base + 2 * stride_pk, mask=m, other=0.0).to(tl.float32)
+        w0 = tl.load(W + d * 4, mask=m, other=0.0).to(tl.float32)
+        w1 = tl.load(W + d * 4 + 1, mask=m, other=0.0).to(tl.float32)
+        w2 = tl.load(W + d * 4 + 2, mask=m, other=0.0).to(tl.float32)
+        w3 = tl.load(W + d * 4 + 3, mask=m, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(BIAS + d, mask=m, other=0.0).to(tl.float32)
+        else:
+            bias = tl.zeros([BLOCK], dtype=tl.float32)
+        k0, k1, k2 = r0, r1, r2  # what the window holds after the last real input
+        xs = XBC + b * stride_xb + d
+        x_next = tl.load(xs, mask=m, other=0.0).to(tl.float32)  # one step ahead (see scan_prefill_kernel)
+        i = 0
+        while i < n_t:  # (a while loop: Triton's interpreter cannot range over a runtime bound)
+            xf = x_next
+            x_next = tl.load(xs + tl.minimum(i + 1, n_t - 1) * stride_xt, mask=m, other=0.0).to(tl.float32)
+            acc = bias + w0 * r0 + w1 * r1 + w2 * r2 + w3 * xf
+            tl.store(ACT + b * stride_ab + i * stride_at + d, (acc * tl.sigmoid(acc)).to(ACT.dtype.element_ty),
+                     mask=m)
+            r0, r1, r2 = r1, r2, xf
+            real = i < length
+            k0 = tl.where(real, r0, k0)
+            k1 = tl.where(real, r1, k1)
+            k2 = tl.where(real, r2, k2)
+            i += 1
+        ty = POOL.dtype.element_ty
+        tl.store(base, k0.to(ty), mask=m)
+        tl.store(base + stride_pk, k1.to(ty), mask=m)
+        tl.store(base + 2 * stride_pk, k2.to(ty), mask=m)
+
+    return conv_prefill_kernel
+
+
+def ssd_prefill_inplace(state: Tensor, slots: Tensor, lengths: Tensor, x: Tensor, dt_raw: Tensor, dt_bias: Tensor,
+                        A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
+    """A prompt's scan step by step in one kernel, from and back into the pooled SSM state *in place* by slot, with
+    dt = softplus(dt_raw + dt_bias) (0 past each row's ``lengths``: the state passes the padding unchanged) and the
+    D skip. For short prompts (the server's first sentences, tens of tokens) one sequential kernel costs less than
+    the chunked scan's kernels and the glue around them.
+
+    state (slots, h, p, n) any float dtype (arithmetic in fp32; last dimension contiguous); slots, lengths (b,), may be
+    strided; x (b, t, kv_heads, p) and B (b, t, kv_heads, n) before the GQA repeat, C (b, t, h, n), dt_raw (b, t, h): views
+    with a contiguous last dimension; dt_bias, A, D (h,). Returns y (b, t, h, p) float32 = the scan's output + D x.
+    No host sync: CUDA-graph safe.
+    """
+    b, t, h = dt_raw.shape
+    kv_heads, p = x.shape[2], x.shape[3]
+    n = B.shape[-1]
+    if state.stride(-1) != 1 or any(v.stride(-1) != 1 for v in (x, B, C, dt_raw)):
+        raise ValueError("ssd_prefill_inplace: the state's and the inputs' last dimensions must be contiguous")
+    y = torch.empty(b, t, h, p, device=x.device, dtype=torch.float32)
+    block_p = min(p, 16)
+    _scan_prefill_kernel()[(b, h, p // block_p)](
+        state, slots, lengths, x, dt_raw, dt_bias, A, B, C, D, y, slots.stride(0), lengths.stride(0),
+        state.stride(0), state.stride(1), state.stride(2),
+        x.stride(0), x.stride(1), x.stride(2), dt_raw.stride(0), dt_raw.stride(1), B.stride(0), B.stride(1),
+        B.stride(2), C.stride(0), C.stride(1), C.stride(2), y.stride(0), y.stride(1), y.stride(2), t,
+        GROUP=h // kv_heads, N=n, BLOCK_P=block_p, num_warps=4)
+    return y
+
+
+@functools.cache
+def _scan_prefill_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def scan_prefill_kernel(STATE, SLOTS, LENGTHS, X, DT_RAW, DT_BIAS, A, B, C, D, Y, stride_slot, stride_len,
+                            stride_ss, stride_sh,
+                            stride_sp, stride_xb, stride_xt, stride_xh, stride_rb, stride_rt, stride_bb, stride_bt,
+                            stride_bh, stride_cb, stride_ct, stride_ch, stride_yb, stride_yt, stride_yh, n_t,
+                            GROUP: tl.constexpr, N: tl.constexpr, BLOCK_P: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+        n = tl.arange(0, N)
+        kv = h // GROUP  # x and B live at the KV heads; query head h reads KV head h // GROUP
+        slot = tl.load(SLOTS + b * stride_slot)
+        length = tl.load(LENGTHS + b * stride_len)
+        s_ptr = STATE + slot * stride_ss + h * stride_sh + p[:, None] * stride_sp + n[None, :]
+        s = tl.load(s_ptr).to(tl.float32)
+        a = tl.load(A + h).to(tl.float32)
+        skip = tl.load(D + h).to(tl.float32)
+        bias = tl.load(DT_BIAS + h).to(tl.float32)
+        raw = DT_RAW + b * stride_rb + h
+        xs = X + b * stride_xb + kv * stride_xh + p
+        bs = B + b * stride_bb + kv * stride_bh + n
+        cs = C + b * stride_cb + h * stride_ch + n
+        # each step's inputs are loaded one step ahead: the loads overlap the step before (the loop is latency-bound)
+        v_next = tl.load(raw).to(tl.float32)
+        x_next = tl.load(xs).to(tl.float32)
+        b_next = tl.load(bs).to(tl.float32)
+        c_next = tl.load(cs).to(tl.float32)
+        i = 0
+        while i < n_t:
+            v, x, bv, cv = v_next + bias, x_next, b_next, c_next
+            j = tl.minimum(i + 1, n_t - 1)
+            v_next = tl.load(raw + j * stride_rt).to(tl.float32)
+            x_next = tl.load(xs + j * stride_xt).to(tl.float32)
+            b_next = tl.load(bs + j * stride_bt).to(tl.float32)
+            c_next = tl.load(cs + j * stride_ct).to(tl.float32)
+            # torch's softplus (threshold 20) with log1p's precision (as conv_step_kernel)
+            u = tl.exp(tl.minimum(v, 20.0))
+            w = 1.0 + u
+            dt = tl.where(v > 20.0, v, tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0))))
+            dt = tl.where(i < length, dt, 0.0)
+            s = s * tl.exp(dt * a) + (dt * x)[:, None] * bv[None, :]
+            y = tl.sum(s * cv[None, :], 1) + skip * x
+            tl.store(Y + b * stride_yb + i * stride_yt + h * stride_yh + p, y)
+            i += 1
+        tl.store(s_ptr, s.to(STATE.dtype.element_ty))
+
+    return scan_prefill_kernel
