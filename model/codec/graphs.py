@@ -2,7 +2,8 @@
 
 A request's time to first audio ends with the decode of its first chunk: ~950 small ops launched from Python
 (codec decoder, frame interpolation, HiFi-GAN V1, resampler) for a few streams at once, so on a GPU the launches,
-not the arithmetic, are its cost (a fresh chunk of one stream: ~14 ms alone, ~45 ms in a loaded server). What a
+not the arithmetic, are its cost (a fresh chunk of one stream: ~20 ms alone on an H100, 40–55 ms in a loaded server;
+replayed from a graph ~4 ms, docs/BENCHMARKS.md §4 S). What a
 fresh stream computes is fixed by its chunk's length, its speed and the batch's row count: every stage starts from
 the same state, and the only inputs that differ between requests are the tokens and the voice. So the whole pass
 of a batch of fresh streams (``CodecSpeechDecoder._push_eager``) is captured once per row bucket and replayed: the

@@ -119,13 +119,17 @@ def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.T
     """A host array on the device without waiting for the GPU (pinned and non-blocking on CUDA)."""
     t = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array
     table = _host_inputs.table
-    if table is not None:
-        key = (t.dtype, tuple(t.shape), t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), str(device))
-        if _host_inputs.capturing:
-            return table[key]
-        if key not in table:
-            table[key] = t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+    if table is None:
+        return _copy(t, device)
+    key = (t.dtype, tuple(t.shape), t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), str(device))
+    if _host_inputs.capturing:
         return table[key]
+    if key not in table:
+        table[key] = _copy(t, device)
+    return table[key]
+
+
+def _copy(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
