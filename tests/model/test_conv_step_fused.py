@@ -54,9 +54,10 @@ def test_conv_step_equals_the_reference_on_the_gpu():
     _check("cuda")
 
 
-def _check_mixer_decode() -> None:
-    """A Mamba layer's decode steps through the fused kernels (conv step, in-place scan) equal the reference path:
-    outputs and pooled states, for a batch of slots out of order, in fp32 (the interpreter's) or on the GPU."""
+def check_mixer_steps(steps, *, out_tol: dict, ssm_tol: dict) -> None:
+    """A Mamba layer's steps ``(tokens, lengths, starts)`` of three requests (right padding past each length) through
+    the fused kernels against the reference path on a copy of the pool: outputs at every position and the pooled
+    states, for slots out of order, in fp32 (the interpreter's) or on the GPU."""
     from unittest import mock
 
     from model import mamba2, ssd_fused
@@ -72,18 +73,24 @@ def _check_mixer_decode() -> None:
                       ssm=torch.randn(slots_total, config.n_heads, config.head_dim, config.d_state, device=device) * .1)
     ref_pool = MambaState(conv=pool.conv.clone(), ssm=pool.ssm.clone())
     with torch.no_grad():
-        for step in range(3):
-            hidden = torch.randn(len(slots), 1, config.d_model, device=device)
-            batch = Batch.make(slots, [5 + step] * len(slots), [1] * len(slots), max_context=64, device=device)
+        for t, lengths, starts in steps:
+            hidden = torch.randn(len(slots), t, config.d_model, device=device)
+            batch = Batch.make(slots, starts, lengths, max_context=64, device=device)
             want = mixer(hidden, ref_pool, batch)
             mixer.backend = "auto"
             with mock.patch.object(mamba2, "_fused_ops", return_value=ssd_fused), \
                     mock.patch.object(mixer, "_ops", return_value=(None, ssd_fused.ssd_step_fused)):
                 got = mixer(hidden, pool, batch)
             mixer.backend = "ref"
-            assert_close(got, want, rtol=1e-4, atol=1e-5)
+            assert_close(got, want, **out_tol)
     assert_close(pool.conv, ref_pool.conv, rtol=0, atol=0)
-    assert_close(pool.ssm, ref_pool.ssm, rtol=1e-5, atol=1e-6)
+    assert_close(pool.ssm, ref_pool.ssm, **ssm_tol)
+
+
+def _check_mixer_decode() -> None:
+    """A Mamba layer's decode steps through the fused kernels (conv step, in-place scan) equal the reference path."""
+    check_mixer_steps([(1, [1, 1, 1], [5 + step] * 3) for step in range(3)], out_tol=dict(rtol=1e-4, atol=1e-5),
+                      ssm_tol=dict(rtol=1e-5, atol=1e-6))
 
 
 def test_a_mamba_layers_fused_decode_equals_the_reference_in_tritons_interpreter():

@@ -11,6 +11,7 @@ from torch.testing import assert_close
 
 from model.ssd_ref import causal_conv1d_ref, ssd_chunked_ref
 from tests.conftest import check_in_triton_interpreter
+from tests.model.test_conv_step_fused import check_mixer_steps
 
 
 def _check_kernels(device: str) -> None:
@@ -73,34 +74,9 @@ def test_prefill_kernels_equal_the_reference_on_the_gpu():
 
 def _check_mixer_prefill() -> None:
     """A Mamba layer's prefill of right-padded prompts (then a decode step) through the fused kernels equals the
-    reference path: outputs at every position and the pooled states, for slots out of order."""
-    from unittest import mock
-
-    from model import mamba2, ssd_fused
-    from model.config import preset
-    from model.state import Batch, MambaState
-
-    torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = preset("mini-1:3")
-    mixer = mamba2.Mamba2Mixer(config, backend="ref").to(device)
-    slots_total, slots = 6, [4, 1, 3]
-    pool = MambaState(conv=torch.randn(slots_total, config.conv_kernel - 1, config.conv_dim, device=device),
-                      ssm=torch.randn(slots_total, config.n_heads, config.head_dim, config.d_state, device=device) * .1)
-    ref_pool = MambaState(conv=pool.conv.clone(), ssm=pool.ssm.clone())
-    with torch.no_grad():
-        for t, lengths, starts in ((9, [9, 3, 5], [0, 0, 0]), (1, [1, 1, 1], [9, 3, 5])):
-            hidden = torch.randn(len(slots), t, config.d_model, device=device)
-            batch = Batch.make(slots, starts, lengths, max_context=64, device=device)
-            want = mixer(hidden, ref_pool, batch)
-            mixer.backend = "auto"
-            with mock.patch.object(mamba2, "_fused_ops", return_value=ssd_fused), \
-                    mock.patch.object(mixer, "_ops", return_value=(None, ssd_fused.ssd_step_fused)):
-                got = mixer(hidden, pool, batch)
-            mixer.backend = "ref"
-            assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert_close(pool.conv, ref_pool.conv, rtol=0, atol=0)
-    assert_close(pool.ssm, ref_pool.ssm, rtol=1e-4, atol=1e-5)
+    reference path: outputs at every position and the pooled states."""
+    check_mixer_steps([(9, [9, 3, 5], [0, 0, 0]), (1, [1, 1, 1], [9, 3, 5])], out_tol=dict(rtol=1e-4, atol=1e-4),
+                      ssm_tol=dict(rtol=1e-4, atol=1e-5))
 
 
 def test_a_mamba_layers_fused_prefill_equals_the_reference_in_tritons_interpreter():
