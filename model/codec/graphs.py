@@ -17,6 +17,7 @@ it hands out the recorded copies. The recorded pass also plans cuDNN's convs out
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from model.codec.stream import CodecDecoderStream, CodecSpeechDecoder
 
 MAX_ROWS = 32  # the largest batch of first chunks a graph takes (more run as several replays)
+# one capture at a time in a process (two decoders warm up in two threads where the audio stage runs in-process)
+_CAPTURE_LOCK = threading.Lock()
 
 
 def _clone(value: Any) -> Any:
@@ -103,7 +106,8 @@ class FirstChunkGraphs:
         top = bucket(max(1, min(max_batch, self.max_rows)), ROW_BUCKETS)
         for rows in (b for b in ROW_BUCKETS if b <= top):
             if (rows, n, speed) not in self._graphs:
-                self._graphs[(rows, n, speed)] = _Graph(self.dec, rows, n, speed, self.pool)
+                with _CAPTURE_LOCK:
+                    self._graphs[(rows, n, speed)] = _Graph(self.dec, rows, n, speed, self.pool)
 
     def parts(self, streams: Sequence[CodecDecoderStream], tokens: Sequence[Sequence[int]],
               flush: Sequence[bool]) -> list[list[int]]:
