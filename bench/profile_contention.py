@@ -7,8 +7,9 @@ The server runs the LM loop and the audio stage in two processes (two CUDA conte
 This measures the audio stage's rounds alone and while a background process runs the engine's decode step
 (``Runner.execute``, CUDA graphs, 64 streams) at a given duty cycle (busy fraction; it sleeps between steps): a
 steady round of ``--streams`` streams at mixed phases (each first pushed 12 tokens, then 8..31, as the engine's
-chunking leaves them), a ragged round (8..23 tokens each), fresh streams' first chunks (16, 4 and 1 of them; ``--first-chunk-graphs``: replayed from
-the decoder's CUDA graphs, ``model.codec.graphs``). Medians of host wall time.
+chunking leaves them), a ragged round (8..23 tokens each), fresh streams' first chunks (16, 4 and 1 of them;
+``--first-chunk-graphs``: replayed from the decoder's CUDA graphs, ``model.codec.graphs``). Medians of host wall
+time.
 """
 from __future__ import annotations
 

@@ -188,11 +188,11 @@ def conv_prefill_inplace(conv: Tensor, slots: Tensor, xbc: Tensor, lengths: Tens
     right padding after them is convolved like the reference does but never kept).
 
     conv (slots, k-1, d) the pool's windows (any float dtype; last dimension contiguous); slots, lengths (b,), may be
-    strided (a prefill graph's are columns of its packed input); xbc (b, t, d) may be a strided view of the input projection (last dimension contiguous); weight (d, k) with
-    k = 4; bias (d,) or None. Returns act (b, t, d) in xbc's dtype. Equals ``causal_conv1d_ref`` with the gathered
-    windows + ``silu`` + the scatter of ``Mamba2Mixer._last_inputs``, with the conv summed in float32 and rounded
-    once. No host sync: CUDA-graph safe. Padding rows that share a scratch slot race on its window, which nothing
-    reads.
+    strided (a prefill graph's are columns of its packed input); xbc (b, t, d) may be a strided view of the input
+    projection (last dimension contiguous); weight (d, k) with k = 4; bias (d,) or None. Returns act (b, t, d) in
+    xbc's dtype. Equals ``causal_conv1d_ref`` with the gathered windows + ``silu`` + the scatter of
+    ``Mamba2Mixer._last_inputs``, with the conv summed in float32 and rounded once. No host sync: CUDA-graph safe.
+    Padding rows that share a scratch slot race on its window, which nothing reads.
     """
     b, t, d = xbc.shape
     k = weight.shape[-1]
@@ -267,9 +267,9 @@ def ssd_prefill_inplace(state: Tensor, slots: Tensor, lengths: Tensor, x: Tensor
     the chunked scan's kernels and the glue around them.
 
     state (slots, h, p, n) any float dtype (arithmetic in fp32; last dimension contiguous); slots, lengths (b,), may be
-    strided; x (b, t, kv_heads, p) and B (b, t, kv_heads, n) before the GQA repeat, C (b, t, h, n), dt_raw (b, t, h): views
-    with a contiguous last dimension; dt_bias, A, D (h,). Returns y (b, t, h, p) float32 = the scan's output + D x.
-    No host sync: CUDA-graph safe.
+    strided; x (b, t, kv_heads, p) and B (b, t, kv_heads, n) before the GQA repeat, C (b, t, h, n), dt_raw (b, t, h):
+    views with a contiguous last dimension; dt_bias, A, D (h,). Returns y (b, t, h, p) float32 = the scan's output
+    + D x. No host sync: CUDA-graph safe.
     """
     b, t, h = dt_raw.shape
     kv_heads, p = x.shape[2], x.shape[3]
@@ -294,10 +294,9 @@ def _scan_prefill_kernel():
 
     @triton.jit
     def scan_prefill_kernel(STATE, SLOTS, LENGTHS, X, DT_RAW, DT_BIAS, A, B, C, D, Y, stride_slot, stride_len,
-                            stride_ss, stride_sh,
-                            stride_sp, stride_xb, stride_xt, stride_xh, stride_rb, stride_rt, stride_bb, stride_bt,
-                            stride_bh, stride_cb, stride_ct, stride_ch, stride_yb, stride_yt, stride_yh, n_t,
-                            GROUP: tl.constexpr, N: tl.constexpr, BLOCK_P: tl.constexpr):
+                            stride_ss, stride_sh, stride_sp, stride_xb, stride_xt, stride_xh, stride_rb, stride_rt,
+                            stride_bb, stride_bt, stride_bh, stride_cb, stride_ct, stride_ch, stride_yb, stride_yt,
+                            stride_yh, n_t, GROUP: tl.constexpr, N: tl.constexpr, BLOCK_P: tl.constexpr):
         b = tl.program_id(0)
         h = tl.program_id(1)
         p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
