@@ -21,10 +21,10 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from model.codec.streaming import ROW_BUCKETS, _Pack, bucket, graph_inputs
+from model.cuda_graphs import capturing
 
 if TYPE_CHECKING:
     from model.codec.stream import CodecDecoderStream, CodecSpeechDecoder
@@ -62,8 +62,9 @@ class _Graph:
         if pool is not None:
             torch.cuda.synchronize(dec.device)
             self.graph = torch.cuda.CUDAGraph()
-            # thread-local errors: another thread's CUDA work (the LM's start-up) does not spoil the capture
-            with (graph_inputs(self.table, capturing=True),
+            # thread-local errors: another thread's CUDA work (the LM's start-up) does not spoil the capture;
+            # Python's collector stays off during it, as for the LM's graphs (torch.cuda.graph collects first)
+            with (graph_inputs(self.table, capturing=True), capturing(collect=False),
                   torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local")):
                 self.pcm = self._pass(dec)
         self.after = [[st.snapshot() for st in t.states] for t in self.templates]
@@ -130,11 +131,8 @@ class FirstChunkGraphs:
         that ``parts`` grouped, from the graph: each stream's audio and its state after the chunk."""
         dec, k = self.dec, len(streams)
         g = self._graphs[(bucket(k, ROW_BUCKETS), len(tokens[0]), streams[0].speed)]
-        host = np.empty((k, g.n + 1), dtype=np.int64)
-        host[:, :g.n] = np.asarray(tokens, dtype=np.int64).reshape(k, g.n) - dec.token_offset
-        np.clip(host[:, :g.n], 0, dec.codec.fsq.codebook_size - 1, out=host[:, :g.n])
-        host[:, g.n] = [s.voice_index for s in streams]
-        src = torch.from_numpy(host)
+        voices = torch.tensor([[s.voice_index] for s in streams], dtype=torch.long)
+        src = torch.cat([dec.host_token_ids(tokens), voices], dim=1)  # (k, n + 1): one copy to the device
         g.inputs[:k].copy_(src.pin_memory() if self.cuda else src, non_blocking=self.cuda)
         pcm = g.replay(dec)
         for stage in range(len(streams[0].states)):

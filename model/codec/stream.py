@@ -264,8 +264,12 @@ class CodecSpeechDecoder:
     def token_ids(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
         """LM token ids of equal-length pushes → ``(B, n)`` codebook indices on the device (clamped, never a
         crash)."""
+        return self.host_token_ids(tokens).to(self.device)
+
+    def host_token_ids(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``token_ids`` on the host (int64)."""
         ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64).reshape(len(tokens), -1)) - self.token_offset
-        return ids.clamp(0, self.codec.fsq.codebook_size - 1).to(self.device)
+        return ids.clamp(0, self.codec.fsq.codebook_size - 1)
 
     @torch.inference_mode()
     def push_many(self, streams: Sequence[CodecDecoderStream], tokens: Sequence[Sequence[int]],
@@ -447,8 +451,7 @@ class CodecSpeechDecoder:
     def decode_offline(self, tokens: Sequence[int], voice_id: str | None = None, *, speed: float = 1.0
                        ) -> np.ndarray:
         """The whole utterance at once: the reference the streams are tested against. → float32 24 kHz PCM."""
-        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64).reshape(-1)) - self.token_offset
-        ids = ids.clamp(0, self.codec.fsq.codebook_size - 1)[None].to(self.device)
+        ids = self.token_ids([tokens])  # (1, n)
         if ids.shape[-1] == 0:
             return np.zeros(0, dtype=np.float32)
         mel = self.codec.decode_mel(ids, self.voice_index(voice_id), speed=check_speed(speed))
