@@ -1,9 +1,10 @@
 """What one prefill step costs the engine loop, per number of sequences prefilled together (GPU profiling aid).
 
-python -m bench.profile_prefill [--preset mamtra-1:3] [--sizes 1 2 4 8] [--tokens 40] [--long]
+python -m bench.profile_prefill [--preset mamtra-1:3] [--sizes 1 2 4 8] [--tokens 40] [--long] [--overlap]
 Eager vs CUDA-graph prefill (``model.cuda_graphs.GraphedPrefill``): first call per size (fla-core autotunes per
 batch size), the median of the next ones, continuations later in the context; GPU time of one; a decode step of 64
-streams with and without 8 prefills in it.
+streams with and without 1 or 8 prefills in it. ``--overlap`` adds those steps with the prefill beside the decode
+(``Runner(overlap_prefill=True)``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--long", action="store_true", help="the model's 8,192-token window (the server's)")
     ap.add_argument("--graphs-only", action="store_true", help="skip the eager runner (its first call autotunes)")
+    ap.add_argument("--overlap", action="store_true", help="also the steps with the prefill beside the decode")
     ap.add_argument("--kernels", type=int, default=0, help="print the N costliest GPU kernels of the graph-mode "
                     "steps (decode 64, decode 64 + prefill 1) and time the sampler alone")
     a = ap.parse_args()
@@ -38,17 +40,18 @@ def main() -> None:
     model = build_model(config, dev, dtype=torch.bfloat16)
     n = max(a.sizes)
     rows = []
-    for mode in ("graphs",) if a.graphs_only else ("eager", "graphs"):
+    modes = (("graphs",) if a.graphs_only else ("eager", "graphs")) + (("overlap",) if a.overlap else ())
+    for mode in modes:
         runner = Runner(model, max_streams=64 + max(n, 8), max_context=8192 if a.long else 1024,
                         allowed_ids=list(range(4377)), sampling=SamplingConfig(), dtype=torch.bfloat16,
-                        cuda_graphs=True, prefill_graphs=mode == "graphs")
+                        cuda_graphs=True, prefill_graphs=mode != "eager", overlap_prefill=mode == "overlap")
         t0 = time.perf_counter()
         if runner.prefill_graphs is not None:
             runner.prefill_graphs.capture_all()
         capture_s = time.perf_counter() - t0
         runner.graphs.capture_all(64)
         g = torch.Generator().manual_seed(0)
-        for b in a.sizes:
+        for b in a.sizes if mode != "overlap" else ():  # a prefill alone runs as in "graphs"
             for i in range(b):
                 runner.open_request(f"r{i}", seed=i)
 
@@ -89,10 +92,10 @@ def main() -> None:
         for i in range(8):
             runner.open_request(f"r{i}", seed=i)
         dec = tuple(DecodeItem(f"d{i}", i, 50, 5) for i in range(64))
-        for label, pre in (("decode 64", ()), ("decode 64 + prefill 8", tuple(
-                PrefillChunk(f"r{i}", 64 + i, 0, tuple(range(a.tokens)), True) for i in range(8)))):
+        for label, pre in (("decode 64", ()), *((f"decode 64 + prefill {k}", tuple(
+                PrefillChunk(f"r{i}", 64 + i, 0, tuple(range(a.tokens)), True) for i in range(k))) for k in (1, 8))):
             ts = []
-            for _ in range(6):
+            for _ in range(11):
                 torch.cuda.synchronize()
                 t = time.perf_counter()
                 runner.execute(StepPlan(prefills=pre, decodes=dec))

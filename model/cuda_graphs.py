@@ -180,6 +180,13 @@ class GraphedPrefill(_Graphs):
             for t in self.len_buckets:
                 self.capture(b, t, collect=False)
 
+    def _key(self, token_ids: list[tuple[int, ...]], starts: list[int]) -> tuple[int, int] | None:
+        return self.bucket_for(len(token_ids), max(len(ids) for ids in token_ids), max(starts))
+
+    def captured(self, token_ids: list[tuple[int, ...]], starts: list[int]) -> bool:
+        """Whether a call with these prompts would replay a graph captured already (no capture, no eager run)."""
+        return self._key(token_ids, starts) in self._graphs
+
     @torch.inference_mode()
     def __call__(self, token_ids: list[tuple[int, ...]], slots: list[int], starts: list[int]) -> Tensor | None:
         """Prompts (each at least one token) of distinct slots, each continuing its slot's context at ``start``
@@ -187,7 +194,7 @@ class GraphedPrefill(_Graphs):
         holds them (more sequences or tokens than the largest bucket, or a window past ``max_context``): the caller
         runs the eager prefill instead."""
         n = len(token_ids)
-        key = self.bucket_for(n, max(len(ids) for ids in token_ids), max(starts))
+        key = self._key(token_ids, starts)
         if key is None:
             return None
         if key not in self._graphs:

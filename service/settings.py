@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     prefill_budget_tokens: int = Field(512, ge=16, description="Prompt tokens prefilled per engine step")
     prefill_graphs: bool = Field(True, description="On CUDA, replay prefills from CUDA graphs (sequences × tokens "
                                  "buckets) instead of launching their kernels one by one")
+    prefill_overlap: bool = Field(True, description="On CUDA, a step's graphed prefill runs beside its decode on a "
+                                  "second CUDA stream instead of before it")
     fused_norms: bool = Field(True, description="On CUDA, each RMSNorm and Mamba-2 gated norm of the LM as one "
                               "Triton kernel instead of ~7-10 PyTorch ops (same arithmetic)")
     max_input_chars: int = Field(4096, ge=1, description="Longest accepted `input`")

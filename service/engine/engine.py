@@ -63,6 +63,7 @@ class EngineConfig:
     # per batch size: every size is warmed at startup, so a burst of arrivals never stalls the loop on autotuning.
     max_prefill_seqs: int = 8
     prefill_graphs: bool = True  # on CUDA: prefills replayed from CUDA graphs where a bucket holds them
+    prefill_overlap: bool = True  # a graphed prefill runs beside the step's decode on a second CUDA stream (Runner)
     request_timeout_s: float = 300.0
     first_chunk_tokens: int = 12
     chunk_tokens: int = 16
@@ -89,6 +90,7 @@ class EngineConfig:
             else dtypes[settings.dtype]
         return cls(max_streams=settings.max_streams, max_queue=settings.max_queue, max_context=settings.max_context,
                    prefill_budget_tokens=settings.prefill_budget_tokens, prefill_graphs=settings.prefill_graphs,
+                   prefill_overlap=settings.prefill_overlap,
                    request_timeout_s=settings.request_timeout_s, first_chunk_tokens=settings.first_chunk_tokens,
                    chunk_tokens=settings.chunk_tokens, client_queue_chunks=settings.client_queue_chunks,
                    stall_timeout_s=settings.stall_timeout_s, audio_max_batch=settings.audio_max_batch,
@@ -384,7 +386,8 @@ class Engine(EngineAPI):
         speech = list(self.pipeline.speech_ids) + [self.pipeline.eos_id]
         self.runner = Runner(self.model, max_streams=self.config.max_streams, max_context=self._max_context,
                              allowed_ids=speech, sampling=self.config.sampling, dtype=self.config.dtype,
-                             ssm_dtype=self.config.ssm_dtype, prefill_graphs=self.config.prefill_graphs)
+                             ssm_dtype=self.config.ssm_dtype, prefill_graphs=self.config.prefill_graphs,
+                             overlap_prefill=self.config.prefill_overlap)
         self.metrics.state_bytes.set(self.runner.pool.allocated_bytes()["total"])
         self.metrics.state_bytes_per_stream.set(self.runner.pool.bytes_per_stream)
         # Warm-up: one prefill and one decode through the real code paths (kernels compiled, caches touched).

@@ -7,6 +7,14 @@ sampling — all under ``torch.inference_mode``. On GPU the decode step and its 
 bucket: the repetition guard's state lives on the device by slot, and each row's noise is a hash of a key the host
 draws (``model.sampling.counter_uniform``). A step's inputs reach the device in one pinned copy that never waits for
 the GPU; the only host sync is reading the sampled token ids back, once per step.
+
+``overlap_prefill`` (CUDA graphs): a step that both prefills and decodes replays the prefill's captured graph on a
+second CUDA stream beside the decode's graph instead of before it. Each is a chain of small kernels that leaves most
+of the GPU idle, and the two touch disjoint state (a request that prefills does not decode in the same step; the
+padding rows of both write the scratch slot, which nothing reads), so such a step takes about the longer of the two
+rather than their sum. The prefill's logits are sampled after the two streams join. Only a bucket captured already
+runs beside the decode (the server captures every bucket at start-up): a capture is never made while the decode
+runs.
 """
 
 from __future__ import annotations
@@ -56,7 +64,8 @@ class _Sampler:
 class Runner:
     def __init__(self, model: SpeechLM, *, max_streams: int, max_context: int, allowed_ids: list[int],
                  sampling: SamplingConfig, dtype: torch.dtype = torch.float32,
-                 ssm_dtype: torch.dtype = torch.float32, cuda_graphs: bool = True, prefill_graphs: bool = True) -> None:
+                 ssm_dtype: torch.dtype = torch.float32, cuda_graphs: bool = True, prefill_graphs: bool = True,
+                 overlap_prefill: bool = False) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
@@ -75,6 +84,8 @@ class Runner:
                        if self.use_graphs else None)
         self.prefill_graphs = (GraphedPrefill(model, self.pool, scratch_slot=max_streams)
                                if self.use_graphs and prefill_graphs else None)
+        # the second stream of a prefill beside the decode (the module docstring)
+        self._side = torch.cuda.Stream(self.device) if self.prefill_graphs is not None and overlap_prefill else None
         self._keys: dict[str, random.Random | None] = {}  # per request: its seeded key source, or None
         self._rng = random.Random(os.urandom(16))  # noise keys of unseeded requests
         self.last_sync_s = 0.0  # the last step's wait for its sampled tokens (the engine's loop-phase metric)
@@ -101,6 +112,12 @@ class Runner:
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
 
+    def _sample_rows(self, logits: torch.Tensor, slots: torch.Tensor, keys: torch.Tensor,
+                     index: torch.Tensor | None) -> torch.Tensor:
+        """Sampled ids of ``logits``' rows ``index`` (all: None), taken by a device index (indexing by a host list
+        would wait for the GPU)."""
+        return self._sampler(logits if index is None else logits.index_select(0, index), slots, keys)
+
     # --- the step ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
@@ -108,6 +125,8 @@ class Runner:
             self.pool.reset(slot)
         rows: list[str] = []
         picked: list[torch.Tensor] = []
+        side = None  # the stream the prefill runs on beside the decode, if it does
+        deferred = None  # beside the decode: the prefill's sampling, run after the join
         if plan.prefills:
             chunks = plan.prefills
             for c in chunks:
@@ -116,8 +135,14 @@ class Runner:
                     self._sampler.reset(c.slot)
             out = None
             if self.prefill_graphs is not None:  # None when no captured bucket holds this step's prompts
-                out = self.prefill_graphs([c.token_ids for c in chunks], [c.slot for c in chunks],
-                                          [c.start for c in chunks])
+                args = [c.token_ids for c in chunks], [c.slot for c in chunks], [c.start for c in chunks]
+                if self._side is not None and plan.decodes and self.prefill_graphs.captured(args[0], args[2]):
+                    side = self._side
+                    side.wait_stream(torch.cuda.current_stream(self.device))  # after the resets above
+                    with torch.cuda.stream(side):
+                        out = self.prefill_graphs(*args)
+                else:
+                    out = self.prefill_graphs(*args)
             if out is None:
                 t = max(len(c.token_ids) for c in chunks)
                 ids = torch.zeros(len(chunks), t, dtype=torch.long)
@@ -131,9 +156,11 @@ class Runner:
             if keep:
                 ids = [chunks[i].request_id for i in keep]
                 slots, keys, index = self._upload([[chunks[i].slot for i in keep], [self._key(r) for r in ids], keep])
-                if len(keep) < len(chunks):  # by a device index: indexing by a host list would wait for the GPU
-                    out = out.index_select(0, index)
-                picked.append(self._sampler(out, slots, keys))
+                sampling = (out, slots, keys, None if len(keep) == len(chunks) else index)
+                if side is None:
+                    picked.append(self._sample_rows(*sampling))
+                else:
+                    deferred = sampling
                 rows += ids
         if plan.decodes:
             items = plan.decodes
@@ -148,6 +175,10 @@ class Runner:
                 logits = self.model.decode_step(tokens, states=self.pool.layers, batch=batch)
                 picked.append(self._sampler(logits, slots, keys))
             rows += [d.request_id for d in items]
+        if side is not None:  # the join: the prefill's logits are complete on the current stream from here
+            torch.cuda.current_stream(self.device).wait_stream(side)
+        if deferred is not None:
+            picked.insert(0, self._sample_rows(*deferred))  # the prefill's rows come first
         if not rows:
             return StepResult({})
         out = picked[0] if len(picked) == 1 else torch.cat(picked)
