@@ -1,4 +1,4 @@
-"""Decode-step attention on GPU (Triton) that reads the slot-indexed KV cache in place.
+"""Decode-step and prefill attention on GPU (Triton) that read the slot-indexed KV cache in place.
 
 The reference path gathers each request's cache rows (``k[slots, :kv_len]``) and repeats the KV heads for GQA before
 SDPA. At serving scale that copy is the step: 256 streams x 4,096 tokens x 2 KV heads x 64 x bf16 is 268 MB per
@@ -9,6 +9,14 @@ loads the request's slot through the index, streams its keys/values once in bloc
 Shapes: q (b, h, d); k_cache, v_cache (slots, max_context, kv_heads, d); slots (b,) int64; lengths (b,) int32
 (keys visible to each query = its position + 1). Returns (b, h, d) in q's dtype. No host sync: CUDA-graph safe.
 Checked against the reference by ``tests/model/test_attention_fused.py`` (GPU-marked).
+
+``prefill_attention`` is the same for a prompt of ``t`` new tokens per request, already written to the cache at
+positions ``start .. start + t - 1``: one program per (request, KV head, block of queries) reads keys up to its last
+query's position only (causal: key j is visible to the query at position p iff j <= p). The reference path's window
+is the batch's ``kv_len`` — for a CUDA-graph prefill, static, so the pool's whole context (8,192 tokens) whatever the
+prompt — gathered, repeated for the query heads and masked. Shapes: q (b, t, h, d); starts (b,) (any stride, as
+slots': a graph's inputs are columns of one packed buffer). Returns (b, t, h, d) in the cache's dtype; padding
+queries (right of a request's length) are computed as the reference computes them and ignored downstream.
 """
 
 from __future__ import annotations
@@ -86,4 +94,78 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), d**-0.5,
         GROUP=group, BLOCK_G=block_g, BLOCK_T=64, HEAD_DIM=d, num_warps=4)
+    return out
+
+
+@functools.cache
+def _prefill_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def prefill_attention_kernel(Q, K, V, O, SLOTS, STARTS, stride_slot, stride_start, stride_qb, stride_qt,
+                                 stride_qh, stride_ks, stride_kt, stride_kh, stride_vs, stride_vt, stride_vh,
+                                 stride_ob, stride_ot, stride_oh, T, scale, GROUP: tl.constexpr,
+                                 BLOCK_G: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_T: tl.constexpr,
+                                 HEAD_DIM: tl.constexpr):
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
+        first = tl.program_id(2) * BLOCK_I  # this program's first query column
+        slot = tl.load(SLOTS + b * stride_slot)
+        start = tl.load(STARTS + b * stride_start)
+        r = tl.arange(0, BLOCK_I * BLOCK_G)  # one row per (query column, head of the group)
+        i = first + r // BLOCK_G
+        g = r % BLOCK_G
+        rmask = (g < GROUP) & (i < T)
+        heads = kvh * GROUP + g
+        d = tl.arange(0, HEAD_DIM)
+        q = tl.load(Q + b * stride_qb + i[:, None] * stride_qt + heads[:, None] * stride_qh + d[None, :],
+                    mask=rmask[:, None], other=0.0)
+        pos = start + i  # each row's absolute position: it sees keys 0 .. pos
+        k_base = K + slot * stride_ks + kvh * stride_kh
+        v_base = V + slot * stride_vs + kvh * stride_vh
+        m = tl.full((BLOCK_I * BLOCK_G,), float("-inf"), tl.float32)
+        l_sum = tl.zeros((BLOCK_I * BLOCK_G,), tl.float32)
+        acc = tl.zeros((BLOCK_I * BLOCK_G, HEAD_DIM), tl.float32)
+        end = start + tl.minimum(first + BLOCK_I, T)  # keys this program's last query sees, exclusive
+        k0 = 0
+        while k0 < end:  # every row sees key 0, so m is finite after the first block
+            t = k0 + tl.arange(0, BLOCK_T)
+            tmask = t < end
+            k = tl.load(k_base + t[:, None] * stride_kt + d[None, :], mask=tmask[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale  # fp32 accumulate
+            s = tl.where(t[None, :] <= pos[:, None], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m - m_new)
+            l_sum = l_sum * alpha + tl.sum(p, 1)
+            v = tl.load(v_base + t[:, None] * stride_vt + d[None, :], mask=tmask[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+            m = m_new
+            k0 += BLOCK_T
+        out = acc / l_sum[:, None]
+        tl.store(O + b * stride_ob + i[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :],
+                 out.to(O.dtype.element_ty), mask=rmask[:, None])
+
+    return prefill_attention_kernel
+
+
+def prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, starts: Tensor) -> Tensor:
+    """Causal attention of ``t`` new tokens per request over its slot's cache (the module docstring)."""
+    import triton
+
+    b, t, h, d = q.shape
+    kv_heads = k_cache.shape[2]
+    group = h // kv_heads
+    q = q.to(k_cache.dtype)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    out = torch.empty(b, t, h, d, dtype=k_cache.dtype, device=q.device)
+    block_g = 1 << (group - 1).bit_length()
+    block_i = max(64 // block_g, 1)  # 64 rows (query columns x heads) a program, at least (tl.dot wants >= 16)
+    _prefill_kernel()[(b, kv_heads, triton.cdiv(t, block_i))](
+        q, k_cache, v_cache, out, slots, starts, slots.stride(0), starts.stride(0), q.stride(0), q.stride(1),
+        q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), out.stride(0), out.stride(1), out.stride(2), t, d**-0.5,
+        GROUP=group, BLOCK_G=block_g, BLOCK_I=block_i, BLOCK_T=64, HEAD_DIM=d, num_warps=4)
     return out

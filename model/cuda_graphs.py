@@ -12,7 +12,8 @@ A prefill is the same model run on a few right-padded prompts: eager, it is ~1,7
 step that prefills a request stalls every running stream's decode by that much. ``GraphedPrefill`` replays it:
 buckets of sequences × tokens, padding rows on the scratch slot, padding columns masked as in the eager path (dt = 0
 for the SSM, causal mask for attention), the attention window the pool's whole ``max_context`` so that any start
-position fits one graph, and KV writes of every column (``Batch.dense_writes``: no host sync).
+position fits one graph (on CUDA the fused prefill attention reads each row's keys up to its own position only, so
+the window costs nothing there either), and KV writes of every column (``Batch.dense_writes``: no host sync).
 
 The graphs and their buffers belong to these objects (owned by the runner or a benchmark), never to the model.
 """

@@ -67,7 +67,7 @@ class Attention(nn.Module):
 
     def __init__(self, config: ModelConfig, *, backend: str = "auto") -> None:
         super().__init__()
-        self.backend = backend  # "ref" never uses the fused decode kernel; "auto"/"triton" do on CUDA
+        self.backend = backend  # "ref" never uses the fused kernels; "auto"/"triton" do on CUDA
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.group = config.kv_group
         self.q_proj = nn.Linear(config.d_model, config.d_inner, bias=config.qkv_bias)
@@ -91,10 +91,13 @@ class Attention(nn.Module):
         else:
             assert batch is not None
             self._write_cache(state, batch, k, v)
-            if t == 1 and self._fused_decode(x.device):
-                out = attention_fused.decode_attention(q[:, 0], state.k, state.v, batch.slots,
-                                                       batch.positions[:, 0] + 1)
-                return self.o_proj(out.reshape(b, 1, self.n_heads * self.head_dim).to(x.dtype))
+            if self._fused(x.device):  # the cache read in place, each request's own length (attention_fused)
+                if t == 1:
+                    out = attention_fused.decode_attention(q[:, 0], state.k, state.v, batch.slots,
+                                                           batch.positions[:, 0] + 1)
+                else:
+                    out = attention_fused.prefill_attention(q, state.k, state.v, batch.slots, batch.positions[:, 0])
+                return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim).to(x.dtype))
             keys = state.k[batch.slots, : batch.kv_len]  # (b, kv_len, kvh, d)
             values = state.v[batch.slots, : batch.kv_len]
             # Key j is visible to the query at absolute position p iff j <= p: causal, and bounded by what this
@@ -106,7 +109,7 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim).to(x.dtype)
         return self.o_proj(out)
 
-    def _fused_decode(self, device: torch.device) -> bool:
+    def _fused(self, device: torch.device) -> bool:
         if self.backend == "ref" or device.type != "cuda":
             return False
         if not attention_fused.available():
