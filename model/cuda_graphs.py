@@ -60,6 +60,11 @@ class _Graphs:
         self.pool = pool
         self.scratch_slot = scratch_slot
         self._mempool = torch.cuda.graph_pool_handle()
+        # A capture stream of its own: PyTorch keys cuBLAS workspaces by (handle, stream), and a captured GEMM keeps
+        # the capture stream's workspace address. Graphs captured on torch.cuda.graph's shared default stream would
+        # all use one workspace, so a prefill graph replayed beside a decode graph (Runner(overlap_prefill)) would
+        # race the decode's split-K GEMMs on it. Graphs of one object never replay concurrently.
+        self._capture_stream = torch.cuda.Stream()
 
     def _record(self, run: Callable[[], Tensor], collect: bool) -> tuple[torch.cuda.CUDAGraph, Tensor]:
         """``run`` twice on a side stream (Triton compiles and autotunes there, outside the capture), then captured
@@ -71,7 +76,7 @@ class _Graphs:
                 run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with capturing(collect), torch.cuda.graph(graph, pool=self._mempool):
+        with capturing(collect), torch.cuda.graph(graph, pool=self._mempool, stream=self._capture_stream):
             out = run()
         return graph, out
 

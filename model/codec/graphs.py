@@ -44,8 +44,10 @@ class _Graph:
     """One captured pass: ``rows`` template streams, their input buffer (``inputs[:, :n]`` codebook ids, ``inputs[:,
     n]`` voice indices), their states before (fresh) and after the pass, its audio rows."""
 
-    def __init__(self, dec: CodecSpeechDecoder, rows: int, n: int, speed: float, pool: Any):
-        """``pool``: the CUDA graph memory pool to capture into; None: no capture (no CUDA)."""
+    def __init__(self, dec: CodecSpeechDecoder, rows: int, n: int, speed: float, pool: Any,
+                 stream: torch.cuda.Stream | None = None):
+        """``pool``: the CUDA graph memory pool to capture into, ``stream`` the stream to capture on; None: no
+        capture (no CUDA)."""
         from model.codec.stream import CodecDecoderStream
 
         self.rows, self.n = rows, n
@@ -65,7 +67,7 @@ class _Graph:
             # thread-local errors: another thread's CUDA work (the LM's start-up) does not spoil the capture;
             # Python's collector stays off during it, as for the LM's graphs (torch.cuda.graph collects first)
             with (graph_inputs(self.table, capturing=True), capturing(collect=False),
-                  torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local")):
+                  torch.cuda.graph(self.graph, pool=pool, stream=stream, capture_error_mode="thread_local")):
                 self.pcm = self._pass(dec)
         self.after = [[st.snapshot() for st in t.states] for t in self.templates]
 
@@ -95,6 +97,9 @@ class FirstChunkGraphs:
         self.max_rows = max_rows
         self.cuda = dec.device.type == "cuda"
         self.pool = torch.cuda.graph_pool_handle() if self.cuda else None
+        # captured on a stream of their own, hence with a cuBLAS workspace of their own (as the LM's graphs:
+        # model.cuda_graphs._Graphs), since they replay beside other graphs of the process
+        self.stream = torch.cuda.Stream(dec.device) if self.cuda else None
         self._graphs: dict[tuple[int, int, float], _Graph] = {}
 
     def __len__(self) -> int:
@@ -108,7 +113,7 @@ class FirstChunkGraphs:
         for rows in (b for b in ROW_BUCKETS if b <= top):
             if (rows, n, speed) not in self._graphs:
                 with _CAPTURE_LOCK:
-                    self._graphs[(rows, n, speed)] = _Graph(self.dec, rows, n, speed, self.pool)
+                    self._graphs[(rows, n, speed)] = _Graph(self.dec, rows, n, speed, self.pool, self.stream)
 
     def parts(self, streams: Sequence[CodecDecoderStream], tokens: Sequence[Sequence[int]],
               flush: Sequence[bool]) -> list[list[int]]:

@@ -85,3 +85,48 @@ def test_graphed_prefill_equals_eager(layout):
     for got, want in zip(results["graph"], results["eager"]):
         assert_close(got, want, **TF32)
 
+
+
+@torch.no_grad()
+def test_a_prefill_graph_replayed_beside_a_decode_graph_changes_neither():
+    """Runner(overlap_prefill) replays a prefill graph on a second stream while a decode graph runs: both must give
+    what each gives alone, replay after replay. A GEMM captured on torch.cuda.graph's shared default stream keeps
+    that stream's cuBLAS workspace, so graphs of both kinds sharing it raced on it (a split-K GEMM's partial sums):
+    each kind captures on a stream of its own. Dims where cuBLAS picks split-K for a small batch."""
+    from model.cuda_graphs import GraphedDecoder, GraphedPrefill
+
+    cfg = tiny_config("AMMA", vocab_size=4096, d_model=1024, n_heads=16, n_kv_heads=2, head_dim=64, d_ff=4096,
+                      max_context=256, ssd_chunk_size=64)
+    model = SpeechLM(cfg, backend="auto").cuda().to(torch.bfloat16).eval()
+    pool = StatePool(cfg, max_streams=9, dtype=torch.bfloat16, device="cuda")
+    dec_slots = [0, 1, 2, 3, 4, 5]
+    ids = torch.randint(0, cfg.vocab_size, (6, 20), device="cuda")
+    model.prefill(ids, states=pool.layers, batch=Batch.make(dec_slots, [0] * 6, [20] * 6, max_context=256,
+                                                            device="cuda"))
+    decoder = GraphedDecoder(model, pool, scratch_slot=8, buckets=(8,))
+    prefill = GraphedPrefill(model, pool, scratch_slot=8, seq_buckets=(2,), len_buckets=(32,))
+    decoder.capture(8)
+    prefill.capture(2, 32)
+    saved = [t.clone() for layer in pool.layers for t in vars(layer).values()]
+
+    def restore():
+        for t, s in zip((t for layer in pool.layers for t in vars(layer).values()), saved):
+            t.copy_(s)
+
+    tok, slots = torch.randint(0, cfg.vocab_size, (6,), device="cuda"), torch.tensor(dec_slots, device="cuda")
+    pos = torch.full((6,), 20, device="cuda")
+    prompts, p_slots = [tuple(range(3, 30)), tuple(range(40, 52))], [6, 7]
+    restore()
+    want_dec = decoder(tok, slots, pos).clone()
+    want_pre = prefill(prompts, p_slots, [0, 0]).clone()
+    side = torch.cuda.Stream()
+    for _ in range(30):
+        restore()
+        main = torch.cuda.current_stream()
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            got_pre = prefill(prompts, p_slots, [0, 0])
+        got_dec = decoder(tok, slots, pos)
+        main.wait_stream(side)
+        assert torch.equal(got_dec, want_dec)
+        assert torch.equal(got_pre, want_pre)
