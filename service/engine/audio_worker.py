@@ -4,9 +4,13 @@ Decoding one chunk of one request is hundreds of small ops (codec decoder, HiFi-
 kernel launches and Python, so one stream at a time cannot keep up with hundreds of streams. The worker takes every
 job queued since its last round and hands the decode jobs to ``run_batch`` in batches of distinct requests (a
 request's next chunk continues the state its previous chunk left, so two jobs of one request never share a batch),
-at most ``max_batch`` at a time. A request's jobs — its chunks and its end-of-stream — keep their order: a batch is
-run before a later chunk of one of its requests, and an end-of-stream whose request has a chunk in the batch runs
-right after the batch (it does not cut the batch short: every request ends with a last chunk and its end, so cutting
+at most ``max_batch`` at a time. A round's jobs go in waves: every request's earliest chunk, then every request's
+next one, and so on — a backlog of several chunks a request (the audio stage behind the LM) is then a few batches of
+every request rather than a batch cut wherever the arrival order repeats a request (streams that the back-pressure
+paused and resumed close their chunks out of step, and in arrival order a backlog cut that way into batches of ~20
+chunks for 64 streams). A request's jobs — its chunks and its end-of-stream — keep their order: a batch is run
+before a later chunk of one of its requests, and an end-of-stream whose request has a chunk in the batch runs right
+after the batch (it does not cut the batch short: every request ends with a last chunk and its end, so cutting
 there made most of a busy round's batches single chunks). ``max_batch=1`` decodes one job at a time.
 
 Under load the batches are let fill: when jobs arrived while the last round ran (a backlog), the next round waits
@@ -144,7 +148,30 @@ class AudioWorker(_JobThread):
         else:
             self._run_in_order(jobs)
 
+    @staticmethod
+    def _waves(jobs: list[AudioJob]) -> list[AudioJob]:
+        """``jobs`` reordered in waves (the module docstring): each request's first decode job with the end jobs
+        that follow it, for every request in order of first appearance, then each request's second, ...; an end job
+        with no decode job of its request before it in ``jobs`` comes first. Each request's jobs keep their order."""
+        lead: list[AudioJob] = []
+        groups: dict[int, list[list[AudioJob]]] = {}  # request -> [decode job, the end jobs after it], in order
+        for job in jobs:
+            mine = groups.setdefault(id(job.handle), [])
+            if job.is_decode:
+                mine.append([job])
+            elif mine:
+                mine[-1].append(job)
+            else:
+                lead.append(job)
+        out = lead
+        for k in range(max((len(g) for g in groups.values()), default=0)):
+            for mine in groups.values():
+                if k < len(mine):
+                    out += mine[k]
+        return out
+
     def _run_in_order(self, jobs: list[AudioJob]) -> None:
+        jobs = self._waves(jobs)
         batch: list[AudioJob] = []
         in_batch: set[int] = set()
         ends: list[AudioJob] = []  # end-of-stream jobs of requests in ``batch``: run right after it

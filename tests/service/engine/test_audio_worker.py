@@ -15,10 +15,13 @@ def test_a_round_batches_distinct_requests_and_keeps_each_requests_order():
     a, b, c = "A", "B", "C"
     jobs = [AudioJob(a, ["a1"]), AudioJob(b, ["b1"]), AudioJob(a, ["a2"]), AudioJob(b, None), AudioJob(c, ["c1"]),
             AudioJob(a, None)]
-    assert _round(jobs, 8) == [("batch", ["a1", "b1"]), ("end", "B"), ("batch", ["a2", "c1"]), ("end", "A")]
-    # one at a time: an end whose request has nothing pending runs at once (B's chunk already went, A's too)
-    assert _round(jobs, 1) == [("batch", ["a1"]), ("batch", ["b1"]), ("end", "B"), ("batch", ["a2"]), ("end", "A"),
-                               ("batch", ["c1"])]
+    # in waves: every request's first chunk, then the second; an end right after its request's last chunk
+    assert _round(jobs, 8) == [("batch", ["a1", "b1", "c1"]), ("end", "B"), ("batch", ["a2"]), ("end", "A")]
+    # one at a time, in the same order
+    assert _round(jobs, 1) == [("batch", ["a1"]), ("batch", ["b1"]), ("end", "B"), ("batch", ["c1"]),
+                               ("batch", ["a2"]), ("end", "A")]
+    # an end whose request has no chunk in the round runs first (its chunks went in an earlier round)
+    assert _round([AudioJob(a, ["a4"]), AudioJob(b, None)], 8) == [("end", "B"), ("batch", ["a4"])]
     # requests ending in one round (a last chunk, then the end, each): one batch, their ends after it
     ending = [AudioJob(a, ["a9"], flush=True), AudioJob(a, None), AudioJob(b, ["b9"], flush=True), AudioJob(b, None),
               AudioJob(c, ["c3"])]
@@ -27,6 +30,12 @@ def test_a_round_batches_distinct_requests_and_keeps_each_requests_order():
     urgent = [AudioJob(a, ["a5"]), AudioJob(b, ["b1"], urgent=True), AudioJob(c, ["c7"]), AudioJob(a, ["a6"]),
               AudioJob(b, ["b2"], urgent=True)]
     assert _round(urgent, 8) == [("batch", ["b1"]), ("batch", ["b2"]), ("batch", ["a5", "c7"]), ("batch", ["a6"])]
+    # a backlog of three chunks a request, arrived out of step: three batches of every request (not four, cut
+    # wherever the arrival order repeats a request)
+    backlog = [AudioJob(r, [f"{r}{k}"]) for r, k in (("a", 1), ("b", 1), ("a", 2), ("c", 1), ("b", 2), ("a", 3),
+                                                       ("c", 2), ("b", 3), ("c", 3))]
+    assert _round(backlog, 8) == [("batch", ["a1", "b1", "c1"]), ("batch", ["a2", "b2", "c2"]),
+                                  ("batch", ["a3", "b3", "c3"])]
     many = [AudioJob(i, [i]) for i in range(5)]
     assert _round(many, 2) == [("batch", [0, 1]), ("batch", [2, 3]), ("batch", [4])]
 
