@@ -27,15 +27,36 @@ import torch
 from torch import Tensor
 
 
+try:  # Triton is optional (CPU-only installs); the kernels below are built only where it imports
+    import triton as _triton
+    import triton.language as _tl
+except Exception:  # pragma: no cover - without Triton nothing here runs
+    _triton = None
+
+if _triton is not None:
+    # A module-level jit function, so that both kernels reach it as a global (Triton's interpreter, which CI runs
+    # them in, resolves globals only).
+    @_triton.jit
+    def _attend_block(q, k_base, v_base, t, tmask, visible, m, l_sum, acc, stride_kt, stride_vt, scale,
+                      HEAD_DIM: _tl.constexpr):
+        """One block of keys ``t`` (loaded where ``tmask``) of an online softmax over the rows of ``q``: scores
+        where ``visible`` (rows × keys), the running max ``m``, sum ``l_sum`` and output ``acc`` updated (fp32)."""
+        d = _tl.arange(0, HEAD_DIM)
+        k = _tl.load(k_base + t[:, None] * stride_kt + d[None, :], mask=tmask[:, None], other=0.0)
+        s = _tl.dot(q, _tl.trans(k.to(q.dtype))) * scale  # (rows, keys), fp32 accumulate
+        s = _tl.where(visible, s, float("-inf"))
+        m_new = _tl.maximum(m, _tl.max(s, 1))
+        p = _tl.exp(s - m_new[:, None])
+        alpha = _tl.exp(m - m_new)
+        l_sum = l_sum * alpha + _tl.sum(p, 1)
+        v = _tl.load(v_base + t[:, None] * stride_vt + d[None, :], mask=tmask[:, None], other=0.0)
+        acc = acc * alpha[:, None] + _tl.dot(p.to(q.dtype), v.to(q.dtype))
+        return m_new, l_sum, acc
+
+
 @functools.cache
 def available() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return torch.cuda.is_available() and _triton is not None
 
 
 @functools.cache
@@ -65,16 +86,8 @@ def _kernel():
         for start in range(0, n, BLOCK_T):
             t = start + tl.arange(0, BLOCK_T)
             tmask = t < n
-            k = tl.load(k_base + t[:, None] * stride_kt + d[None, :], mask=tmask[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale  # (BLOCK_G, BLOCK_T), fp32 accumulate
-            s = tl.where(tmask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, 1))
-            p = tl.exp(s - m_new[:, None])
-            alpha = tl.exp(m - m_new)
-            l_sum = l_sum * alpha + tl.sum(p, 1)
-            v = tl.load(v_base + t[:, None] * stride_vt + d[None, :], mask=tmask[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
-            m = m_new
+            m, l_sum, acc = _attend_block(q, k_base, v_base, t, tmask, tmask[None, :], m, l_sum, acc, stride_kt,
+                                         stride_vt, scale, HEAD_DIM)
         out = acc / l_sum[:, None]
         tl.store(O + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(O.dtype.element_ty),
                  mask=gmask[:, None])
@@ -131,17 +144,8 @@ def _prefill_kernel():
         k0 = 0
         while k0 < end:  # every row sees key 0, so m is finite after the first block
             t = k0 + tl.arange(0, BLOCK_T)
-            tmask = t < end
-            k = tl.load(k_base + t[:, None] * stride_kt + d[None, :], mask=tmask[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale  # fp32 accumulate
-            s = tl.where(t[None, :] <= pos[:, None], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, 1))
-            p = tl.exp(s - m_new[:, None])
-            alpha = tl.exp(m - m_new)
-            l_sum = l_sum * alpha + tl.sum(p, 1)
-            v = tl.load(v_base + t[:, None] * stride_vt + d[None, :], mask=tmask[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
-            m = m_new
+            m, l_sum, acc = _attend_block(q, k_base, v_base, t, t < end, t[None, :] <= pos[:, None], m, l_sum, acc,
+                                         stride_kt, stride_vt, scale, HEAD_DIM)
             k0 += BLOCK_T
         out = acc / l_sum[:, None]
         tl.store(O + b * stride_ob + i[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :],
