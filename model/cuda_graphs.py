@@ -61,9 +61,10 @@ class _Graphs:
         self.scratch_slot = scratch_slot
         self._mempool = torch.cuda.graph_pool_handle()
         # A capture stream of its own: PyTorch keys cuBLAS workspaces by (handle, stream), and a captured GEMM keeps
-        # the capture stream's workspace address. Graphs captured on torch.cuda.graph's shared default stream would
-        # all use one workspace, so a prefill graph replayed beside a decode graph (Runner(overlap_prefill)) would
-        # race the decode's split-K GEMMs on it. Graphs of one object never replay concurrently.
+        # the workspace address it was captured with. Graphs captured on torch.cuda.graph's shared default stream
+        # may all hold one workspace, and a prefill graph replayed beside a decode graph (Runner(overlap_prefill))
+        # could then race the decode's GEMMs on it (a precaution: the GPU test that replays the two side by side
+        # has not failed without it). Graphs of one object never replay concurrently.
         self._capture_stream = torch.cuda.Stream()
 
     def _record(self, run: Callable[[], Tensor], collect: bool) -> tuple[torch.cuda.CUDAGraph, Tensor]:

@@ -90,9 +90,8 @@ def test_graphed_prefill_equals_eager(layout):
 @torch.no_grad()
 def test_a_prefill_graph_replayed_beside_a_decode_graph_changes_neither():
     """Runner(overlap_prefill) replays a prefill graph on a second stream while a decode graph runs: both must give
-    what each gives alone, replay after replay. A GEMM captured on torch.cuda.graph's shared default stream keeps
-    that stream's cuBLAS workspace, so graphs of both kinds sharing it raced on it (a split-K GEMM's partial sums):
-    each kind captures on a stream of its own. Dims where cuBLAS picks split-K for a small batch."""
+    what each gives alone, replay after replay (each kind of graph captures on a stream of its own, so that their
+    GEMMs do not share the cuBLAS workspace of torch.cuda.graph's default capture stream)."""
     from model.cuda_graphs import GraphedDecoder, GraphedPrefill
 
     cfg = tiny_config("AMMA", vocab_size=4096, d_model=1024, n_heads=16, n_kv_heads=2, head_dim=64, d_ff=4096,
