@@ -77,3 +77,20 @@ def test_a_reused_request_id_in_the_same_slot_starts_with_an_empty_guard():
     runner.close_request("same")
     runner.open_request("same", seed=None)  # a client may send its own ids again
     assert _run(runner, "same", 0, (3, 4, 5, 1), 4) == first
+
+
+def test_the_prefill_overlap_setting_reaches_the_engine_and_needs_cuda(monkeypatch):
+    """MAMTRA_PREFILL_OVERLAP reaches the engine's config (default on); without CUDA graphs the runner makes no second
+    stream (the overlap itself is GPU-tested: tests/service/engine/test_runner_gpu.py)."""
+    import torch
+
+    from service.engine.engine import EngineConfig
+    from service.settings import Settings
+
+    cpu = torch.device("cpu")
+    assert EngineConfig.from_settings(Settings(), device=cpu).prefill_overlap is True
+    monkeypatch.setenv("MAMTRA_PREFILL_OVERLAP", "false")
+    assert EngineConfig.from_settings(Settings(), device=cpu).prefill_overlap is False
+    runner = Runner(tiny_lm("AMAM", max_context=256), max_streams=4, max_context=256, allowed_ids=ALLOWED,
+                    sampling=SamplingConfig(temperature=0.0), overlap_prefill=True)
+    assert runner._side is None
