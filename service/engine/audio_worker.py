@@ -8,9 +8,9 @@ at most ``max_batch`` at a time. A round's jobs go in waves: every request's ear
 next one, and so on — a backlog of several chunks a request (the audio stage behind the LM) is then a few batches of
 every request rather than a batch cut wherever the arrival order repeats a request (streams that the back-pressure
 paused and resumed close their chunks out of step with the others; at 256 clients the mean batch rose from 66 to 98
-chunks, docs/BENCHMARKS.md §4 W). A request's jobs — its chunks and its end-of-stream — keep their order: a batch is run
-before a later chunk of one of its requests, and an end-of-stream whose request has a chunk in the batch runs right
-after the batch (it does not cut the batch short: every request ends with a last chunk and its end, so cutting
+chunks, docs/BENCHMARKS.md §4 W). A request's jobs — its chunks and its end-of-stream — keep their order: a batch is
+run before a later chunk of one of its requests, and an end-of-stream whose request has a chunk in the batch runs
+right after the batch (it does not cut the batch short: every request ends with a last chunk and its end, so cutting
 there made most of a busy round's batches single chunks). ``max_batch=1`` decodes one job at a time.
 
 Under load the batches are let fill: when jobs arrived while the last round ran (a backlog), the next round waits

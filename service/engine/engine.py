@@ -739,7 +739,8 @@ class Engine(EngineAPI):
 
     def _decode_failed(self, handle: _Handle) -> None:
         log.exception("request %s: audio decoding failed", handle.id)
-        handle.empty_jobs += 1
+        with self._emit_lock:  # the urgent lane counts this request's chunks under it too
+            handle.empty_jobs += 1
         handle.closed = True
         handle._post(StreamFailed("internal_error", "audio decoding failed"))
         self._cancel(handle, "error")
