@@ -17,6 +17,27 @@ import functools
 import torch
 from torch import Tensor
 
+try:  # Triton is optional (CPU-only installs); the kernels below are built only where it imports
+    import triton as _triton
+    import triton.language as _tl
+except Exception:  # pragma: no cover - without Triton nothing here runs
+    _triton = None
+
+if _triton is not None:
+    # Module level, so that the kernels reach it as a global (Triton's interpreter, which CI runs them in, resolves
+    # globals only).
+    @_triton.jit
+    def _state_tile(STATE, slot, stride_ss, stride_sh, stride_sp, GROUP: _tl.constexpr, N: _tl.constexpr,
+                    BLOCK_P: _tl.constexpr):
+        """This program's (request, head, block of p) of a pooled SSM state: the head, the p and n ranges, the KV
+        head whose x and B it reads (GQA), and the pointers to its state tile in the pool's ``slot``."""
+        h = _tl.program_id(1)
+        p = _tl.program_id(2) * BLOCK_P + _tl.arange(0, BLOCK_P)
+        n = _tl.arange(0, N)
+        kv = h // GROUP  # x and B live at the KV heads; query head h reads KV head h // GROUP
+        s_ptr = STATE + slot * stride_ss + h * stride_sh + p[:, None] * stride_sp + n[None, :]
+        return h, p, n, kv, s_ptr
+
 
 @functools.cache
 def available() -> bool:
@@ -66,12 +87,8 @@ def _step_kernel():
                         stride_xb, stride_xh, stride_dtb, stride_bb, stride_bh, stride_cb, stride_ch,
                         stride_yb, stride_yh, GROUP: tl.constexpr, N: tl.constexpr, BLOCK_P: tl.constexpr):
         b = tl.program_id(0)
-        h = tl.program_id(1)
-        p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-        n = tl.arange(0, N)
-        kv = h // GROUP  # x and B live at the KV heads; query head h reads KV head h // GROUP
-        slot = tl.load(SLOTS + b)
-        s_ptr = STATE + slot * stride_ss + h * stride_sh + p[:, None] * stride_sp + n[None, :]
+        h, p, n, kv, s_ptr = _state_tile(STATE, tl.load(SLOTS + b), stride_ss, stride_sh, stride_sp, GROUP, N,
+                                         BLOCK_P)
         s = tl.load(s_ptr).to(tl.float32)
         dt = tl.load(DT + b * stride_dtb + h).to(tl.float32)
         a = tl.load(A + h).to(tl.float32)
@@ -298,13 +315,9 @@ def _scan_prefill_kernel():
                             stride_bb, stride_bt, stride_bh, stride_cb, stride_ct, stride_ch, stride_yb, stride_yt,
                             stride_yh, n_t, GROUP: tl.constexpr, N: tl.constexpr, BLOCK_P: tl.constexpr):
         b = tl.program_id(0)
-        h = tl.program_id(1)
-        p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-        n = tl.arange(0, N)
-        kv = h // GROUP  # x and B live at the KV heads; query head h reads KV head h // GROUP
-        slot = tl.load(SLOTS + b * stride_slot)
+        h, p, n, kv, s_ptr = _state_tile(STATE, tl.load(SLOTS + b * stride_slot), stride_ss, stride_sh, stride_sp,
+                                         GROUP, N, BLOCK_P)
         length = tl.load(LENGTHS + b * stride_len)
-        s_ptr = STATE + slot * stride_ss + h * stride_sh + p[:, None] * stride_sp + n[None, :]
         s = tl.load(s_ptr).to(tl.float32)
         a = tl.load(A + h).to(tl.float32)
         skip = tl.load(D + h).to(tl.float32)

@@ -47,6 +47,11 @@ def test_conv_step_equals_the_reference_in_tritons_interpreter():
     check_in_triton_interpreter("from tests.model.test_conv_step_fused import _check; _check('cpu')")
 
 
+def test_the_in_place_scan_step_equals_the_reference_in_tritons_interpreter():
+    check_in_triton_interpreter("import torch; from tests.model.test_ssd_fused import check_inplace_step; "
+                                "check_inplace_step('cpu', torch.float32); check_inplace_step('cpu', torch.bfloat16)")
+
+
 @pytest.mark.gpu
 def test_conv_step_equals_the_reference_on_the_gpu():
     if not torch.cuda.is_available():

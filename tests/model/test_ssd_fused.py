@@ -98,20 +98,22 @@ def test_model_fused_backend_equals_reference():
     assert_close(outs["fused_state"], outs["ref_state"], **TF32)
 
 
-@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
-def test_inplace_step_equals_gather_step_scatter(state_dtype):
-    fused = _fused()
+def check_inplace_step(device: str, state_dtype: torch.dtype) -> None:
+    """``ssd_step_inplace`` equals gathering the slots' states, the reference step, the D skip and the scatter back
+    (also run in Triton's interpreter: tests/model/test_conv_step_fused.py)."""
+    from model import ssd_fused
+
     b, h, kvh, p, n, slots_total = 37, 14, 2, 64, 64, 50
-    pool = (torch.randn(slots_total, h, p, n, device="cuda") * 0.1).to(state_dtype)
+    pool = (torch.randn(slots_total, h, p, n, device=device) * 0.1).to(state_dtype)
     ref_pool = pool.clone()
-    slots = torch.randperm(slots_total, device="cuda")[:b]
-    x_kv = torch.randn(b, kvh, p, device="cuda")
-    B_kv = torch.randn(b, kvh, n, device="cuda") / n**0.5
-    C = torch.randn(b, h, n, device="cuda") / n**0.5
-    dt = torch.nn.functional.softplus(torch.randn(b, h, device="cuda") - 3.0)
-    A = -torch.empty(h, device="cuda").uniform_(1, 16)
-    D = torch.randn(h, device="cuda")
-    y = fused.ssd_step_inplace(pool, slots, x_kv, dt, A, B_kv, C, D)
+    slots = torch.randperm(slots_total, device=device)[:b]
+    x_kv = torch.randn(b, kvh, p, device=device)
+    B_kv = torch.randn(b, kvh, n, device=device) / n**0.5
+    C = torch.randn(b, h, n, device=device) / n**0.5
+    dt = torch.nn.functional.softplus(torch.randn(b, h, device=device) - 3.0)
+    A = -torch.empty(h, device=device).uniform_(1, 16)
+    D = torch.randn(h, device=device)
+    y = ssd_fused.ssd_step_inplace(pool, slots, x_kv, dt, A, B_kv, C, D)
     x, B = x_kv.repeat_interleave(h // kvh, 1), B_kv.repeat_interleave(h // kvh, 1)
     y_ref, new = ssd_step_ref(ref_pool[slots], x, dt, A, B, C)
     ref_pool[slots] = new
@@ -119,3 +121,9 @@ def test_inplace_step_equals_gather_step_scatter(state_dtype):
     print(f"\nin-place step state {state_dtype}: y rel err {_rel(y, y_ref):.2e}, pool rel err {_rel(pool, ref_pool):.2e}")
     assert_close(y, y_ref, **TF32)
     assert_close(pool.float(), ref_pool.float(), **(TF32 if state_dtype == torch.float32 else BF16))
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_inplace_step_equals_gather_step_scatter(state_dtype):
+    _fused()
+    check_inplace_step("cuda", state_dtype)
