@@ -51,6 +51,11 @@ class Settings(BaseSettings):
                                                             "chunks at once, beside the main one's round in "
                                                             "progress; whichever finishes a chunk first delivers it; "
                                                             "auto = on with the audio process")
+    audio_urgent_first: Literal["auto", "on", "off"] = Field("auto", description="The main audio decoder runs "
+                                                             "requests' urgent chunks first, in batches of their "
+                                                             "own, and stops letting a batch fill for them; auto = "
+                                                             "on without the urgent lane (which delivers those "
+                                                             "chunks itself)")
     audio_process: Literal["auto", "on", "off"] = Field("auto", description="Decode audio (codec decoder + "
                                                         "vocoder) in a process of its own, beside the LM loop "
                                                         "instead of sharing its interpreter lock; auto = on with "

@@ -17,7 +17,8 @@ Under load the batches are let fill: when jobs arrived while the last round ran 
 until its oldest job has waited as long as that round took, at most ``max_wait_s``, or until ``max_batch`` jobs are
 there — unless an urgent job (a request's first chunks) is queued. A round decodes the requests with urgent jobs
 first, in batches of their own, then the others: a new stream's first audio does not wait for a batch of hundreds
-of steady streams that each have seconds of audio buffered. A batch's cost grows far slower than its size (one
+of steady streams that each have seconds of audio buffered (``urgent_first``; the engine turns it off where an
+``UrgentLane`` decodes those chunks, unless told otherwise: there it only made the worker's batches smaller). A batch's cost grows far slower than its size (one
 launch per op for all streams), and while this thread sleeps the engine loop, which shares the GIL with it,
 produces more chunks. Without a backlog nothing waits.
 
@@ -106,10 +107,13 @@ class _JobThread(abc.ABC):
 
 class AudioWorker(_JobThread):
     def __init__(self, *, run_batch: Callable[[list[AudioJob]], None], run_end: Callable[[AudioJob], None],
-                 max_batch: int, max_wait_s: float = 0.0) -> None:
+                 max_batch: int, max_wait_s: float = 0.0, urgent_first: bool = True) -> None:
         super().__init__(run_batch, max_batch)
         self._run_end = run_end
         self.max_wait_s = max_wait_s
+        # urgent jobs cut the fill wait and run first, in batches of their own; off: they are jobs like the others
+        # (where an UrgentLane delivers them, the worker's copy only continues its decoder state)
+        self.urgent_first = urgent_first
         self._fill_s = 0.0  # how long the next round lets its batch fill (0 without a backlog)
 
     def _loop(self) -> None:
@@ -120,7 +124,7 @@ class AudioWorker(_JobThread):
                 if self._fill_s > 0:
                     deadline = time.perf_counter() + self._fill_s
                     while (not self._stopped and len(self._jobs) < self.max_batch
-                           and not any(job.urgent for job in self._jobs)):
+                           and not (self.urgent_first and any(job.urgent for job in self._jobs))):
                         remaining = deadline - time.perf_counter()
                         if remaining <= 0:
                             break
@@ -140,8 +144,8 @@ class AudioWorker(_JobThread):
 
     def _round(self, jobs: list[AudioJob]) -> None:
         """The requests with an urgent job first, as batches of their own (a small batch is quick), then the rest;
-        a request's jobs all go in one of the two, in order."""
-        urgent = {id(job.handle) for job in jobs if job.urgent}
+        a request's jobs all go in one of the two, in order. Without ``urgent_first``: all in one."""
+        urgent = {id(job.handle) for job in jobs if job.urgent} if self.urgent_first else set()
         if urgent and len(urgent) < len({id(job.handle) for job in jobs}):
             self._run_in_order([job for job in jobs if id(job.handle) in urgent])
             self._run_in_order([job for job in jobs if id(job.handle) not in urgent])

@@ -72,6 +72,9 @@ class EngineConfig:
     audio_max_batch: int = 256  # decode jobs of different requests run together (1: one at a time)
     urgent_chunks: int = 2  # a request's first chunks decoded ahead of steady streams' (audio_worker; 0: none)
     urgent_lane_max_batch: int = 32  # with the pipeline's urgent_decoder: urgent chunks per batch of the lane
+    # the main audio worker runs urgent chunks first and cuts its fill wait for them (AudioWorker.urgent_first);
+    # None: only without an urgent lane (the lane delivers them)
+    urgent_first: bool | None = None
     align_chunks: bool = True  # later chunks close on the engine's step clock (see Engine._chunk_ready)
     # A sentence whose successor is already queued does not flush the decoder: the request's audio is one decode
     # session, its chunks keep the usual size and batch with other streams' (a flush's odd-sized chunk and the
@@ -95,6 +98,7 @@ class EngineConfig:
                    chunk_tokens=settings.chunk_tokens, client_queue_chunks=settings.client_queue_chunks,
                    stall_timeout_s=settings.stall_timeout_s, audio_max_batch=settings.audio_max_batch,
                    audio_batch_wait_s=settings.audio_batch_wait_ms / 1e3, urgent_chunks=settings.audio_urgent_chunks,
+                   urgent_first={"auto": None, "on": True, "off": False}[settings.audio_urgent_first],
                    gil_switch_interval_s=settings.gil_switch_interval_ms / 1e3, dtype=dtype,
                    ssm_dtype=dtypes[settings.ssm_dtype],
                    sampling=SamplingConfig(seed=settings.seed))
@@ -228,6 +232,7 @@ class Engine(EngineAPI):
         if pipeline.urgent_decoder is not None and config.urgent_chunks > 0:
             self._lane = UrgentLane(run_batch=self._decode_urgent, max_batch=config.urgent_lane_max_batch,
                                     idle=self._release_urgent)
+        self._audio.urgent_first = self._lane is None if config.urgent_first is None else config.urgent_first
         self._urgent_open: set[_Handle] = set()  # requests with a stream in the urgent decoder (the lane's thread)
         self._lane_stream = None  # on CUDA with an in-process urgent decoder: the lane's own CUDA stream
         self._aloop: asyncio.AbstractEventLoop | None = None

@@ -3,10 +3,11 @@
 from service.engine.audio_worker import AudioJob, AudioWorker
 
 
-def _round(jobs, max_batch):
+def _round(jobs, max_batch, urgent_first=True):
     calls = []
     worker = AudioWorker(run_batch=lambda b: calls.append(("batch", [j.tokens[0] for j in b])),
-                         run_end=lambda j: calls.append(("end", j.handle)), max_batch=max_batch)
+                         run_end=lambda j: calls.append(("end", j.handle)), max_batch=max_batch,
+                         urgent_first=urgent_first)
     worker._round(jobs)
     return calls
 
@@ -30,6 +31,8 @@ def test_a_round_batches_distinct_requests_and_keeps_each_requests_order():
     urgent = [AudioJob(a, ["a5"]), AudioJob(b, ["b1"], urgent=True), AudioJob(c, ["c7"]), AudioJob(a, ["a6"]),
               AudioJob(b, ["b2"], urgent=True)]
     assert _round(urgent, 8) == [("batch", ["b1"]), ("batch", ["b2"]), ("batch", ["a5", "c7"]), ("batch", ["a6"])]
+    # without urgent_first (an urgent lane delivers those chunks): jobs like the others, in waves
+    assert _round(urgent, 8, urgent_first=False) == [("batch", ["a5", "b1", "c7"]), ("batch", ["a6", "b2"])]
     # a backlog of three chunks a request, arrived out of step: three batches of every request (not four, cut
     # wherever the arrival order repeats a request)
     backlog = [AudioJob(r, [f"{r}{k}"]) for r, k in (("a", 1), ("b", 1), ("a", 2), ("c", 1), ("b", 2), ("a", 3),
@@ -72,3 +75,37 @@ def test_under_load_a_round_lets_its_batch_fill_and_idle_rounds_do_not_wait():
         time.sleep(0.001)
     assert started[-1][0] == 1 and started[-1][1] - t0 < 0.05
     worker.shutdown()
+
+
+def test_an_urgent_job_cuts_the_fill_wait_only_with_urgent_first():
+    import threading
+    import time
+
+    def fill_then_urgent(urgent_first):
+        started, gate = [], threading.Event()
+
+        def run_batch(batch):
+            started.append((len(batch), time.perf_counter()))
+            if len(started) == 1:
+                gate.wait(2)
+            time.sleep(0.1)
+
+        worker = AudioWorker(run_batch=run_batch, run_end=lambda j: None, max_batch=64, max_wait_s=0.5,
+                             urgent_first=urgent_first)
+        worker.submit(AudioJob("first", ["first"]))
+        time.sleep(0.15)
+        worker.submit(AudioJob(0, [0]))  # queued while the first round runs: a backlog, the next round may wait
+        gate.set()  # the first round took ~0.25 s: the next may let its batch fill until ~0.25 s after job 0
+        time.sleep(0.15)  # the second round is waiting for its batch to fill
+        t_urgent = time.perf_counter()
+        worker.submit(AudioJob("new", ["new"], urgent=True))
+        t0 = time.perf_counter()
+        while len(started) < 2 and time.perf_counter() - t0 < 2:
+            time.sleep(0.001)
+        worker.shutdown()
+        return started[1][0], started[1][1] - t_urgent
+
+    size, wait = fill_then_urgent(True)
+    assert size == 1 and wait < 0.05  # the urgent job ends the fill wait at once, and runs in a batch of its own
+    size, wait = fill_then_urgent(False)
+    assert size == 2 and wait > 0.05  # the round waited its fill time out (~0.1 s after the urgent job), one batch

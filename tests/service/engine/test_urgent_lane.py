@@ -116,6 +116,23 @@ def test_no_lane_without_urgent_chunks():
     assert engine._lane is None
 
 
+def test_the_main_worker_runs_urgent_chunks_first_only_without_a_lane_unless_told(monkeypatch):
+    import torch
+
+    from service.engine.engine import EngineConfig
+    from service.settings import Settings
+
+    assert make_engine()._audio.urgent_first is True
+    assert make_engine(urgent_decoder=ClosingToneDecoder())._audio.urgent_first is False  # the lane delivers them
+    assert make_engine(urgent_decoder=ClosingToneDecoder(), urgent_first=True)._audio.urgent_first is True
+    assert make_engine(urgent_first=False)._audio.urgent_first is False
+    cpu = torch.device("cpu")
+    assert EngineConfig.from_settings(Settings(), device=cpu).urgent_first is None
+    for value, want in (("on", True), ("off", False)):
+        monkeypatch.setenv("MAMTRA_AUDIO_URGENT_FIRST", value)
+        assert EngineConfig.from_settings(Settings(), device=cpu).urgent_first is want
+
+
 class _FirstPushes(ClosingToneDecoder):
     """Records, per ``push_many`` call, which of its streams push for the first time (a request's first chunk)."""
 
