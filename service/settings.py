@@ -68,12 +68,6 @@ class Settings(BaseSettings):
     audio_gpu_percent: int = Field(70, ge=1, le=100, description="Under CUDA MPS: the share of the GPU's SMs each "
                                    "audio process may fill (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE in their environment), "
                                    "leaving the rest to the LM's steps (100: all)")
-    audio_mps_priority: Literal["normal", "below"] = Field("normal", description="Under CUDA MPS: the main "
-                                                           "(steady streams') audio process's client priority "
-                                                           "(CUDA_MPS_CLIENT_PRIORITY 1 in its environment for "
-                                                           "below): below lets the LM's steps and the urgent "
-                                                           "lane's first chunks go first where their kernels "
-                                                           "contend")
     vocoder_channels_last: bool | None = Field(None, description="The vocoder's residual convs on channels-last "
                                                "activations (no cuDNN layout transposes); unset: as the model "
                                                "bundle says (default: on with CUDA)")

@@ -69,13 +69,12 @@ def resolve_device(name: str) -> torch.device:
 
 def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: str = "auto",
                 audio_process: bool = False, decoder_options: dict[str, Any] | None = None,
-                urgent_lane: bool = False, audio_env: dict[str, str] | None = None,
-                main_audio_env: dict[str, str] | None = None) -> tuple[SpeechLM, Pipeline]:
+                urgent_lane: bool = False, audio_env: dict[str, str] | None = None) -> tuple[SpeechLM, Pipeline]:
     """``audio_process``: the decoder runs in a child process (``service.engine.audio_process``);
     ``decoder_options``: keys of the decoder section that override the bundle's (e.g. ``vocoder_channels_last``);
     ``urgent_lane``: a second decoder for the requests' first chunks (``Pipeline.urgent_decoder``; another child
     process with ``audio_process``, the two loading at once); ``audio_env``: environment variables of the audio
-    processes only; ``main_audio_env``: more of them for the main one only (not the urgent lane's)."""
+    processes only."""
     root = Path(model_dir) if model_dir else DEFAULT_BUNDLE
     spec_path = root / "pipeline.json"
     if not spec_path.exists():
@@ -97,9 +96,8 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
 
             started: list[ProcessDecoder] = []
             try:  # the same factory, called in the child(ren)
-                for k in range(2 if urgent_lane else 1):
-                    env = {**(audio_env or {}), **((main_audio_env or {}) if k == 0 else {})}
-                    started.append(ProcessDecoder(make_decoder, root, decoder_spec, wait=False, env=env))
+                for _ in range(2 if urgent_lane else 1):
+                    started.append(ProcessDecoder(make_decoder, root, decoder_spec, wait=False, env=audio_env))
                 for process in started:
                     process.wait_ready()
             except AudioProcessError as e:

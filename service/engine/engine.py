@@ -859,11 +859,9 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
                                              ("first_chunk_graphs", settings.audio_first_chunk_graphs))
                if value is not None}
     audio_env = {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(settings.audio_gpu_percent)}
-    # MPS client priority 1 = below normal: the LM's and the urgent lane's kernels go first where they contend
-    main_audio_env = {"CUDA_MPS_CLIENT_PRIORITY": "1"} if settings.audio_mps_priority == "below" else {}
     model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend,
                                   audio_process=audio_process, decoder_options=options, urgent_lane=urgent_lane,
-                                  audio_env=audio_env, main_audio_env=main_audio_env)
+                                  audio_env=audio_env)
     config = EngineConfig.from_settings(settings, device=device)
     norm_fused.set_enabled(settings.fused_norms)
     model.cast_(config.dtype)

@@ -195,23 +195,3 @@ def test_the_child_gets_its_own_environment():
     assert var not in os.environ
     with pytest.raises(AudioProcessError, match=f"{var}=unset"):
         ProcessDecoder("tests.service.engine.fakes:env_reporting_factory", ".", {"var": var})
-
-
-def test_the_main_audio_process_alone_gets_the_main_environment(bundle, monkeypatch):
-    """``load_bundle``'s ``audio_env`` reaches both children, ``main_audio_env`` the main decoder's only (the urgent
-    lane's keeps its MPS priority)."""
-    import service.engine.audio_process as audio_process
-
-    envs = []
-
-    class Recording:
-        def __init__(self, factory, root, spec, *, wait, env):
-            envs.append(env)
-
-        def wait_ready(self):
-            pass
-
-    monkeypatch.setattr(audio_process, "ProcessDecoder", Recording)
-    _, pipeline = load_bundle(bundle, device=torch.device("cpu"), backend="ref", audio_process=True, urgent_lane=True,
-                              audio_env={"A": "1"}, main_audio_env={"B": "2"})
-    assert envs == [{"A": "1", "B": "2"}, {"A": "1"}]

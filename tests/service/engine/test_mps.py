@@ -132,7 +132,7 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
         pass
 
     def load_bundle(model_dir, **kw):
-        calls.append(("load_bundle", kw["decoder_options"], kw["audio_env"], kw["main_audio_env"]))
+        calls.append(("load_bundle", kw["decoder_options"], kw["audio_env"]))
         raise Stop
     monkeypatch.setattr(mps, "start_mps", lambda mode, **kw: calls.append(("start_mps", mode, kw)) or object())
     monkeypatch.setattr(bundle, "resolve_device",
@@ -141,8 +141,7 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
     metrics = Metrics()
     cases = ((Settings(cuda_mps="on", device="cuda"), {}),
              (Settings(audio_process="off", vocoder_channels_last=False), {"vocoder_channels_last": False}),
-             (Settings(audio_first_chunk_graphs=False, audio_gpu_percent=60, audio_mps_priority="below"),
-              {"first_chunk_graphs": False}))
+             (Settings(audio_first_chunk_graphs=False, audio_gpu_percent=60), {"first_chunk_graphs": False}))
     for settings, options in cases:
         calls.clear()
         with pytest.raises(Stop):
@@ -150,6 +149,5 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
         assert [c[0] for c in calls] == ["start_mps", "resolve_device", "load_bundle"]
         assert calls[0][1] == settings.cuda_mps and calls[2][1] == options
         assert calls[2][2] == {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(settings.audio_gpu_percent)}
-        assert calls[2][3] == ({"CUDA_MPS_CLIENT_PRIORITY": "1"} if settings.audio_mps_priority == "below" else {})
         assert calls[0][2] == {"device": settings.device, "audio_process": settings.audio_process != "off"}
     assert metrics.cuda_mps._value.get() == 1.0
