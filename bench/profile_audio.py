@@ -22,6 +22,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark: cuDNN times its "
+                    "conv algorithms per shape")
     ap.add_argument("--kernels", type=int, default=0, help="list the N costliest ops of a round with their shapes")
     ap.add_argument("--warmup", type=int, default=6)
     ap.add_argument("--reps", type=int, default=5)
@@ -37,6 +39,7 @@ def main() -> None:
     cuda = dev.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     torch.manual_seed(0)
     dec = CodecSpeechDecoder(SpeechCodec(CodecConfig()).to(dev).eval(), Vocoder.random(device=dev, dtype=dtype),
                              channels_last=a.channels_last)
@@ -101,7 +104,7 @@ def main() -> None:
         kernels = sum(e.count for e in ka if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type))
         table = ka.table(sort_by="self_cpu_time_total", row_limit=25)
         gpu_us = sum(e.self_device_time_total for e in ka) if cuda else None
-        row = dict(batch=b, channels_last=a.channels_last, ms_per_round=total * 1e3, ms_per_chunk=total / b * 1e3,
+        row = dict(batch=b, channels_last=a.channels_last, cudnn_benchmark=a.cudnn_benchmark, ms_per_round=total * 1e3, ms_per_chunk=total / b * 1e3,
                    stages_ms=stages, aten_ops=n_ops, kernels=kernels, gpu_busy_ms=(gpu_us / 1e3 if gpu_us else None))
         if a.kernels:
             row["top_ops"] = row_kernels
