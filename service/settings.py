@@ -75,10 +75,6 @@ class Settings(BaseSettings):
                                                   "(fresh decoder streams) from CUDA graphs captured at start-up "
                                                   "instead of launching their ~950 ops from Python; unset: as the "
                                                   "model bundle says (default: on with CUDA)")
-    audio_cudnn_benchmark: bool | None = Field(None, description="cuDNN times its conv algorithms for each new shape "
-                                               "of the audio stage (the shapes planned at start-up) and keeps the "
-                                               "fastest, instead of its heuristics' pick; unset: as the model bundle "
-                                               "says (default: off)")
     gil_switch_interval_ms: float = Field(0.5, gt=0, description="Python's thread switch interval while serving "
                                           "(the event loop, engine and audio threads share the GIL; Python's "
                                           "default is 5 ms)")

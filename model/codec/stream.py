@@ -465,11 +465,7 @@ def bundle_decoder(root: Path, spec: dict[str, Any]) -> CodecSpeechDecoder:
     "device": "cpu" (``load_bundle`` fills in the engine's device when absent), "vocoder_dtype": "fp32" | "bf16",
     "vocoder_weights": "universal" | "random" (benchmarks only, see ``CodecSpeechDecoder.load``),
     "vocoder_channels_last": false | true (``CodecSpeechDecoder``; default: true on CUDA), "first_chunk_graphs":
-    false | true (``CodecSpeechDecoder``; default: true on CUDA), "cudnn_benchmark": false | true (cuDNN times its
-    conv algorithms for each new shape and keeps the fastest — ``torch.backends.cudnn.benchmark``, set for the whole
-    process: meant for the audio process; default false)}``."""
-    if spec.get("cudnn_benchmark"):
-        torch.backends.cudnn.benchmark = True
+    false | true (``CodecSpeechDecoder``; default: true on CUDA)}``."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.get("vocoder_dtype", "fp32")]
     return CodecSpeechDecoder.load(Path(root) / spec.get("path", "codec"), device=spec.get("device", "cpu"),
                                    token_offset=int(spec.get("token_offset", 0)),

@@ -61,17 +61,6 @@ def test_bundle_serves_text_through_the_whole_pipeline(bundle):
     assert pipeline.decoder.channels_last
 
 
-def test_the_cudnn_benchmark_option_reaches_the_decoders_process(bundle, monkeypatch):
-    """MAMTRA_AUDIO_CUDNN_BENCHMARK's decoder option turns cuDNN's algorithm timing on in the process that builds the
-    decoder (the audio process on CUDA); without it the flag is left as it was."""
-    out, _ = bundle
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
-    load_bundle(out, device=torch.device("cpu"), backend="ref")
-    assert torch.backends.cudnn.benchmark is False
-    load_bundle(out, device=torch.device("cpu"), backend="ref", decoder_options={"cudnn_benchmark": True})
-    assert torch.backends.cudnn.benchmark is True
-
-
 def test_bundle_errors(tmp_path, bundle):
     out, _ = bundle
     with pytest.raises(BundleError, match="no pipeline.json"):

@@ -141,8 +141,7 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
     metrics = Metrics()
     cases = ((Settings(cuda_mps="on", device="cuda"), {}),
              (Settings(audio_process="off", vocoder_channels_last=False), {"vocoder_channels_last": False}),
-             (Settings(audio_first_chunk_graphs=False, audio_gpu_percent=60), {"first_chunk_graphs": False}),
-             (Settings(audio_cudnn_benchmark=True), {"cudnn_benchmark": True}))
+             (Settings(audio_first_chunk_graphs=False, audio_gpu_percent=60), {"first_chunk_graphs": False}))
     for settings, options in cases:
         calls.clear()
         with pytest.raises(Stop):
