@@ -3,6 +3,8 @@
 # call are comparable). Trees: label=dir, e.g. a `git archive REV model service bench` unpacked under .carry/.
 # Carry .whl .carry/serve_whl .carry/hifigan_pkg and the trees; results in $OUT/LABEL/serve.json.
 # A tree may carry server settings: label=dir@VAR=value,VAR=value (e.g. "hold0=.@MAMTRA_PREFILL_HOLD_STEPS=0").
+# A variant that writes no serve.json (a crash, or its 280 s run out) says so and keeps the tail of its server log
+# ($OUT/LABEL/server_tail.txt); the logs of variants that ran are dropped (the device returns at most 8 files).
 # Usage: bash bench/ab_serve.sh "old=.carry/old new=." -- [mamtra bench serve options]
 set -uo pipefail
 R=$PWD
@@ -14,6 +16,12 @@ for spec in $trees; do
   label=${spec%%=*}; rest=${spec#*=}; where=${rest%%@*}; dir=$(cd $where && pwd)
   envs=(); [[ $rest == *@* ]] && IFS=, read -ra envs <<< "${rest#*@}"
   mkdir -p $OUT/$label
-  (cd $dir && env "${envs[@]}" PYTHONPATH=/tmp/site:$dir:$R/.carry/hifigan_pkg timeout 280 python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT/$label', *sys.argv[1:]]))" "$@" 2>&1 | grep -v '%|' | grep -E "^mamtra|^transformer|largest|first audio|engine loop|players that buffer|urgent lane" | awk '!seen[$0]++' | sed "s/^/$label /")
+  (cd $dir && env "${envs[@]}" PYTHONPATH=/tmp/site:$dir:$R/.carry/hifigan_pkg timeout 280 python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT/$label', *sys.argv[1:]]))" "$@" 2>&1 | grep -v '%|' | grep -E "^mamtra|^transformer|largest|first audio|engine loop|players that buffer|urgent lane" | awk '!seen[$0]++' | sed "s/^/$label /"; exit ${PIPESTATUS[0]})
+  status=$?
+  if [[ ! -f $OUT/$label/serve.json ]]; then
+    echo "$label: no serve.json (exit status $status; 124: the 280 s ran out); its server log's tail: $OUT/$label/server_tail.txt"
+    log=$(ls -t $OUT/$label/*.log 2>/dev/null | head -1)
+    [[ -n $log ]] && tail -n 120 "$log" > $OUT/$label/server_tail.txt
+  fi
   rm -f $OUT/$label/*.png $OUT/$label/*.log
 done
