@@ -104,7 +104,8 @@ def main() -> None:
         kernels = sum(e.count for e in ka if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type))
         table = ka.table(sort_by="self_cpu_time_total", row_limit=25)
         gpu_us = sum(e.self_device_time_total for e in ka) if cuda else None
-        row = dict(batch=b, channels_last=a.channels_last, cudnn_benchmark=a.cudnn_benchmark, ms_per_round=total * 1e3, ms_per_chunk=total / b * 1e3,
+        row = dict(batch=b, channels_last=a.channels_last, cudnn_benchmark=a.cudnn_benchmark,
+                   ms_per_round=total * 1e3, ms_per_chunk=total / b * 1e3,
                    stages_ms=stages, aten_ops=n_ops, kernels=kernels, gpu_busy_ms=(gpu_us / 1e3 if gpu_us else None))
         if a.kernels:
             row["top_ops"] = row_kernels

@@ -13,14 +13,14 @@ run before a later chunk of one of its requests, and an end-of-stream whose requ
 right after the batch (it does not cut the batch short: every request ends with a last chunk and its end, so cutting
 there made most of a busy round's batches single chunks). ``max_batch=1`` decodes one job at a time.
 
-Under load the batches are let fill: when jobs arrived while the last round ran (a backlog), the next round waits
-until its oldest job has waited as long as that round took, at most ``max_wait_s``, or until ``max_batch`` jobs are
-there — unless an urgent job (a request's first chunks) is queued. A round decodes the requests with urgent jobs
-first, in batches of their own, then the others: a new stream's first audio does not wait for a batch of hundreds
-of steady streams that each have seconds of audio buffered (``urgent_first``; the engine turns it off where an
-``UrgentLane`` decodes those chunks, unless told otherwise: there it only made the worker's batches smaller). A batch's cost grows far slower than its size (one
-launch per op for all streams), and while this thread sleeps the engine loop, which shares the GIL with it,
-produces more chunks. Without a backlog nothing waits.
+Under load the batches are let fill: when jobs arrived while the last round ran (a backlog), the next round waits until
+its oldest job has waited as long as that round took, at most ``max_wait_s``, or until ``max_batch`` jobs are there —
+unless an urgent job (a request's first chunks) is queued. A round decodes the requests with urgent jobs first, in
+batches of their own, then the others: a new stream's first audio does not wait for a batch of hundreds of steady
+streams that each have seconds of audio buffered (``urgent_first``; the engine turns it off where an ``UrgentLane``
+decodes those chunks, unless told otherwise: there they only split its rounds into smaller batches, docs/BENCHMARKS.md
+§4 X). A batch's cost grows far slower than its size (one launch per op for all streams), and while this thread sleeps
+the engine loop, which shares the GIL with it, produces more chunks. Without a backlog nothing waits.
 
 ``UrgentLane`` is a second path for the requests' first chunks only, beside the worker, for a decoder of its own
 (a second audio process, ``Engine``): it runs whatever urgent jobs are queued at once, in batches of a few, while the
