@@ -231,6 +231,7 @@ def _steps(seconds: float, count: float) -> dict:
 
 _STAGE = "mamtra_first_audio_stage_seconds"
 LOOP_PHASES = ("plan", "host", "sync", "update", "dispatch")
+PREFILL_PATHS = ("beside", "graph", "eager")
 FIRST_AUDIO_STAGES = {"1": ("input", "queue", "prefill", "tokens", "audio_wait", "audio_decode", "delivery"),
                       "2": ("tokens", "audio_wait", "audio_decode", "delivery")}
 
@@ -268,6 +269,8 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
         "steps": {kind: _steps(delta(f'mamtra_step_seconds_sum{{kind="{kind}"}}'),
                                delta(f'mamtra_step_seconds_count{{kind="{kind}"}}'))
                   for kind in ("decode", "prefill", "mixed")},
+        # steps with a prefill by how it ran (beside the decode, a graph before it, eager): what the overlap covers
+        "prefill_paths": {p: delta(f'mamtra_prefill_steps_total{{path="{p}"}}') for p in PREFILL_PATHS},
         # the engine loop's time per step by phase (mean ms): what a step costs beside the GPU's work
         "loop_phase_ms": {ph: ratio(1e3 * delta(f'mamtra_engine_loop_phase_seconds_sum{{phase="{ph}"}}'),
                                     delta(f'mamtra_engine_loop_phase_seconds_count{{phase="{ph}"}}'))
@@ -508,6 +511,9 @@ def format_stages(level: dict) -> str:
     if loop and any(v is not None for v in loop.values()):
         line += "\n    engine loop per step, mean ms: " + " ".join(
             f"{ph} {'-' if ms is None else format(ms, '.2f')}" for ph, ms in loop.items())
+    paths = level["server"].get("prefill_paths")
+    if paths and any(paths.values()):
+        line += "\n    prefill steps: " + " ".join(f"{p} {n:.0f}" for p, n in paths.items())
     return line
 
 

@@ -70,6 +70,10 @@ class Metrics:
                                            buckets=BATCH_BUCKETS, registry=r)
         self.step_seconds = Histogram("mamtra_step_seconds", "Engine step wall time by kind", ["kind"],
                                       buckets=STEP_BUCKETS, registry=r)
+        self.prefill_steps = Counter(
+            "mamtra_prefill_steps_total", "Engine steps with a prefill, by how it ran: beside (a captured CUDA graph "
+            "on a second stream beside the step's decode, MAMTRA_PREFILL_OVERLAP), graph (a captured graph), eager "
+            "(no captured bucket holds the step's prompts, or no graphs)", ["path"], registry=r)
         self.loop_phase_seconds = Histogram(
             "mamtra_engine_loop_phase_seconds", "Engine loop time per step by phase: plan (scheduler, under the "
             "lock), host (the runner's launches), sync (waiting for the GPU's sampled tokens), update (scheduler), "

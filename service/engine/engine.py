@@ -476,6 +476,8 @@ class Engine(EngineAPI):
                 dt = t1 - t0
                 kind = "mixed" if plan.prefills and plan.decodes else ("prefill" if plan.prefills else "decode")
                 self.metrics.step_seconds.labels(kind=kind).observe(dt)
+                if self.runner.last_prefill_path is not None:
+                    self.metrics.prefill_steps.labels(path=self.runner.last_prefill_path).inc()
                 if plan.decodes:
                     self.metrics.decode_batch_size.observe(len(plan.decodes))
                 with self._lock:

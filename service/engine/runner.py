@@ -89,6 +89,9 @@ class Runner:
         self._keys: dict[str, random.Random | None] = {}  # per request: its seeded key source, or None
         self._rng = random.Random(os.urandom(16))  # noise keys of unseeded requests
         self.last_sync_s = 0.0  # the last step's wait for its sampled tokens (the engine's loop-phase metric)
+        # how the last step's prefill ran: "beside" (a captured graph on the side stream, beside the decode), "graph"
+        # (a graph, before the decode), "eager" (no bucket holds its prompts); None: no prefill
+        self.last_prefill_path: str | None = None
 
     # --- per-request sampling state ------------------------------------------------------------------------------
     def open_request(self, request_id: str, *, seed: int | None) -> None:
@@ -127,6 +130,7 @@ class Runner:
         picked: list[torch.Tensor] = []
         side = None  # the stream the prefill runs on beside the decode, if it does
         deferred = None  # beside the decode: the prefill's sampling, run after the join
+        self.last_prefill_path = None
         if plan.prefills:
             chunks = plan.prefills
             for c in chunks:
@@ -143,6 +147,7 @@ class Runner:
                         out = self.prefill_graphs(*args)
                 else:
                     out = self.prefill_graphs(*args)
+            self.last_prefill_path = "eager" if out is None else ("beside" if side is not None else "graph")
             if out is None:
                 t = max(len(c.token_ids) for c in chunks)
                 ids = torch.zeros(len(chunks), t, dtype=torch.long)

@@ -124,6 +124,8 @@ def test_server_summary_from_prometheus_text():
     m.first_audio_stage.labels(chunk="1", stage="tokens").observe(0.05)
     m.first_audio_stage.labels(chunk="1", stage="tokens").observe(0.07)
     m.first_audio_stage.labels(chunk="2", stage="audio_wait").observe(0.3)
+    m.prefill_steps.labels(path="beside").inc(3)
+    m.prefill_steps.labels(path="eager").inc()
     after = parse_prometheus(m.render().decode())
     s = server_summary(before, after, wall_s=2.0)
     assert s["engine_busy"] == pytest.approx(0.375) and s["decode_batch_mean"] == pytest.approx(6.0)
@@ -132,6 +134,7 @@ def test_server_summary_from_prometheus_text():
     stages = s["first_audio_stages_ms"]
     assert stages["1"]["tokens"] == pytest.approx(60.0) and stages["2"]["audio_wait"] == pytest.approx(300.0)
     assert stages["1"]["queue"] is None and set(stages["2"]) == {"tokens", "audio_wait", "audio_decode", "delivery"}
+    assert s["prefill_paths"] == {"beside": 3, "graph": 0, "eager": 1}
 
 
 def test_bench_serve_quick_end_to_end(tmp_path, capsys):

@@ -228,6 +228,7 @@ def test_metrics_are_recorded():
     assert "mamtra_speech_tokens_total 10.0" in text
     assert "mamtra_state_slots_total 2.0" in text
     assert 'mamtra_step_seconds_count{kind="decode"}' in text
+    assert 'mamtra_prefill_steps_total{path="eager"} 1.0' in text  # one sentence, one prefill step (no graphs on CPU)
     assert "mamtra_audio_seconds_total 0.4" in text
 
 

@@ -94,3 +94,15 @@ def test_the_prefill_overlap_setting_reaches_the_engine_and_needs_cuda(monkeypat
     runner = Runner(tiny_lm("AMAM", max_context=256), max_streams=4, max_context=256, allowed_ids=ALLOWED,
                     sampling=SamplingConfig(temperature=0.0), overlap_prefill=True)
     assert runner._side is None
+
+
+def test_the_runner_says_how_each_steps_prefill_ran():
+    """``last_prefill_path`` (the engine's mamtra_prefill_steps_total): eager without CUDA graphs, None for a step
+    without a prefill (the graph and beside-the-decode paths run on the GPU: tests/service/engine/test_runner_gpu.py)."""
+    runner = Runner(tiny_lm("AMAM", max_context=256), max_streams=4, max_context=256, allowed_ids=ALLOWED,
+                    sampling=SamplingConfig(temperature=0.0))
+    assert runner.last_prefill_path is None
+    res = runner.execute(StepPlan(resets=(0,), prefills=(PrefillChunk("a", 0, 0, (1, 2, 3), True),)))
+    assert runner.last_prefill_path == "eager"
+    runner.execute(StepPlan(decodes=(DecodeItem("a", 0, 3, res.sampled["a"]),)))
+    assert runner.last_prefill_path is None
