@@ -255,6 +255,7 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
         "audio_wait_mean_s": ratio(delta("mamtra_audio_decode_wait_seconds_sum"),
                                    delta("mamtra_audio_decode_wait_seconds_count")),
         "audio_batches": audio_jobs,
+        "audio_chunks_merged": delta("mamtra_audio_chunks_merged_total"),  # MAMTRA_AUDIO_MERGE_CHUNKS
         # where the first two chunks' time went (the server's stages, mean ms; see mamtra_first_audio_stage_seconds)
         "first_audio_stages_ms": {chunk: {stage: ratio(1e3 * delta(f'{_STAGE}_sum{{chunk="{chunk}",stage="{stage}"}}'),
                                                        delta(f'{_STAGE}_count{{chunk="{chunk}",stage="{stage}"}}'))
@@ -511,6 +512,8 @@ def format_stages(level: dict) -> str:
     if loop and any(v is not None for v in loop.values()):
         line += "\n    engine loop per step, mean ms: " + " ".join(
             f"{ph} {'-' if ms is None else format(ms, '.2f')}" for ph, ms in loop.items())
+    if level["server"].get("audio_chunks_merged"):
+        line += f"\n    audio chunks joined to their request's previous: {level['server']['audio_chunks_merged']:.0f}"
     paths = level["server"].get("prefill_paths")
     if paths and any(paths.values()):
         line += "\n    prefill steps: " + " ".join(f"{p} {n:.0f}" for p, n in paths.items())

@@ -88,6 +88,9 @@ class Metrics:
         self.audio_decode_wait = Histogram(
             "mamtra_audio_decode_wait_seconds", "Time a chunk's tokens waited for the audio thread",
             buckets=STEP_BUCKETS, registry=r)
+        self.audio_chunks_merged = Counter(
+            "mamtra_audio_chunks_merged_total", "Audio chunks decoded joined to their request's previous queued chunk, "
+            "in one push (MAMTRA_AUDIO_MERGE_CHUNKS)", registry=r)
         self.urgent_lane_chunks = Counter(
             "mamtra_audio_urgent_lane_chunks_total", "Requests' first chunks through the urgent lane "
             "(MAMTRA_AUDIO_URGENT_LANE), by result: won (the lane delivered it), lost (the audio worker had already), "

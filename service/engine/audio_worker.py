@@ -11,7 +11,9 @@ paused and resumed close their chunks out of step with the others; at 256 client
 chunks, docs/BENCHMARKS.md §4 W). A request's jobs — its chunks and its end-of-stream — keep their order: a batch is
 run before a later chunk of one of its requests, and an end-of-stream whose request has a chunk in the batch runs
 right after the batch (it does not cut the batch short: every request ends with a last chunk and its end, so cutting
-there made most of a busy round's batches single chunks). ``max_batch=1`` decodes one job at a time.
+there made most of a busy round's batches single chunks). ``max_batch=1`` decodes one job at a time. With
+``merge_tokens`` a request's consecutive steady chunks in one round are first joined into one job of up to that many
+tokens (``_merged``): fewer, wider pushes — a pass's cost is largely per op, not per token — delivered as one chunk.
 
 Under load the batches are let fill: when jobs arrived while the last round ran (a backlog), the next round waits until
 its oldest job has waited as long as that round took, at most ``max_wait_s``, or until ``max_batch`` jobs are there —
@@ -51,10 +53,19 @@ class AudioJob:
     ended: list[tuple[Any, int]] = field(default_factory=list)  # (sentence, k): it ends after tokens[:k]
     urgent: bool = False  # a request's first chunks: time to first audio, and a player with almost nothing buffered
     index: int = 0  # the request's chunk number, 1, 2, ... (0: the end-of-stream job)
+    absorbed: int = 0  # earlier chunks of the request joined into this one (AudioWorker's merge_tokens)
 
     @property
     def is_decode(self) -> bool:
         return self.tokens is not None
+
+    def joined(self, later: "AudioJob") -> "AudioJob":
+        """This chunk and the request's next one as one: their tokens, the later one's flush and number, the sentence
+        ends of both (the later one's offset by this one's tokens), this one's submission time."""
+        n = len(self.tokens)
+        return AudioJob(self.handle, self.tokens + later.tokens, later.flush, self.submitted,
+                        self.ended + [(sentence, k + n) for sentence, k in later.ended], urgent=False,
+                        index=later.index, absorbed=self.absorbed + 1 + later.absorbed)
 
 
 class _JobThread(abc.ABC):
@@ -107,13 +118,15 @@ class _JobThread(abc.ABC):
 
 class AudioWorker(_JobThread):
     def __init__(self, *, run_batch: Callable[[list[AudioJob]], None], run_end: Callable[[AudioJob], None],
-                 max_batch: int, max_wait_s: float = 0.0, urgent_first: bool = True) -> None:
+                 max_batch: int, max_wait_s: float = 0.0, urgent_first: bool = True, merge_tokens: int = 0) -> None:
         super().__init__(run_batch, max_batch)
         self._run_end = run_end
         self.max_wait_s = max_wait_s
         # urgent jobs cut the fill wait and run first, in batches of their own; off: they are jobs like the others
         # (where an UrgentLane delivers them, the worker's copy only continues its decoder state)
         self.urgent_first = urgent_first
+        # > 0: a request's consecutive steady chunks queued in one round decode as one push of up to this many tokens
+        self.merge_tokens = merge_tokens
         self._fill_s = 0.0  # how long the next round lets its batch fill (0 without a backlog)
 
     def _loop(self) -> None:
@@ -174,8 +187,30 @@ class AudioWorker(_JobThread):
                     out += mine[k]
         return out
 
+    def _merged(self, jobs: list[AudioJob]) -> list[AudioJob]:
+        """``jobs`` with each request's consecutive steady chunks joined (``AudioJob.joined``) while their tokens fit
+        ``merge_tokens``: a backlog of several chunks a request (the audio stage behind the LM) decodes in fewer,
+        wider pushes. Not joined: urgent chunks (the urgent lane decodes them too, by number), a chunk after a flush
+        (a new decode session) or after the request's end job, and nothing at all without ``merge_tokens``."""
+        if self.merge_tokens <= 0:
+            return jobs
+        out: list[AudioJob] = []
+        open_at: dict[int, int] = {}  # request -> position in ``out`` of its last job, while another may join it
+        for job in jobs:
+            key = id(job.handle)
+            i = open_at.pop(key, None)
+            if (i is not None and job.is_decode and not job.urgent
+                    and len(out[i].tokens) + len(job.tokens) <= self.merge_tokens):
+                out[i] = out[i].joined(job)
+            else:
+                i = len(out)
+                out.append(job)
+            if out[i].is_decode and not out[i].urgent and not out[i].flush:
+                open_at[key] = i
+        return out
+
     def _run_in_order(self, jobs: list[AudioJob]) -> None:
-        jobs = self._waves(jobs)
+        jobs = self._waves(self._merged(jobs))
         batch: list[AudioJob] = []
         in_batch: set[int] = set()
         ends: list[AudioJob] = []  # end-of-stream jobs of requests in ``batch``: run right after it

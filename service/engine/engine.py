@@ -81,6 +81,9 @@ class EngineConfig:
     # restarted decoder's first chunk each had a batch of their own). Sentences waiting for text still flush.
     continuous_audio: bool = True
     audio_batch_wait_s: float = 0.05  # under load, how long the audio thread may let a batch fill (audio_worker)
+    # a request's consecutive steady chunks queued in one audio round decode as one push of up to 2 * chunk_tokens
+    # (the widths the decoder plans at start-up) and reach the client as one chunk (AudioWorker.merge_tokens)
+    audio_merge_chunks: bool = False
     gil_switch_interval_s: float = 0.0005  # see Engine.start
     dtype: torch.dtype = torch.float32
     ssm_dtype: torch.dtype = torch.float32
@@ -98,6 +101,7 @@ class EngineConfig:
                    chunk_tokens=settings.chunk_tokens, client_queue_chunks=settings.client_queue_chunks,
                    stall_timeout_s=settings.stall_timeout_s, audio_max_batch=settings.audio_max_batch,
                    audio_batch_wait_s=settings.audio_batch_wait_ms / 1e3, urgent_chunks=settings.audio_urgent_chunks,
+                   audio_merge_chunks=settings.audio_merge_chunks,
                    urgent_first={"auto": None, "on": True, "off": False}[settings.audio_urgent_first],
                    gil_switch_interval_s=settings.gil_switch_interval_ms / 1e3, dtype=dtype,
                    ssm_dtype=dtypes[settings.ssm_dtype],
@@ -225,7 +229,8 @@ class Engine(EngineAPI):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._audio = AudioWorker(run_batch=self._decode_batch, run_end=lambda job: self._finish_stream(job.handle),
-                                  max_batch=config.audio_max_batch, max_wait_s=config.audio_batch_wait_s)
+                                  max_batch=config.audio_max_batch, max_wait_s=config.audio_batch_wait_s,
+                                  merge_tokens=2 * config.chunk_tokens if config.audio_merge_chunks else 0)
         # Chunks are delivered under this lock by whichever path decodes them first (the worker or the urgent lane)
         self._emit_lock = threading.Lock()
         self._lane: UrgentLane | None = None
@@ -617,7 +622,10 @@ class Engine(EngineAPI):
         with self._emit_lock:
             if not self._settle(job):
                 return False
+            job.handle.empty_jobs += job.absorbed  # the chunks joined into this one leave as part of it
             self._emit(job.handle, pcm, job)
+        if job.absorbed:
+            self.metrics.audio_chunks_merged.inc(job.absorbed)
         if job.index in (1, 2):
             self._stage(job.index, "audio_wait", start - job.submitted)
             self._stage(job.index, "audio_decode", decoded - start)
@@ -641,7 +649,7 @@ class Engine(EngineAPI):
             if handle.closed:
                 with self._emit_lock:
                     if self._settle(job):
-                        handle.empty_jobs += 1
+                        handle.empty_jobs += 1 + job.absorbed
                 continue
             try:
                 if handle.decoder is None:

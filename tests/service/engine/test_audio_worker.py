@@ -3,11 +3,11 @@
 from service.engine.audio_worker import AudioJob, AudioWorker
 
 
-def _round(jobs, max_batch, urgent_first=True):
+def _round(jobs, max_batch, urgent_first=True, merge_tokens=0):
     calls = []
     worker = AudioWorker(run_batch=lambda b: calls.append(("batch", [j.tokens[0] for j in b])),
                          run_end=lambda j: calls.append(("end", j.handle)), max_batch=max_batch,
-                         urgent_first=urgent_first)
+                         urgent_first=urgent_first, merge_tokens=merge_tokens)
     worker._round(jobs)
     return calls
 
@@ -109,3 +109,28 @@ def test_an_urgent_job_cuts_the_fill_wait_only_with_urgent_first():
     assert size == 1 and wait < 0.05  # the urgent job ends the fill wait at once, and runs in a batch of its own
     size, wait = fill_then_urgent(False)
     assert size == 2 and wait > 0.05  # the round waited its fill time out (~0.1 s after the urgent job), one batch
+
+
+def test_a_requests_consecutive_steady_chunks_join_while_their_tokens_fit():
+    a, b = "A", "B"
+    s1, s2 = "sentence 1", "sentence 2"
+    jobs = [AudioJob(a, ["a1", "x"], submitted=1.0, index=3), AudioJob(b, ["b1"], index=3),
+            AudioJob(a, ["a2"], ended=[(s1, 1)], submitted=2.0, index=4),
+            AudioJob(a, ["a3", "x"], index=5),  # would pass 4 tokens: a chunk of its own
+            AudioJob(b, ["b2"], flush=True, index=4), AudioJob(b, ["b3"], index=5),  # nothing joins a flush
+            AudioJob(b, None), AudioJob(a, ["a4"], ended=[(s2, 1)], index=6)]
+    worker = AudioWorker(run_batch=lambda b: None, run_end=lambda j: None, max_batch=8, merge_tokens=4)
+    merged = worker._merged(jobs)
+    assert [(j.handle, j.tokens, j.index, j.absorbed) for j in merged] == [
+        ("A", ["a1", "x", "a2"], 4, 1), ("B", ["b1", "b2"], 4, 1), ("A", ["a3", "x", "a4"], 6, 1), ("B", ["b3"], 5, 0),
+        ("B", None, 0, 0)]
+    first = merged[0]
+    assert first.submitted == 1.0 and first.ended == [(s1, 3)] and not first.flush  # the later sentence end, offset
+    assert merged[1].flush and merged[2].ended == [(s2, 3)]
+    # an urgent chunk (the lane decodes it too, by number) and an end job join nothing
+    urgent = [AudioJob(a, ["a1"], urgent=True, index=1), AudioJob(a, ["a2"], urgent=True, index=2),
+              AudioJob(a, ["a3"], index=3), AudioJob(a, None), AudioJob(b, ["b7"], index=7)]
+    assert worker._merged(urgent) == urgent
+    # off by default; on, a round's batches carry the joined chunks
+    assert _round(jobs, 8) != _round(jobs, 8, merge_tokens=4)
+    assert _round(jobs, 8, merge_tokens=4) == [("batch", ["a1", "b1"]), ("batch", ["a3", "b3"]), ("end", "B")]
