@@ -505,6 +505,10 @@ def format_stages(level: dict) -> str:
     if by:
         line += "\n    underruns (stalled s) of players that buffer: " + ", ".join(
             f"{key} s {v['events']} ({v['stall_s']:.1f})" for key, v in by.items())
+        at = {key: v.get("events_at") for key, v in by.items() if key in ("0", "0.3") and v.get("events_at")}
+        if any(n for v in at.values() for n in v.values()):  # where in the stream (audio played) they ran dry
+            line += "\n    underruns by audio played: " + ", ".join(
+                f"{key} s player " + " ".join(f"{name} {n}" for name, n in v.items()) for key, v in at.items())
     lane = level["server"].get("urgent_lane")
     if lane and any(lane.values()):
         line += "\n    urgent lane, chunks: " + " ".join(f"{r} {n:.0f}" for r, n in lane.items())

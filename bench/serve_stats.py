@@ -89,28 +89,40 @@ def gaps(arrivals: Sequence[float]) -> list[float]:
     return [b - a for a, b in zip(arrivals[:-1], arrivals[1:])]
 
 
-def player_underruns(arrivals: Sequence[float], seconds: Sequence[float], *, prebuffer_s: float = 0.0
-                     ) -> tuple[int, float]:
-    """(underrun events, total stalled seconds) of the player described in the module docstring, for chunks of
-    ``seconds`` of audio arriving at ``arrivals``. A stream shorter than the pre-buffer plays from its end: no
-    underrun. Only stalls between chunks count: the end of the stream is not an underrun."""
+def player_stalls(arrivals: Sequence[float], seconds: Sequence[float], *, prebuffer_s: float = 0.0
+                  ) -> list[tuple[float, float]]:
+    """The underruns of the player described in the module docstring, for chunks of ``seconds`` of audio arriving at
+    ``arrivals``: (seconds of audio played when it ran dry, seconds it stood silent) each. A stream shorter than the
+    pre-buffer plays from its end: no underrun. Only stalls between chunks count: the end of the stream is not an
+    underrun."""
     need = min(prebuffer_s, float(sum(seconds)))
-    buffered = 0.0
+    received = 0.0
     runs_dry: float | None = None  # wall time at which the player will have played everything received
-    events, stalled = 0, 0.0
+    stalls: list[tuple[float, float]] = []
     for t, a in zip(arrivals, seconds):
         if runs_dry is None:
-            buffered += a
-            if buffered >= need - 1e-12:
-                runs_dry = t + buffered
+            received += a
+            if received >= need - 1e-12:
+                runs_dry = t + received
             continue
         if t > runs_dry:
-            events += 1
-            stalled += t - runs_dry
+            stalls.append((received, t - runs_dry))
             runs_dry = t + a
         else:
             runs_dry += a
-    return events, stalled
+        received += a
+    return stalls
+
+
+def player_underruns(arrivals: Sequence[float], seconds: Sequence[float], *, prebuffer_s: float = 0.0
+                     ) -> tuple[int, float]:
+    """(underrun events, total stalled seconds) of ``player_stalls``."""
+    stalls = player_stalls(arrivals, seconds, prebuffer_s=prebuffer_s)
+    return len(stalls), sum(s for _, s in stalls)
+
+
+# where in the stream a player runs dry (seconds of audio played): at the start (the first chunks' audio) or later
+STALL_POSITIONS = (("<1s", 0.0, 1.0), ("1-3s", 1.0, 3.0), (">=3s", 3.0, float("inf")))
 
 
 # Players that buffer this much audio before they start, besides the level's own ``prebuffer_s``: how the underruns
@@ -123,7 +135,8 @@ def level_summary(records: Sequence[RequestRecord], *, wall_s: float, prebuffer_
     """Everything one concurrency level reports, from its requests."""
     ttfa, all_gaps, per_stream = [], [], []
     # per player buffer (the level's own among them, replayed once): underrun events, stalled seconds, requests
-    players = {p: {"events": 0, "stall_s": 0.0, "requests_with_underruns": 0}
+    players = {p: {"events": 0, "stall_s": 0.0, "requests_with_underruns": 0,
+                   "events_at": {name: 0 for name, _, _ in STALL_POSITIONS}}
                for p in (*PLAYER_PREBUFFERS, prebuffer_s)}
     statuses: dict[str, int] = {}
     errors: list[str] = []
@@ -140,10 +153,13 @@ def level_summary(records: Sequence[RequestRecord], *, wall_s: float, prebuffer_
         all_gaps += gaps(times)
         chunk_s = [n / BYTES_PER_SECOND for n in sizes]
         for buffer_s, acc in players.items():
-            e, s = player_underruns(times, chunk_s, prebuffer_s=buffer_s)
-            acc["events"] += e
-            acc["stall_s"] += s
-            acc["requests_with_underruns"] += e > 0
+            stalls = player_stalls(times, chunk_s, prebuffer_s=buffer_s)
+            acc["events"] += len(stalls)
+            acc["stall_s"] += sum(s for _, s in stalls)
+            acc["requests_with_underruns"] += bool(stalls)
+            for played, _ in stalls:  # by the audio played when the player ran dry
+                name = next(name for name, lo, hi in STALL_POSITIONS if lo <= played < hi)
+                acc["events_at"][name] += 1
         per_stream.append(r.audio_s / (r.ended - r.sent))
     completed = [r for r in records if r.completed]
     rejected = sum(r.rejected for r in records)
