@@ -38,6 +38,14 @@ if _triton is not None:
         s_ptr = STATE + slot * stride_ss + h * stride_sh + p[:, None] * stride_sp + n[None, :]
         return h, p, n, kv, s_ptr
 
+    @_triton.jit
+    def _softplus(v):
+        """torch's softplus (threshold 20) with log1p's precision: log(1 + u) alone loses the digits of a small
+        u = exp(v) (dt ~ 1e-4 would be off by ~1e-3 of itself); log(w) · u / (w − 1) restores them (Goldberg)."""
+        u = _tl.exp(_tl.minimum(v, 20.0))
+        w = 1.0 + u
+        return _tl.where(v > 20.0, v, _tl.where(w == 1.0, u, _tl.log(w) * (u / (w - 1.0))))
+
 
 @functools.cache
 def available() -> bool:
@@ -188,12 +196,7 @@ def _conv_kernel():
             mh = hh < n_heads
             v = tl.load(DT_RAW + b * stride_rb + hh, mask=mh, other=0.0).to(tl.float32) + \
                 tl.load(DT_BIAS + hh, mask=mh, other=0.0).to(tl.float32)
-            # torch's softplus (threshold 20) with log1p's precision: log(1 + u) alone loses the digits of a small
-            # u = exp(v) (dt ~ 1e-4 would be off by ~1e-3 of itself); log(w) · u / (w − 1) restores them (Goldberg)
-            u = tl.exp(tl.minimum(v, 20.0))
-            w = 1.0 + u
-            v = tl.where(v > 20.0, v, tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0))))
-            tl.store(DT + b * stride_db + hh, v, mask=mh)
+            tl.store(DT + b * stride_db + hh, _softplus(v), mask=mh)
 
     return conv_step_kernel
 
@@ -339,11 +342,7 @@ def _scan_prefill_kernel():
             x_next = tl.load(xs + j * stride_xt).to(tl.float32)
             b_next = tl.load(bs + j * stride_bt).to(tl.float32)
             c_next = tl.load(cs + j * stride_ct).to(tl.float32)
-            # torch's softplus (threshold 20) with log1p's precision (as conv_step_kernel)
-            u = tl.exp(tl.minimum(v, 20.0))
-            w = 1.0 + u
-            dt = tl.where(v > 20.0, v, tl.where(w == 1.0, u, tl.log(w) * (u / (w - 1.0))))
-            dt = tl.where(i < length, dt, 0.0)
+            dt = tl.where(i < length, _softplus(v), 0.0)
             s = s * tl.exp(dt * a) + (dt * x)[:, None] * bv[None, :]
             y = tl.sum(s * cv[None, :], 1) + skip * x
             tl.store(Y + b * stride_yb + i * stride_yt + h * stride_yh + p, y)
