@@ -228,16 +228,17 @@ class Engine(EngineAPI):
         self._live: set[_Handle] = set()  # streams whose client has not read to the end (drain waits for these)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._audio = AudioWorker(run_batch=self._decode_batch, run_end=lambda job: self._finish_stream(job.handle),
-                                  max_batch=config.audio_max_batch, max_wait_s=config.audio_batch_wait_s,
-                                  merge_tokens=2 * config.chunk_tokens if config.audio_merge_chunks else 0)
         # Chunks are delivered under this lock by whichever path decodes them first (the worker or the urgent lane)
         self._emit_lock = threading.Lock()
         self._lane: UrgentLane | None = None
         if pipeline.urgent_decoder is not None and config.urgent_chunks > 0:
             self._lane = UrgentLane(run_batch=self._decode_urgent, max_batch=config.urgent_lane_max_batch,
                                     idle=self._release_urgent)
-        self._audio.urgent_first = self._lane is None if config.urgent_first is None else config.urgent_first
+        urgent_first = self._lane is None if config.urgent_first is None else config.urgent_first
+        self._audio = AudioWorker(run_batch=self._decode_batch, run_end=lambda job: self._finish_stream(job.handle),
+                                  max_batch=config.audio_max_batch, max_wait_s=config.audio_batch_wait_s,
+                                  urgent_first=urgent_first,
+                                  merge_tokens=2 * config.chunk_tokens if config.audio_merge_chunks else 0)
         self._urgent_open: set[_Handle] = set()  # requests with a stream in the urgent decoder (the lane's thread)
         self._lane_stream = None  # on CUDA with an in-process urgent decoder: the lane's own CUDA stream
         self._aloop: asyncio.AbstractEventLoop | None = None
