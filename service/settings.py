@@ -44,10 +44,10 @@ class Settings(BaseSettings):
                                  "a time)")
     audio_batch_wait_ms: float = Field(50.0, ge=0, description="Under load, the longest the audio thread lets a "
                                        "batch of chunks fill (0: never waits)")
-    audio_merge_chunks: bool = Field(False, description="A request's consecutive steady audio chunks queued in one "
+    audio_merge_chunks: bool = Field(True, description="A request's consecutive steady audio chunks queued in one "
                                      "audio round (the audio stage behind the LM) decode as one push of up to twice "
                                      "MAMTRA_CHUNK_TOKENS tokens and reach the client as one chunk: fewer, wider "
-                                     "batches")
+                                     "batches (false: every chunk decoded as it closed)")
     audio_urgent_chunks: int = Field(2, ge=0, description="A request's first chunks decoded ahead of steady "
                                      "streams', in a batch of their own and without the fill wait (0: none)")
     audio_urgent_lane: Literal["auto", "on", "off"] = Field("auto", description="A second audio decoder (a "

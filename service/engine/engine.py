@@ -83,7 +83,7 @@ class EngineConfig:
     audio_batch_wait_s: float = 0.05  # under load, how long the audio thread may let a batch fill (audio_worker)
     # a request's consecutive steady chunks queued in one audio round decode as one push of up to 2 * chunk_tokens
     # (the widths the decoder plans at start-up) and reach the client as one chunk (AudioWorker.merge_tokens)
-    audio_merge_chunks: bool = False
+    audio_merge_chunks: bool = True
     gil_switch_interval_s: float = 0.0005  # see Engine.start
     dtype: torch.dtype = torch.float32
     ssm_dtype: torch.dtype = torch.float32

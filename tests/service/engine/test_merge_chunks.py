@@ -56,6 +56,6 @@ def test_the_setting_reaches_the_engine(monkeypatch):
     from service.settings import Settings
 
     cpu = torch.device("cpu")
-    assert EngineConfig.from_settings(Settings(), device=cpu).audio_merge_chunks is False
-    monkeypatch.setenv("MAMTRA_AUDIO_MERGE_CHUNKS", "true")
     assert EngineConfig.from_settings(Settings(), device=cpu).audio_merge_chunks is True
+    monkeypatch.setenv("MAMTRA_AUDIO_MERGE_CHUNKS", "false")
+    assert EngineConfig.from_settings(Settings(), device=cpu).audio_merge_chunks is False
