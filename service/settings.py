@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond it: 429")
     max_context: int | None = Field(None, ge=16, description="Tokens of context per slot (default: the model's)")
     prefill_budget_tokens: int = Field(512, ge=16, description="Prompt tokens prefilled per engine step")
+    prefill_max_seqs: int = Field(8, ge=1, description="Prompts prefilled per engine step, at most (on CUDA its "
+                                  "prefill graphs hold 1, 2, 4 … up to this many)")
     prefill_graphs: bool = Field(True, description="On CUDA, replay prefills from CUDA graphs (sequences × tokens "
                                  "buckets) instead of launching their kernels one by one")
     prefill_overlap: bool = Field(True, description="On CUDA, a step's graphed prefill runs beside its decode on a "
@@ -55,6 +57,9 @@ class Settings(BaseSettings):
                                                             "chunks at once, beside the main one's round in "
                                                             "progress; whichever finishes a chunk first delivers it; "
                                                             "auto = on with the audio process")
+    audio_urgent_lane_batch: int = Field(32, ge=1, description="The urgent lane's largest batch: urgent chunks of "
+                                         "distinct requests it decodes in one pass (a burst of arrivals queues "
+                                         "more)")
     audio_urgent_first: Literal["auto", "on", "off"] = Field("auto", description="The main audio decoder runs "
                                                              "requests' urgent chunks first, in batches of their "
                                                              "own, and stops letting a batch fill for them; auto = "

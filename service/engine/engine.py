@@ -95,13 +95,15 @@ class EngineConfig:
         dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if settings.dtype == "auto" \
             else dtypes[settings.dtype]
         return cls(max_streams=settings.max_streams, max_queue=settings.max_queue, max_context=settings.max_context,
-                   prefill_budget_tokens=settings.prefill_budget_tokens, prefill_graphs=settings.prefill_graphs,
+                   prefill_budget_tokens=settings.prefill_budget_tokens, max_prefill_seqs=settings.prefill_max_seqs,
+                   prefill_graphs=settings.prefill_graphs,
                    prefill_overlap=settings.prefill_overlap,
                    request_timeout_s=settings.request_timeout_s, first_chunk_tokens=settings.first_chunk_tokens,
                    chunk_tokens=settings.chunk_tokens, client_queue_chunks=settings.client_queue_chunks,
                    stall_timeout_s=settings.stall_timeout_s, audio_max_batch=settings.audio_max_batch,
                    audio_batch_wait_s=settings.audio_batch_wait_ms / 1e3, urgent_chunks=settings.audio_urgent_chunks,
                    audio_merge_chunks=settings.audio_merge_chunks,
+                   urgent_lane_max_batch=settings.audio_urgent_lane_batch,
                    urgent_first={"auto": None, "on": True, "off": False}[settings.audio_urgent_first],
                    gil_switch_interval_s=settings.gil_switch_interval_ms / 1e3, dtype=dtype,
                    ssm_dtype=dtypes[settings.ssm_dtype],
@@ -398,7 +400,8 @@ class Engine(EngineAPI):
         self.runner = Runner(self.model, max_streams=self.config.max_streams, max_context=self._max_context,
                              allowed_ids=speech, sampling=self.config.sampling, dtype=self.config.dtype,
                              ssm_dtype=self.config.ssm_dtype, prefill_graphs=self.config.prefill_graphs,
-                             overlap_prefill=self.config.prefill_overlap)
+                             overlap_prefill=self.config.prefill_overlap,
+                             prefill_seqs=self.config.max_prefill_seqs or self.config.max_streams)
         self.metrics.state_bytes.set(self.runner.pool.allocated_bytes()["total"])
         self.metrics.state_bytes_per_stream.set(self.runner.pool.bytes_per_stream)
         # Warm-up: one prefill and one decode through the real code paths (kernels compiled, caches touched).

@@ -1,10 +1,12 @@
 """The runner on CPU: the repetition guard lives on the device by slot, starts empty for each new request in a slot,
 and seeded draws do not depend on what shares the batch."""
 
+import pytest
+
 from model.sampling import SamplingConfig
 from service.engine.runner import Runner
 from service.engine.scheduler import DecodeItem, PrefillChunk, StepPlan
-from tests.service.engine.fakes import EOS, N_SPEECH, SPEECH0, tiny_lm
+from tests.service.engine.fakes import EOS, N_SPEECH, SPEECH0, make_engine, tiny_lm
 
 ALLOWED = list(range(SPEECH0, SPEECH0 + N_SPEECH)) + [EOS]
 
@@ -94,6 +96,33 @@ def test_the_prefill_overlap_setting_reaches_the_engine_and_needs_cuda(monkeypat
     runner = Runner(tiny_lm("AMAM", max_context=256), max_streams=4, max_context=256, allowed_ids=ALLOWED,
                     sampling=SamplingConfig(temperature=0.0), overlap_prefill=True)
     assert runner._side is None
+
+
+def test_prompts_a_prefill_step_takes_come_from_the_settings_and_size_the_prefill_graphs(monkeypatch):
+    """MAMTRA_PREFILL_MAX_SEQS (default 8) caps the scheduler's prompts a step; on CUDA the runner's prefill graphs
+    hold 1, 2, 4 … up to it (every size the scheduler forms has a bucket)."""
+    import pydantic
+    import torch
+
+    from model.cuda_graphs import PREFILL_SEQ_BUCKETS, prefill_seq_buckets
+    from service.engine.engine import EngineConfig
+    from service.settings import Settings
+
+    cpu = torch.device("cpu")
+    assert EngineConfig.from_settings(Settings(), device=cpu).max_prefill_seqs == 8
+    assert prefill_seq_buckets(8) == PREFILL_SEQ_BUCKETS == (1, 2, 4, 8)
+    assert prefill_seq_buckets(1) == (1,) and prefill_seq_buckets(12) == (1, 2, 4, 8, 12)
+    for most in range(1, 40):
+        buckets = prefill_seq_buckets(most)
+        assert max(buckets) == most and all(any(b >= n for b in buckets) for n in range(1, most + 1))
+    with pytest.raises(ValueError):
+        prefill_seq_buckets(0)
+    monkeypatch.setenv("MAMTRA_PREFILL_MAX_SEQS", "16")
+    engine = make_engine(max_prefill_seqs=EngineConfig.from_settings(Settings(), device=cpu).max_prefill_seqs)
+    assert engine.scheduler.config.max_prefill_seqs == 16
+    monkeypatch.setenv("MAMTRA_PREFILL_MAX_SEQS", "0")
+    with pytest.raises(pydantic.ValidationError):
+        Settings()
 
 
 def test_the_runner_says_how_each_steps_prefill_ran():

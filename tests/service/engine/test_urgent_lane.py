@@ -133,6 +133,24 @@ def test_the_main_worker_runs_urgent_chunks_first_only_without_a_lane_unless_tol
         assert EngineConfig.from_settings(Settings(), device=cpu).urgent_first is want
 
 
+def test_the_lanes_batch_comes_from_the_settings(monkeypatch):
+    import pydantic
+    import torch
+
+    from service.engine.engine import EngineConfig
+    from service.settings import Settings
+
+    cpu = torch.device("cpu")
+    assert EngineConfig.from_settings(Settings(), device=cpu).urgent_lane_max_batch == 32
+    monkeypatch.setenv("MAMTRA_AUDIO_URGENT_LANE_BATCH", "64")
+    config = EngineConfig.from_settings(Settings(), device=cpu)
+    assert config.urgent_lane_max_batch == 64
+    assert make_engine(urgent_decoder=ClosingToneDecoder(), urgent_lane_max_batch=64)._lane.max_batch == 64
+    monkeypatch.setenv("MAMTRA_AUDIO_URGENT_LANE_BATCH", "0")
+    with pytest.raises(pydantic.ValidationError):
+        Settings()
+
+
 class _FirstPushes(ClosingToneDecoder):
     """Records, per ``push_many`` call, which of its streams push for the first time (a request's first chunk)."""
 
