@@ -509,6 +509,11 @@ def format_stages(level: dict) -> str:
         if any(n for v in at.values() for n in v.values()):  # where in the stream (audio played) they ran dry
             line += "\n    underruns by audio played: " + ", ".join(
                 f"{key} s player " + " ".join(f"{name} {n}" for name, n in v.items()) for key, v in at.items())
+        late = {key: v.get("events_before_chunk") for key, v in by.items() if key in ("0", "0.3")
+                and v.get("events_before_chunk")}
+        if any(n for v in late.values() for n in v.values()):  # which chunk came late
+            line += "\n    underruns by the late chunk: " + ", ".join(
+                f"{key} s player " + " ".join(f"#{name} {n}" for name, n in v.items()) for key, v in late.items())
     lane = level["server"].get("urgent_lane")
     if lane and any(lane.values()):
         line += "\n    urgent lane, chunks: " + " ".join(f"{r} {n:.0f}" for r, n in lane.items())

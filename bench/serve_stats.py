@@ -90,23 +90,23 @@ def gaps(arrivals: Sequence[float]) -> list[float]:
 
 
 def player_stalls(arrivals: Sequence[float], seconds: Sequence[float], *, prebuffer_s: float = 0.0
-                  ) -> list[tuple[float, float]]:
+                  ) -> list[tuple[float, float, int]]:
     """The underruns of the player described in the module docstring, for chunks of ``seconds`` of audio arriving at
-    ``arrivals``: (seconds of audio played when it ran dry, seconds it stood silent) each. A stream shorter than the
-    pre-buffer plays from its end: no underrun. Only stalls between chunks count: the end of the stream is not an
-    underrun."""
+    ``arrivals``: (seconds of audio played when it ran dry, seconds it stood silent, the number (1, 2, ...) of the
+    late chunk whose arrival ended the stall) each. A stream shorter than the pre-buffer plays from its end: no
+    underrun. Only stalls between chunks count: the end of the stream is not an underrun."""
     need = min(prebuffer_s, float(sum(seconds)))
     received = 0.0
     runs_dry: float | None = None  # wall time at which the player will have played everything received
-    stalls: list[tuple[float, float]] = []
-    for t, a in zip(arrivals, seconds):
+    stalls: list[tuple[float, float, int]] = []
+    for k, (t, a) in enumerate(zip(arrivals, seconds), start=1):
         if runs_dry is None:
             received += a
             if received >= need - 1e-12:
                 runs_dry = t + received
             continue
         if t > runs_dry:
-            stalls.append((received, t - runs_dry))
+            stalls.append((received, t - runs_dry, k))
             runs_dry = t + a
         else:
             runs_dry += a
@@ -118,11 +118,14 @@ def player_underruns(arrivals: Sequence[float], seconds: Sequence[float], *, pre
                      ) -> tuple[int, float]:
     """(underrun events, total stalled seconds) of ``player_stalls``."""
     stalls = player_stalls(arrivals, seconds, prebuffer_s=prebuffer_s)
-    return len(stalls), sum(s for _, s in stalls)
+    return len(stalls), sum(s for _, s, _ in stalls)
 
 
 # where in the stream a player runs dry (seconds of audio played): at the start (the first chunks' audio) or later
 STALL_POSITIONS = (("<1s", 0.0, 1.0), ("1-3s", 1.0, 3.0), (">=3s", 3.0, float("inf")))
+# which chunk (as the listener sees them, after ``coalesce``) came late: the second (the first chunk's audio ran out),
+# the third, ... — whether the start's urgent chunks or the steady stream's make the stalls
+STALL_CHUNKS = (("2", 2, 3), ("3", 3, 4), ("4-6", 4, 7), ("7+", 7, math.inf))
 
 
 # Players that buffer this much audio before they start, besides the level's own ``prebuffer_s``: how the underruns
@@ -136,7 +139,8 @@ def level_summary(records: Sequence[RequestRecord], *, wall_s: float, prebuffer_
     ttfa, all_gaps, per_stream = [], [], []
     # per player buffer (the level's own among them, replayed once): underrun events, stalled seconds, requests
     players = {p: {"events": 0, "stall_s": 0.0, "requests_with_underruns": 0,
-                   "events_at": {name: 0 for name, _, _ in STALL_POSITIONS}}
+                   "events_at": {name: 0 for name, _, _ in STALL_POSITIONS},
+                   "events_before_chunk": {name: 0 for name, _, _ in STALL_CHUNKS}}
                for p in (*PLAYER_PREBUFFERS, prebuffer_s)}
     statuses: dict[str, int] = {}
     errors: list[str] = []
@@ -155,11 +159,13 @@ def level_summary(records: Sequence[RequestRecord], *, wall_s: float, prebuffer_
         for buffer_s, acc in players.items():
             stalls = player_stalls(times, chunk_s, prebuffer_s=buffer_s)
             acc["events"] += len(stalls)
-            acc["stall_s"] += sum(s for _, s in stalls)
+            acc["stall_s"] += sum(s for _, s, _ in stalls)
             acc["requests_with_underruns"] += bool(stalls)
-            for played, _ in stalls:  # by the audio played when the player ran dry
+            for played, _, chunk in stalls:  # by the audio played when the player ran dry, and by the late chunk
                 name = next(name for name, lo, hi in STALL_POSITIONS if lo <= played < hi)
                 acc["events_at"][name] += 1
+                name = next(name for name, lo, hi in STALL_CHUNKS if lo <= chunk < hi)
+                acc["events_before_chunk"][name] += 1
         per_stream.append(r.audio_s / (r.ended - r.sent))
     completed = [r for r in records if r.completed]
     rejected = sum(r.rejected for r in records)

@@ -37,7 +37,8 @@ def test_player_counts_each_stall_and_its_length():
     assert events == 2 and stall == pytest.approx(0.3 + 0.2)
     # where each stall happens: the audio played when the player ran dry
     stalls = player_stalls([0.0, 0.8, 1.0, 2.0], [0.5] * 4)  # dry at 0.5 (0.5 s played), at 1.8 (1.5 s played)
-    assert [p for p, _ in stalls] == [0.5, 1.5] and [s for _, s in stalls] == pytest.approx([0.3, 0.2])
+    assert [p for p, _, _ in stalls] == [0.5, 1.5] and [s for _, s, _ in stalls] == pytest.approx([0.3, 0.2])
+    assert [k for _, _, k in stalls] == [2, 4]  # the late chunks: the second, the fourth
 
 
 def test_prebuffer_delays_the_start_and_absorbs_jitter():
@@ -90,8 +91,10 @@ def test_underruns_are_also_counted_for_players_with_a_buffer():
     assert list(by) == [f"{p:g}" for p in PLAYER_PREBUFFERS]
     assert by["0"]["events"] == s["underruns"]["events"] == 1 and by["0"]["stall_s"] == pytest.approx(0.05)
     assert by["0.2"] == {"events": 0, "stall_s": 0.0, "requests_with_underruns": 0,  # starts at 0.05, dry at 0.25
-                         "events_at": {"<1s": 0, "1-3s": 0, ">=3s": 0}}
+                         "events_at": {"<1s": 0, "1-3s": 0, ">=3s": 0},
+                         "events_before_chunk": {"2": 0, "3": 0, "4-6": 0, "7+": 0}}
     assert by["0"]["events_at"] == {"<1s": 1, "1-3s": 0, ">=3s": 0}  # dry after 0.2 s of audio
+    assert by["0"]["events_before_chunk"] == {"2": 0, "3": 1, "4-6": 0, "7+": 0}  # waiting for the third chunk
 
     def level(n, strict, buffered):
         return {"clients": n, "requests": {"sent": 1, "completed": 1}, "underruns": {"events": strict},
@@ -248,13 +251,18 @@ def test_a_levels_extra_lines_name_the_stalls_positions_the_joined_chunks_and_th
     from bench.serve import format_stages
 
     none = {"<1s": 0, "1-3s": 0, ">=3s": 0}
+    late = {"2": 0, "3": 0, "4-6": 0, "7+": 0}
     level = {"server": {"first_audio_stages_ms": {"1": {"tokens": 60.0}}, "audio_chunks_merged": 5.0,
                         "prefill_paths": {"beside": 3.0, "graph": 0.0, "eager": 1.0}},
-             "underruns_by_prebuffer": {"0": {"events": 2, "stall_s": 0.5, "events_at": {**none, "<1s": 2}},
-                                        "0.3": {"events": 0, "stall_s": 0.0, "events_at": none}}}
+             "underruns_by_prebuffer": {"0": {"events": 2, "stall_s": 0.5, "events_at": {**none, "<1s": 2},
+                                              "events_before_chunk": {**late, "2": 1, "3": 1}},
+                                        "0.3": {"events": 0, "stall_s": 0.0, "events_at": none,
+                                                "events_before_chunk": late}}}
     text = format_stages(level)
     assert "underruns by audio played: 0 s player <1s 2 1-3s 0 >=3s 0" in text
+    assert "underruns by the late chunk: 0 s player #2 1 #3 1 #4-6 0 #7+ 0" in text
     assert "joined to their request's previous: 5" in text and "prefill steps: beside 3 graph 0 eager 1" in text
     quiet = {"server": {"first_audio_stages_ms": {}, "prefill_paths": {"beside": 0.0, "graph": 0.0, "eager": 0.0}},
              "underruns_by_prebuffer": {"0": {"events": 0, "stall_s": 0.0, "events_at": none}}}
     assert "audio played" not in format_stages(quiet) and "prefill steps" not in format_stages(quiet)
+    assert "late chunk" not in format_stages(quiet)
