@@ -42,6 +42,11 @@ def write_tiny_models(root: Path, speakers: list[str], *, voices: list[dict], mo
     return {"codec": root / codec_dir, "lm": root / lm_dir, "bundle": bundle, "layout": layout}
 
 
+async def collect_chunks(handle) -> list:
+    """Every audio chunk of an engine's stream, in order, until it ends."""
+    return [c async for c in handle.chunks()]
+
+
 def serve_texts(model, pipeline, requests: list[tuple[str, str, str, int]], *, max_streams: int = 2,
                 timeout_s: float = 120.0):
     """Start a real engine on ``model`` and ``pipeline`` (first chunk 12 tokens, then 16), synthesise
@@ -54,15 +59,12 @@ def serve_texts(model, pipeline, requests: list[tuple[str, str, str, int]], *, m
     engine = Engine(model=model, pipeline=pipeline, config=EngineConfig(max_streams=max_streams, first_chunk_tokens=12,
                                                                          chunk_tokens=16), metrics=Metrics())
 
-    async def collect(handle):
-        return [c async for c in handle.chunks()]
-
     async def main():
         await engine.start()
         try:
             handles = [engine.synthesize(text, voice=voice, request_id=rid, seed=seed)
                        for text, voice, rid, seed in requests]
-            return await asyncio.gather(*(collect(h) for h in handles))
+            return await asyncio.gather(*(collect_chunks(h) for h in handles))
         finally:
             await engine.stop()
 

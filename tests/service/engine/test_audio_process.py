@@ -12,7 +12,7 @@ import torch
 from service.engine.audio_process import AudioProcessError, ProcessDecoder
 from service.engine.bundle import load_bundle
 from service.engine.types import StreamFailed
-from tests.conftest import serve_texts, write_tiny_models
+from tests.conftest import collect_chunks, serve_texts, write_tiny_models
 from tests.service.engine.fakes import SAMPLES_PER_TOKEN, SPEECH0, make_engine
 
 FACTORY = "tests.service.engine.fakes:tone_decoder_factory"
@@ -164,17 +164,14 @@ def test_a_dead_urgent_lane_process_costs_latency_only():
     # after it it fails on them
     engine.pipeline = dataclasses.replace(engine.pipeline, decoder=ProcessDecoder(FACTORY, ".", {"delay_s": 0.2}))
 
-    async def collect(handle):
-        return [c async for c in handle.chunks()]
-
     async def main():
         await engine.start()
         try:
-            first = await collect(engine.synthesize("Before it dies.", voice="ava", request_id="a", seed=1))
+            first = await collect_chunks(engine.synthesize("Before it dies.", voice="ava", request_id="a", seed=1))
             engine.pipeline.urgent_decoder._proc.kill()
             engine.pipeline.urgent_decoder._proc.join(5)
             handles = [engine.synthesize("After it died.", voice="ava", request_id=f"b{k}", seed=k) for k in range(2)]
-            after = await asyncio.gather(*(collect(h) for h in handles))
+            after = await asyncio.gather(*(collect_chunks(h) for h in handles))
             return first, after, engine.ready
         finally:
             await engine.stop()

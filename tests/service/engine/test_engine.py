@@ -6,15 +6,12 @@ import numpy as np
 import pytest
 
 from service.engine.types import Draining, InvalidRequest, NotReady, QueueFull, StreamFailed
+from tests.conftest import collect_chunks
 from tests.service.engine.fakes import SAMPLES_PER_TOKEN, make_engine
 
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
-
-
-async def _collect(handle):
-    return [c async for c in handle.chunks()]
 
 
 async def _started(**kw):
@@ -28,7 +25,7 @@ def test_synthesize_streams_small_first_chunk_then_larger_with_word_timings():
         engine = await _started(align_chunks=False)
         try:
             handle = engine.synthesize("Hello there world. Second one!", voice="ava", request_id="r1")
-            chunks = await _collect(handle)
+            chunks = await collect_chunks(handle)
         finally:
             await engine.stop()
         return chunks
@@ -81,7 +78,7 @@ def test_cancel_frees_slot_within_a_step_and_engine_stays_healthy():
             assert engine.scheduler.num_running == 0  # freed at once, before the next step
             rest = [c async for c in it]
             assert len(rest) <= 2  # at most what was already decoded
-            second = await _collect(engine.synthesize("Next one.", voice="ben", request_id="b"))
+            second = await collect_chunks(engine.synthesize("Next one.", voice="ben", request_id="b"))
             assert second and engine.ready
         finally:
             await engine.stop()
@@ -95,7 +92,7 @@ def test_timeout_fails_the_stream_and_frees_the_slot():
         try:
             handle = engine.synthesize("Forever and ever.", voice="ava", request_id="t")
             with pytest.raises(StreamFailed) as e:
-                await _collect(handle)
+                await collect_chunks(handle)
             assert e.value.code == "timeout"
             assert engine.scheduler.num_running == 0
         finally:
@@ -108,10 +105,10 @@ def test_same_seed_same_audio_alone_or_batched():
     async def main():
         engine = await _started(max_streams=3, eos_bias=0.0, cap_seconds=1.0)
         try:
-            alone = await _collect(engine.synthesize("Seeded words here.", voice="ava", request_id="x", seed=7))
+            alone = await collect_chunks(engine.synthesize("Seeded words here.", voice="ava", request_id="x", seed=7))
             other = engine.synthesize("Some other text runs beside.", voice="ben", request_id="y", seed=1)
             again = engine.synthesize("Seeded words here.", voice="ava", request_id="z", seed=7)
-            batched, _ = await asyncio.gather(_collect(again), _collect(other))
+            batched, _ = await asyncio.gather(collect_chunks(again), collect_chunks(other))
         finally:
             await engine.stop()
         return alone, batched
@@ -133,7 +130,7 @@ def test_incremental_text_word_by_word_with_flush():
             # "one two three." is complete and spoken; "four" waits for more text or a flush
             handle.flush()
             handle.end_input()
-            chunks = await _collect(handle)
+            chunks = await collect_chunks(handle)
         finally:
             await engine.stop()
         return chunks
@@ -176,7 +173,7 @@ def test_drain_finishes_in_flight_and_refuses_new():
     async def main():
         engine = await _started()
         handle = engine.synthesize("Finish me please.", voice="ava", request_id="d")
-        collector = asyncio.create_task(_collect(handle))
+        collector = asyncio.create_task(collect_chunks(handle))
         await asyncio.sleep(0.05)
         drain = asyncio.create_task(engine.drain(10.0))
         await asyncio.sleep(0.01)
@@ -204,7 +201,7 @@ def test_long_text_restarts_context_and_keeps_going():
         engine = await _started(max_context=64, cap_seconds=0.4)
         try:
             text = " ".join(f"Sentence number {i}." for i in range(8))
-            chunks = await _collect(engine.synthesize(text, voice="ava", request_id="long"))
+            chunks = await collect_chunks(engine.synthesize(text, voice="ava", request_id="long"))
         finally:
             await engine.stop()
         return chunks
@@ -218,7 +215,7 @@ def test_metrics_are_recorded():
     async def main():
         engine = await _started()
         try:
-            await _collect(engine.synthesize("Count me.", voice="ava", request_id="m"))
+            await collect_chunks(engine.synthesize("Count me.", voice="ava", request_id="m"))
             await asyncio.sleep(0.1)
         finally:
             await engine.stop()
@@ -277,7 +274,7 @@ def test_a_requests_first_chunks_are_urgent_whether_the_step_clock_or_a_sentence
 
         engine._audio.submit_many = spy
         try:
-            await _collect(engine.synthesize(text, voice="ava", request_id="u"))
+            await collect_chunks(engine.synthesize(text, voice="ava", request_id="u"))
         finally:
             await engine.stop()
         return [(job.index, job.flush, job.urgent) for job in submitted if job.is_decode]
@@ -299,7 +296,7 @@ def test_audio_of_concurrent_requests_is_decoded_in_batches_in_order():
                                 audio_max_batch=max_batch)
         try:
             handles = [engine.synthesize(t, voice="ava", request_id=f"r{i}", seed=i) for i, t in enumerate(texts)]
-            results = await asyncio.gather(*(_collect(h) for h in handles))
+            results = await asyncio.gather(*(collect_chunks(h) for h in handles))
         finally:
             await engine.stop()
         value = engine.metrics.registry.get_sample_value
@@ -331,7 +328,7 @@ def test_later_chunks_close_on_the_step_clock_so_streams_decode_together():
             async def rest():
                 return head + [c async for c in first_chunks]
 
-            results = await asyncio.gather(rest(), _collect(second))
+            results = await asyncio.gather(rest(), collect_chunks(second))
         finally:
             await engine.stop()
         return results, engine.pipeline.decoder.batches
@@ -349,7 +346,7 @@ def _aligned_run(aligner, word_timestamps=True):
         try:
             handle = engine.synthesize("Hello there world. Second one!", voice="ava", request_id="r1",
                                        word_timestamps=word_timestamps)
-            chunks = await _collect(handle)
+            chunks = await collect_chunks(handle)
             return chunks, engine.pipeline.decoder.streams[-1].pushed, engine.metrics
         finally:
             await engine.stop()
@@ -409,7 +406,7 @@ def test_queued_sentences_continue_one_decode_session_and_only_the_last_flushes(
         engine = await _started(align_chunks=False, continuous_audio=continuous)
         try:
             handle = engine.synthesize("One two. Three four. Five six.", voice="ava", request_id="r1")
-            return await _collect(handle), engine.pipeline.decoder.streams[-1]
+            return await collect_chunks(handle), engine.pipeline.decoder.streams[-1]
         finally:
             await engine.stop()
 

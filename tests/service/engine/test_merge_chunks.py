@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 
+from tests.conftest import collect_chunks
 from tests.service.engine.fakes import SAMPLES_PER_TOKEN, make_engine
 
 TEXTS = [f"Request number {i} speaks now. Then it says more." for i in range(4)]
@@ -15,14 +16,10 @@ async def _serve(engine):
     await engine.start()
     try:
         handles = [engine.synthesize(t, voice="ava", request_id=f"r{i}", seed=i) for i, t in enumerate(TEXTS)]
-        results = await asyncio.gather(*(_collect(h) for h in handles))
+        results = await asyncio.gather(*(collect_chunks(h) for h in handles))
         return results, [h.outstanding for h in handles]
     finally:
         await engine.stop()
-
-
-async def _collect(handle):
-    return [c async for c in handle.chunks()]
 
 
 def _run(merge):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from service.engine.audio_worker import AudioJob, UrgentLane
+from tests.conftest import collect_chunks
 from tests.service.engine.fakes import SAMPLES_PER_TOKEN, ClosingToneDecoder, make_engine
 
 TEXTS = [f"Request number {i} speaks now. Then it says more." for i in range(4)]
@@ -40,15 +41,11 @@ async def _serve(engine, texts):
     await engine.start()
     try:
         handles = [engine.synthesize(t, voice="ava", request_id=f"r{i}", seed=i) for i, t in enumerate(texts)]
-        results = await asyncio.gather(*(_collect(h) for h in handles))
+        results = await asyncio.gather(*(collect_chunks(h) for h in handles))
         await asyncio.sleep(0.3)  # the lane's idle clean-up
         return results
     finally:
         await engine.stop()
-
-
-async def _collect(handle):
-    return [c async for c in handle.chunks()]
 
 
 def _run(texts=TEXTS, urgent=None, worker_delay_s=0.05, cap_seconds=0.8, **kw):
