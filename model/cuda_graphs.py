@@ -146,6 +146,7 @@ class GraphedDecoder(_Graphs):
 
 
 PREFILL_SEQ_BUCKETS = (1, 2, 4, 8)
+PREFILL_LEN_BUCKETS = (32, 64, 128, 256)
 
 
 def prefill_seq_buckets(most: int) -> tuple[int, ...]:
@@ -153,7 +154,6 @@ def prefill_seq_buckets(most: int) -> tuple[int, ...]:
     if most < 1:
         raise ValueError("a step prefills at least one prompt")
     return tuple(b for b in (1 << k for k in range(most.bit_length())) if b < most) + (most,)
-PREFILL_LEN_BUCKETS = (32, 64, 128, 256)
 
 
 class GraphedPrefill(_Graphs):

@@ -401,7 +401,7 @@ class Engine(EngineAPI):
                              allowed_ids=speech, sampling=self.config.sampling, dtype=self.config.dtype,
                              ssm_dtype=self.config.ssm_dtype, prefill_graphs=self.config.prefill_graphs,
                              overlap_prefill=self.config.prefill_overlap,
-                             prefill_seqs=self.config.max_prefill_seqs or self.config.max_streams)
+                             prefill_seqs=self.config.max_prefill_seqs)
         self.metrics.state_bytes.set(self.runner.pool.allocated_bytes()["total"])
         self.metrics.state_bytes_per_stream.set(self.runner.pool.bytes_per_stream)
         # Warm-up: one prefill and one decode through the real code paths (kernels compiled, caches touched).

@@ -27,7 +27,7 @@ import torch
 
 from model.lm import SpeechLM
 from model.sampling import SamplingConfig, sample
-from model.cuda_graphs import GraphedDecoder, GraphedPrefill, prefill_seq_buckets
+from model.cuda_graphs import PREFILL_SEQ_BUCKETS, GraphedDecoder, GraphedPrefill, prefill_seq_buckets
 from model.state import Batch, StatePool
 from service.engine.scheduler import StepPlan, StepResult
 
@@ -67,7 +67,7 @@ class Runner:
                  ssm_dtype: torch.dtype = torch.float32, cuda_graphs: bool = True, prefill_graphs: bool = True,
                  overlap_prefill: bool = False, prefill_seqs: int = 8) -> None:
         """``prefill_seqs``: the most prompts a step prefills (the scheduler's ``max_prefill_seqs``); the prefill
-        graphs hold 1, 2, 4 … and that many."""
+        graphs hold 1, 2, 4 … and that many (0, no cap: 1, 2, 4, 8; a step of more prompts runs eagerly)."""
         self.model = model
         self.device = next(model.parameters()).device
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
@@ -85,7 +85,8 @@ class Runner:
         self.graphs = (GraphedDecoder(model, self.pool, scratch_slot=max_streams, sampler=self._sampler)
                        if self.use_graphs else None)
         self.prefill_graphs = (GraphedPrefill(model, self.pool, scratch_slot=max_streams,
-                                              seq_buckets=prefill_seq_buckets(prefill_seqs))
+                                              seq_buckets=prefill_seq_buckets(prefill_seqs) if prefill_seqs
+                                              else PREFILL_SEQ_BUCKETS)
                                if self.use_graphs and prefill_graphs else None)
         # the second stream of a prefill beside the decode (the module docstring)
         self._side = torch.cuda.Stream(self.device) if self.prefill_graphs is not None and overlap_prefill else None
