@@ -505,15 +505,13 @@ def format_stages(level: dict) -> str:
     if by:
         line += "\n    underruns (stalled s) of players that buffer: " + ", ".join(
             f"{key} s {v['events']} ({v['stall_s']:.1f})" for key, v in by.items())
-        at = {key: v.get("events_at") for key, v in by.items() if key in ("0", "0.3") and v.get("events_at")}
-        if any(n for v in at.values() for n in v.values()):  # where in the stream (audio played) they ran dry
-            line += "\n    underruns by audio played: " + ", ".join(
-                f"{key} s player " + " ".join(f"{name} {n}" for name, n in v.items()) for key, v in at.items())
-        late = {key: v.get("events_before_chunk") for key, v in by.items() if key in ("0", "0.3")
-                and v.get("events_before_chunk")}
-        if any(n for v in late.values() for n in v.values()):  # which chunk came late
-            line += "\n    underruns by the late chunk: " + ", ".join(
-                f"{key} s player " + " ".join(f"#{name} {n}" for name, n in v.items()) for key, v in late.items())
+        # the strict player's and the 0.3 s one's stalls where in the stream they ran dry, and which chunk came late
+        for field, title, mark in (("events_at", "audio played", ""), ("events_before_chunk", "the late chunk", "#")):
+            counts = {key: v[field] for key, v in by.items() if key in ("0", "0.3") and v.get(field)}
+            if any(n for v in counts.values() for n in v.values()):
+                line += f"\n    underruns by {title}: " + ", ".join(
+                    f"{key} s player " + " ".join(f"{mark}{name} {n}" for name, n in v.items())
+                    for key, v in counts.items())
     lane = level["server"].get("urgent_lane")
     if lane and any(lane.values()):
         line += "\n    urgent lane, chunks: " + " ".join(f"{r} {n:.0f}" for r, n in lane.items())

@@ -128,6 +128,11 @@ STALL_POSITIONS = (("<1s", 0.0, 1.0), ("1-3s", 1.0, 3.0), (">=3s", 3.0, float("i
 STALL_CHUNKS = (("2", 2, 3), ("3", 3, 4), ("4-6", 4, 7), ("7+", 7, math.inf))
 
 
+def _bin(bins: Sequence[tuple[str, float, float]], value: float) -> str:
+    """The name of the (name, low, high) bin that holds ``value`` (low <= value < high)."""
+    return next(name for name, lo, hi in bins if lo <= value < hi)
+
+
 # Players that buffer this much audio before they start, besides the level's own ``prebuffer_s``: how the underruns
 # fall with a buffer (a strict player at 0 s is the harshest; browsers and phone players buffer ~0.1-0.5 s)
 PLAYER_PREBUFFERS = (0.0, 0.1, 0.2, 0.3, 0.5)
@@ -162,10 +167,8 @@ def level_summary(records: Sequence[RequestRecord], *, wall_s: float, prebuffer_
             acc["stall_s"] += sum(s for _, s, _ in stalls)
             acc["requests_with_underruns"] += bool(stalls)
             for played, _, chunk in stalls:  # by the audio played when the player ran dry, and by the late chunk
-                name = next(name for name, lo, hi in STALL_POSITIONS if lo <= played < hi)
-                acc["events_at"][name] += 1
-                name = next(name for name, lo, hi in STALL_CHUNKS if lo <= chunk < hi)
-                acc["events_before_chunk"][name] += 1
+                acc["events_at"][_bin(STALL_POSITIONS, played)] += 1
+                acc["events_before_chunk"][_bin(STALL_CHUNKS, chunk)] += 1
         per_stream.append(r.audio_s / (r.ended - r.sent))
     completed = [r for r in records if r.completed]
     rejected = sum(r.rejected for r in records)
