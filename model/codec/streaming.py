@@ -201,13 +201,14 @@ class StreamConv1d:
         self.dilation, self.groups = dilation, groups
         self.buf: torch.Tensor | None = None
 
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv(self, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+        bias = self.bias if with_bias else None
         if x.dim() == 4 and self.weight.dim() == 4:
-            return F.conv2d(x, self.weight, self.bias, dilation=(1, self.dilation), groups=self.groups)
+            return F.conv2d(x, self.weight, bias, dilation=(1, self.dilation), groups=self.groups)
         if x.dim() == 4:  # a 3-D weight in a channels-last chain: this conv runs on (B, C, T), its output goes back
-            y = F.conv1d(x.squeeze(2).contiguous(), self.weight, self.bias, dilation=self.dilation, groups=self.groups)
+            y = F.conv1d(x.squeeze(2).contiguous(), self.weight, bias, dilation=self.dilation, groups=self.groups)
             return channels_last(y)
-        return F.conv1d(x, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
+        return F.conv1d(x, self.weight, bias, dilation=self.dilation, groups=self.groups)
 
     def step(self, x: torch.Tensor, final: bool = False) -> torch.Tensor:
         x = _act_after(self.buf, x, self.left, None)
@@ -220,18 +221,21 @@ class StreamConv1d:
         self.buf = x[..., n_out:].clone()  # a copy: a view would keep this call's whole input alive
         return self._conv(x)
 
-    def step_ragged(self, x: torch.Tensor, lens: Lens, slope: float | None = None) -> tuple[torch.Tensor, Lens]:
+    def step_ragged(self, x: torch.Tensor, lens: Lens, slope: float | None = None, *,
+                    in_bias: torch.Tensor | None = None, with_bias: bool = True) -> tuple[torch.Tensor, Lens]:
         """``step(x, final=False)`` for rows whose inputs end at ``lens`` (see ``Lens``); with ``slope``,
-        ``step(leaky_relu(x, slope))`` (the activation fused into the join with the kept frames)."""
+        ``step(leaky_relu(x, slope))`` (the activation fused into the join with the kept frames). With the fused
+        kernels (``model.codec.fused``): ``in_bias``, the bias the conv before left out, added in the join before the
+        activation; ``with_bias=False``, this conv's output without its bias (the next step adds it)."""
         have = self.left if self.buf is None else self.buf.shape[-1]
-        x = _act_after(self.buf, x, self.left, slope)
+        x = _act_after(self.buf, x, self.left, slope, in_bias)
         n_out = lens + (have - self.span)
         if n_out.min < 0:
             raise RaggedUnsupported("a row's input is shorter than the conv's look-ahead")
         self.buf = take_rows(x, n_out, self.span)
         if n_out.max == 0:
             return frames_like(x, 0, self.weight.shape[0]), n_out
-        return self._conv(x), n_out
+        return self._conv(x, with_bias), n_out
 
 
 class StreamConvTranspose1d:
@@ -300,11 +304,12 @@ def _after(kept: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     return x if kept is None or kept.shape[-1] == 0 else _act_after(kept, x, 0, None)
 
 
-def _act_after(kept: torch.Tensor | None, x: torch.Tensor, left: int, slope: float | None) -> torch.Tensor:
+def _act_after(kept: torch.Tensor | None, x: torch.Tensor, left: int, slope: float | None,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
     """``kept`` (or ``left`` zeros when None) followed by ``leaky_relu(x, slope)`` (``x`` when ``slope`` is None),
     the activation written straight into the joined buffer (one pass over ``x`` instead of two), in ``x``'s
-    layout."""
-    if slope is None and x.dim() == 3:  # one op (a pad or a concatenation): the layout is the usual one anyway
+    layout. ``bias``: ``leaky_relu(x + bias, slope)``, by the fused kernel (``model.codec.fused.bias_act``)."""
+    if bias is None and slope is None and x.dim() == 3:  # one op (a pad or a concatenation): the usual layout
         return F.pad(x, (left, 0)) if kept is None else torch.cat([kept, x], dim=-1)
     have = left if kept is None else kept.shape[-1]
     out = frames_like(x, have + x.shape[-1])
@@ -312,7 +317,11 @@ def _act_after(kept: torch.Tensor | None, x: torch.Tensor, left: int, slope: flo
         out[..., :have].zero_()
     else:
         out[..., :have].copy_(kept)
-    if slope is None:
+    if bias is not None:
+        from model.codec.fused import bias_act
+
+        bias_act(x, out[..., have:], bias, slope)
+    elif slope is None:
         out[..., have:].copy_(x)
     else:
         torch.ops.aten.leaky_relu.out(x, slope, out=out[..., have:])
@@ -336,22 +345,45 @@ class AlignedSum:
             out = out + p[..., :m]
         return out
 
-    def step_ragged(self, parts: list[torch.Tensor], lens: list[Lens]) -> tuple[torch.Tensor, Lens]:
+    def step_ragged(self, parts: list[torch.Tensor], lens: list[Lens], *, bias: torch.Tensor | None = None,
+                    fused: bool = False) -> tuple[torch.Tensor, Lens]:
         """``step(parts)`` for rows whose branch outputs end at ``lens[i]`` (see ``Lens``): each row emits the frames
         all its branches have; what each branch holds back must be equally long on every row (it is, once a
-        stream's look-back is full: the branches' delays are fixed)."""
-        full = [_after(q, p) for p, q in zip(parts, self.pending)]
-        ends = [n + (0 if q is None else q.shape[-1]) for n, q in zip(lens, self.pending)]
+        stream's look-back is full: the branches' delays are fixed). ``fused`` (2 or 3 branches): the sum in one
+        kernel that reads each branch's held-back and new frames where they are (``model.codec.fused``), plus
+        ``bias`` per channel (a conv's bias that its conv left out)."""
+        if not fused:
+            full = [_after(q, p) for p, q in zip(parts, self.pending)]
+        held_w = [0 if q is None else q.shape[-1] for q in self.pending]
+        ends = [n + h for n, h in zip(lens, held_w)]
         m = Lens.minimum(ends)
         held = [e - m for e in ends]
         if not all(h.uniform for h in held):
             raise RaggedUnsupported("rows hold back different numbers of frames")
+        w = min(p.shape[-1] + h for p, h in zip(parts, held_w))
+        if fused:
+            from model.codec.fused import aligned_sum
+
+            pending = [self._held_back(q, p, hw, m, h.min) for p, q, hw, h in zip(parts, self.pending, held_w, held)]
+            out = aligned_sum(list(zip(self.pending, parts)), w, bias, frames_like(parts[0], w))
+            self.pending = pending
+            return out, m
         self.pending = [take_rows(f, m, h.min) for f, h in zip(full, held)]
-        w = min(f.shape[-1] for f in full)
         out = full[0][..., :w]
         for f in full[1:]:
             out = out + f[..., :w]
+        if bias is not None:
+            out = out + bias.view(-1, *([1] * (out.dim() - 2)))
         return out, m
+
+    @staticmethod
+    def _held_back(pending: torch.Tensor | None, part: torch.Tensor, have: int, starts: Lens,
+                   width: int) -> torch.Tensor:
+        """``take_rows(_after(pending, part), starts, width)`` (``have``: ``pending``'s frames) without joining the
+        two where the window lies in ``part`` on every row."""
+        if starts.min >= have:
+            return take_rows(part, starts + (-have), width)
+        return take_rows(_after(pending, part), starts, width)
 
 
 # --- batching streams -----------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torchaudio.functional.functional import _get_sinc_resample_kernel
 
+from model.codec.fused import available as fused_kernels_run
 from model.codec.streaming import (AlignedSum, Lens, StreamConv1d, StreamConvTranspose1d, channels_last,
                                    to_device)
 
@@ -139,7 +140,8 @@ class Vocoder:
         self.generator = generator
         self.device = next(generator.parameters()).device
         self.dtype = next(generator.parameters()).dtype
-        self._streams: dict[bool, _StreamWeights] = {}  # the streams' weights, per layout (Vocoder.stream)
+        self._streams: dict[tuple[bool, bool], _StreamWeights] = {}  # the streams' weights, per layout and
+        # kernels (Vocoder.stream)
 
     @classmethod
     def load(cls, name: str = "universal", *, device: torch.device | str = "cpu",
@@ -163,13 +165,16 @@ class Vocoder:
             y = self.generator(x)[:, 0].float()
         return y[0] if squeeze else y
 
-    def stream(self, *, channels_last: bool = False) -> VocoderStream:
+    def stream(self, *, channels_last: bool = False, fused: bool = False) -> VocoderStream:
         """A stream of its own (state) on the shared weights; ``channels_last``: its residual blocks run on 4-D
         channels-last activations (``model.codec.streaming.StreamConv1d``: the layout of cuDNN's half-precision
-        kernels, no transposes; the bundle's default on CUDA, see ``CodecSpeechDecoder``)."""
-        weights = self._streams.get(channels_last)
+        kernels, no transposes; the bundle's default on CUDA, see ``CodecSpeechDecoder``). ``fused``: the batched
+        (``push_ragged``) residual blocks' biases, activations and sums in Triton kernels (``model.codec.fused``;
+        channels-last only; where they cannot run, op by op)."""
+        fused = fused and channels_last and fused_kernels_run(self.device)
+        weights = self._streams.get((channels_last, fused))
         if weights is None:
-            weights = self._streams[channels_last] = _StreamWeights(self.generator, channels_last)
+            weights = self._streams[(channels_last, fused)] = _StreamWeights(self.generator, channels_last, fused)
         return VocoderStream(weights)
 
 
@@ -224,8 +229,8 @@ class _StreamWeights:
     stream. Each upsampling stage ends in the mean of its residual blocks; the 1/k of that mean is folded into the
     next conv's weights (leaky-ReLU commutes with a positive scale), which saves a pass over the stage's output."""
 
-    def __init__(self, g: torch.nn.Module, four_d: bool):
-        self.four_d = four_d
+    def __init__(self, g: torch.nn.Module, four_d: bool, fused: bool = False):
+        self.four_d, self.fused = four_d, fused
         k = g.num_kernels
         # With ``four_d`` the residual blocks' convs (72 of HiFi-GAN's 79) are channels-last; the first, the
         # upsampling and the last conv read (B, C, T) in either case. Each change of layout is written by the join
@@ -247,7 +252,8 @@ class _StreamWeights:
 class _ResBlockStream:
     CHILDREN = ("pairs",)
 
-    def __init__(self, convs: list[tuple]):
+    def __init__(self, convs: list[tuple], fused: bool = False):
+        self.fused = fused
         self.pairs = []
         for (w1, b1), pad1, dil1, (w2, b2), pad2, dil2 in convs:
             s1 = StreamConv1d(w1, b1, left=pad1, right=pad1, dilation=dil1)
@@ -261,6 +267,12 @@ class _ResBlockStream:
         return x
 
     def step_ragged(self, x: torch.Tensor, lens: Lens) -> tuple[torch.Tensor, Lens]:
+        if self.fused:  # each conv's bias added by the pointwise kernel after it (model.codec.fused)
+            for s1, s2, add in self.pairs:
+                h, n = s1.step_ragged(x, lens, LRELU_SLOPE, with_bias=False)
+                h, n = s2.step_ragged(h, n, LRELU_SLOPE, in_bias=s1.bias, with_bias=False)
+                x, lens = add.step_ragged([h, x], [n, lens], bias=s2.bias, fused=True)
+            return x, lens
         for s1, s2, add in self.pairs:
             h, n = s1.step_ragged(x, lens, LRELU_SLOPE)
             h, n = s2.step_ragged(h, n, LRELU_SLOPE)
@@ -279,11 +291,11 @@ class VocoderStream:
         (wb, pad) = w.pre
         self.pre = StreamConv1d(*wb, left=pad, right=pad)
         self.ups = [StreamConvTranspose1d(*wb, stride=stride, padding=pad) for wb, stride, pad in w.ups]
-        self.res = [[_ResBlockStream(convs) for convs in stage] for stage in w.res]
+        self.res = [[_ResBlockStream(convs, w.fused) for convs in stage] for stage in w.res]
         self.mix = [AlignedSum(w.num_kernels) for _ in w.ups]
         (wb, pad) = w.post
         self.post = StreamConv1d(*wb, left=pad, right=pad)
-        self.device, self.dtype, self.four_d = w.device, w.dtype, w.four_d
+        self.device, self.dtype, self.four_d, self.fused = w.device, w.dtype, w.four_d, w.fused
         self.frames_in = 0
         self.samples_out = 0
 
@@ -315,9 +327,11 @@ class VocoderStream:
         x, n = self.pre.step_ragged(mel.to(self.device, self.dtype), lens)
         for up, blocks, mix in zip(self.ups, self.res, self.mix):
             x, n = up.step_ragged(self._three(x), n, LRELU_SLOPE)
-            x = self._four(x)
+            # the fused kernels read channels-last tensors only: the upsampled (B, C, T) frames copied once
+            x = channels_last(x) if self.fused else self._four(x)
             outs = [b.step_ragged(x, n) for b in blocks]
-            x, n = mix.step_ragged([o for o, _ in outs], [m for _, m in outs])  # 1/k: in the next conv
+            x, n = mix.step_ragged([o for o, _ in outs], [m for _, m in outs],  # 1/k: in the next conv
+                                   fused=self.fused and len(outs) in (2, 3))
         # torch's default slope, as the generator's last activation; written (B, C, T) for the last conv
         x, n = self.post.step_ragged(self._three(x), n, 0.01)
         return torch.tanh(x)[:, 0].float(), n

@@ -870,7 +870,8 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     urgent_lane = settings.audio_urgent_chunks > 0 and (
         settings.audio_urgent_lane == "on" or (settings.audio_urgent_lane == "auto" and audio_process))
     options = {key: value for key, value in (("vocoder_channels_last", settings.vocoder_channels_last),
-                                             ("first_chunk_graphs", settings.audio_first_chunk_graphs))
+                                             ("first_chunk_graphs", settings.audio_first_chunk_graphs),
+                                             ("vocoder_fused", settings.vocoder_fused))
                if value is not None}
     audio_env = {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(settings.audio_gpu_percent)}
     model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend,

@@ -120,7 +120,7 @@ def test_a_daemon_that_does_not_start(fake_daemon, monkeypatch):
 def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layout(monkeypatch):
     """build_engine: MAMTRA_CUDA_MPS is acted on before the first CUDA call (resolve_device's is_available), the
     audio process counts as on unless it is off, the gauge says whether MPS is in use, and
-    MAMTRA_VOCODER_CHANNELS_LAST reaches the decoder's spec only when set."""
+    MAMTRA_VOCODER_CHANNELS_LAST (and the other decoder settings) reach the decoder's spec only when set."""
     import service.engine.bundle as bundle
     from service.engine.engine import build_engine
     from service.metrics import Metrics
@@ -141,7 +141,8 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
     metrics = Metrics()
     cases = ((Settings(cuda_mps="on", device="cuda"), {}),
              (Settings(audio_process="off", vocoder_channels_last=False), {"vocoder_channels_last": False}),
-             (Settings(audio_first_chunk_graphs=False, audio_gpu_percent=60), {"first_chunk_graphs": False}))
+             (Settings(audio_first_chunk_graphs=False, audio_gpu_percent=60), {"first_chunk_graphs": False}),
+             (Settings(vocoder_fused=False), {"vocoder_fused": False}))
     for settings, options in cases:
         calls.clear()
         with pytest.raises(Stop):
