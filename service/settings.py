@@ -83,11 +83,14 @@ class Settings(BaseSettings):
     vocoder_fused: bool | None = Field(None, description="The vocoder's residual blocks with each conv's bias, "
                                        "leaky-ReLU and residual sum in Triton kernels (fewer passes over the "
                                        "activations; channels-last only); unset: as the model bundle says "
-                                       "(default: off, its serve A/B is not done yet)")
+                                       "(default: on with CUDA)")
     audio_first_chunk_graphs: bool | None = Field(None, description="Replay new requests' first audio chunks "
                                                   "(fresh decoder streams) from CUDA graphs captured at start-up "
                                                   "instead of launching their ~950 ops from Python; unset: as the "
                                                   "model bundle says (default: on with CUDA)")
+    step_overlap: bool = Field(True, description="Launch the LM's next step before reading this step's sampled "
+                               "tokens: the host applies them, hands chunks to audio and plans while the GPU runs "
+                               "the next step (a decode after a sentence's end is void, run on a scratch slot)")
     gil_switch_interval_ms: float = Field(0.5, gt=0, description="Python's thread switch interval while serving "
                                           "(the event loop, engine and audio threads share the GIL; Python's "
                                           "default is 5 ms)")

@@ -469,7 +469,7 @@ def bundle_decoder(root: Path, spec: dict[str, Any]) -> CodecSpeechDecoder:
     "vocoder_weights": "universal" | "random" (benchmarks only, see ``CodecSpeechDecoder.load``),
     "vocoder_channels_last": false | true (``CodecSpeechDecoder``; default: true on CUDA), "first_chunk_graphs":
     false | true (``CodecSpeechDecoder``; default: true on CUDA), "vocoder_fused": false | true
-    (``CodecSpeechDecoder``'s ``fused``; default: false)}``."""
+    (``CodecSpeechDecoder``'s ``fused``; default: true on CUDA)}``."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.get("vocoder_dtype", "fp32")]
     return CodecSpeechDecoder.load(Path(root) / spec.get("path", "codec"), device=spec.get("device", "cpu"),
                                    token_offset=int(spec.get("token_offset", 0)),
@@ -477,7 +477,7 @@ def bundle_decoder(root: Path, spec: dict[str, Any]) -> CodecSpeechDecoder:
                                    vocoder_weights=spec.get("vocoder_weights", "universal"),
                                    channels_last=bool(spec.get("vocoder_channels_last", _on_cuda(spec))),
                                    first_chunk_graphs=bool(spec.get("first_chunk_graphs", _on_cuda(spec))),
-                                   fused=bool(spec.get("vocoder_fused", False)))
+                                   fused=bool(spec.get("vocoder_fused", _on_cuda(spec))))
 
 
 def _on_cuda(spec: dict[str, Any]) -> bool:

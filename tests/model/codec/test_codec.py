@@ -218,7 +218,8 @@ def test_bundle_factory_maps_voices_and_offsets(tmp_path):
     spec = {"kind": "mamtra-codec", "path": "codec", "vocoder_channels_last": True, "first_chunk_graphs": True}
     assert bundle_decoder(tmp_path, spec).channels_last and bundle_decoder(tmp_path, spec).graphs is not None
     assert decoder.graphs is None  # on CPU; on CUDA first chunks replay from graphs by default
-    assert not decoder.fused and bundle_decoder(tmp_path, {**spec, "vocoder_fused": True}).fused  # off by default
+    assert not decoder.fused  # on CPU; on CUDA the fused kernels run by default
+    assert bundle_decoder(tmp_path, {**spec, "vocoder_fused": True}).fused
     pcm = decoder.open("Alice", speed=1.0).push(list(range(7, 27)), flush=True)
     assert pcm.dtype == np.float32 and abs(pcm.size / 24_000 - 20 / 25) < 0.02
 
