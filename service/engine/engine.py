@@ -85,6 +85,7 @@ class EngineConfig:
     # (the widths the decoder plans at start-up) and reach the client as one chunk (AudioWorker.merge_tokens)
     audio_merge_chunks: bool = True
     gil_switch_interval_s: float = 0.0005  # see Engine.start
+    step_overlap: bool = True  # launch step N+1 before reading step N's tokens (Engine._loop)
     dtype: torch.dtype = torch.float32
     ssm_dtype: torch.dtype = torch.float32
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -105,7 +106,8 @@ class EngineConfig:
                    audio_merge_chunks=settings.audio_merge_chunks,
                    urgent_lane_max_batch=settings.audio_urgent_lane_batch,
                    urgent_first={"auto": None, "on": True, "off": False}[settings.audio_urgent_first],
-                   gil_switch_interval_s=settings.gil_switch_interval_ms / 1e3, dtype=dtype,
+                   gil_switch_interval_s=settings.gil_switch_interval_ms / 1e3, step_overlap=settings.step_overlap,
+                   dtype=dtype,
                    ssm_dtype=dtypes[settings.ssm_dtype],
                    sampling=SamplingConfig(seed=settings.seed))
 
@@ -401,7 +403,7 @@ class Engine(EngineAPI):
                              allowed_ids=speech, sampling=self.config.sampling, dtype=self.config.dtype,
                              ssm_dtype=self.config.ssm_dtype, prefill_graphs=self.config.prefill_graphs,
                              overlap_prefill=self.config.prefill_overlap,
-                             prefill_seqs=self.config.max_prefill_seqs)
+                             prefill_seqs=self.config.max_prefill_seqs, stop_id=self.pipeline.eos_id)
         self.metrics.state_bytes.set(self.runner.pool.allocated_bytes()["total"])
         self.metrics.state_bytes_per_stream.set(self.runner.pool.bytes_per_stream)
         # Warm-up: one prefill and one decode through the real code paths (kernels compiled, caches touched).
@@ -459,8 +461,12 @@ class Engine(EngineAPI):
         return stream
 
     def _loop(self) -> None:
+        """Plan, launch, apply. With ``step_overlap`` step N+1 is launched before step N's tokens are read: the host
+        reads, applies and dispatches them (and plans the step after) while the device runs N+1 (see the scheduler's
+        and the runner's docstrings). Without it each step's tokens are applied before the next is planned."""
         try:
             phase = self.metrics.loop_phase_seconds
+            pending = None  # (plan, launched step): launched, its tokens not read yet
             while not self._stop.is_set():
                 t_plan = time.perf_counter()
                 with self._lock:
@@ -474,32 +480,42 @@ class Engine(EngineAPI):
                 self._dispatch(events)
                 t_dispatch = time.perf_counter() - t0
                 self._last_tick = time.monotonic()
-                if plan.empty:
+                if plan.empty and pending is None:
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
                 t0 = time.perf_counter()
-                result = self.runner.execute(plan)
-                self._steps += 1
+                launched = None if plan.empty else (plan, self.runner.launch(plan))
+                if launched is not None:
+                    self._steps += 1
+                    if self.runner.last_prefill_path is not None:
+                        self.metrics.prefill_steps.labels(path=self.runner.last_prefill_path).inc()
+                    if plan.decodes:
+                        self.metrics.decode_batch_size.observe(len(plan.decodes))
+                if not self.config.step_overlap:
+                    pending, launched = launched, None  # read now what was just launched
+                elif pending is None:  # nothing to read yet: plan the step after this one first
+                    pending = launched
+                    phase.labels(phase="host").observe(time.perf_counter() - t0)
+                    continue
                 t1 = time.perf_counter()
-                dt = t1 - t0
-                kind = "mixed" if plan.prefills and plan.decodes else ("prefill" if plan.prefills else "decode")
-                self.metrics.step_seconds.labels(kind=kind).observe(dt)
-                if self.runner.last_prefill_path is not None:
-                    self.metrics.prefill_steps.labels(path=self.runner.last_prefill_path).inc()
-                if plan.decodes:
-                    self.metrics.decode_batch_size.observe(len(plan.decodes))
+                done, result = pending[0], pending[1].result()  # the step's host sync (with overlap: the one before)
+                pending = launched
+                sync = self.runner.last_sync_s
                 with self._lock:
-                    events = self.scheduler.update(plan, result)
+                    events = self.scheduler.update(done, result)
                 t2 = time.perf_counter()
                 self._dispatch(events)
                 t3 = time.perf_counter()
                 self._last_tick = time.monotonic()
-                sync = self.runner.last_sync_s
+                kind = "mixed" if done.prefills and done.decodes else ("prefill" if done.prefills else "decode")
+                # the loop's time on the device side: its launch and its wait (with overlap, one step period less
+                # the host's plan, update and dispatch, which overlap the device's work)
+                self.metrics.step_seconds.labels(kind=kind).observe(t1 - t0 + sync)
                 phase.labels(phase="plan").observe(t0 - t_plan - t_dispatch)
-                phase.labels(phase="host").observe(max(dt - sync, 0.0))
+                phase.labels(phase="host").observe(t1 - t0)
                 phase.labels(phase="sync").observe(sync)
-                phase.labels(phase="update").observe(t2 - t1)
+                phase.labels(phase="update").observe(max(t2 - t1 - sync, 0.0))
                 phase.labels(phase="dispatch").observe(t_dispatch + t3 - t2)
         except BaseException as e:  # a fault of ours: fail every stream, turn unready, keep the process up
             log.exception("engine loop failed")

@@ -15,6 +15,14 @@ padding rows of both write the scratch slot, which nothing reads), so such a ste
 rather than their sum. The prefill's logits are sampled after the two streams join. Only a bucket captured already
 runs beside the decode (the server captures every bucket at start-up): a capture is never made while the decode
 runs.
+
+``launch`` queues a step and returns at once; its ``result()`` waits for the sampled ids (``execute`` = both). No
+call in ``launch`` waits for the GPU, so the engine can queue step N+1 before it reads step N's tokens: a decode
+item without a token (``DecodeItem.token_id`` None) is fed the token its slot sampled last, read on the device from
+the repetition guard's state, and such a row whose slot's last token is ``stop_id`` (the sentence ended in the step
+before, which the scheduler did not know yet when it planned this one) runs on the scratch slot instead, leaving its
+request's state as it was. Noise keys come from each sample's ``draw`` index in its request (a hash with the
+request's key), so a seeded request samples the same tokens whatever steps it shares and whether they overlap.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from model.sampling import SamplingConfig, sample
 from model.cuda_graphs import PREFILL_SEQ_BUCKETS, GraphedDecoder, GraphedPrefill, prefill_seq_buckets
 from model.state import Batch, StatePool
 from service.engine.scheduler import StepPlan, StepResult
+
+_M32 = 0xFFFFFFFF
 
 
 class _Sampler:
@@ -65,14 +75,17 @@ class Runner:
     def __init__(self, model: SpeechLM, *, max_streams: int, max_context: int, allowed_ids: list[int],
                  sampling: SamplingConfig, dtype: torch.dtype = torch.float32,
                  ssm_dtype: torch.dtype = torch.float32, cuda_graphs: bool = True, prefill_graphs: bool = True,
-                 overlap_prefill: bool = False, prefill_seqs: int = 8) -> None:
+                 overlap_prefill: bool = False, prefill_seqs: int = 8, stop_id: int | None = None) -> None:
         """``prefill_seqs``: the most prompts a step prefills (the scheduler's ``max_prefill_seqs``); the prefill
-        graphs hold 1, 2, 4 … and that many (0, no cap: 1, 2, 4, 8; a step of more prompts runs eagerly)."""
+        graphs hold 1, 2, 4 … and that many (0, no cap: 1, 2, 4, 8; a step of more prompts runs eagerly).
+        ``stop_id``: the token that ends a sentence (a decode fed it is void; None: every decode runs)."""
         self.model = model
         self.device = next(model.parameters()).device
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        # With CUDA graphs one extra slot is scratch space for the padding rows of a batch bucket.
-        self.pool = StatePool(model.config, max_streams=max_streams + int(self.use_graphs), max_context=max_context,
+        self.stop_id = stop_id
+        # One extra slot is scratch space: for the padding rows of a graph's batch bucket and void decodes.
+        self.scratch_slot = max_streams
+        self.pool = StatePool(model.config, max_streams=max_streams + 1, max_context=max_context,
                               dtype=dtype, ssm_dtype=ssm_dtype, device=self.device)
         self.max_context = self.pool.max_context
         self.sampling = sampling
@@ -90,8 +103,8 @@ class Runner:
                                if self.use_graphs and prefill_graphs else None)
         # the second stream of a prefill beside the decode (the module docstring)
         self._side = torch.cuda.Stream(self.device) if self.prefill_graphs is not None and overlap_prefill else None
-        self._keys: dict[str, random.Random | None] = {}  # per request: its seeded key source, or None
-        self._rng = random.Random(os.urandom(16))  # noise keys of unseeded requests
+        self._keys: dict[str, list[int]] = {}  # per request: [its key, draws counted here (items without one)]
+        self._rng = random.Random(os.urandom(16))  # the keys of unseeded requests
         self.last_sync_s = 0.0  # the last step's wait for its sampled tokens (the engine's loop-phase metric)
         # how the last step's prefill ran: "beside" (a captured graph on the side stream, beside the decode), "graph"
         # (a graph, before the decode), "eager" (no bucket holds its prompts); None: no prefill
@@ -99,17 +112,26 @@ class Runner:
 
     # --- per-request sampling state ------------------------------------------------------------------------------
     def open_request(self, request_id: str, *, seed: int | None) -> None:
-        self._keys[request_id] = random.Random(seed) if seed is not None else None
+        key = random.Random(seed).getrandbits(32) if seed is not None else self._rng.getrandbits(32)
+        self._keys[request_id] = [key, 0]
         self._fresh.add(request_id)
 
     def close_request(self, request_id: str) -> None:
         self._keys.pop(request_id, None)
         self._fresh.discard(request_id)
 
-    def _key(self, request_id: str) -> int:
-        """The next noise key of a request's draws: from its seed (the same sequence whatever shares the batch)."""
-        rng = self._keys.get(request_id)
-        return (rng or self._rng).getrandbits(32)
+    def _key(self, request_id: str, draw: int | None) -> int:
+        """The noise key of a request's sample number ``draw`` (None: the next after those counted here): a hash of
+        the request's key (from its seed) and the index, the same whatever shares the step."""
+        entry = self._keys.get(request_id)
+        if entry is None:  # not opened (a void item of a request closed since): any key
+            return self._rng.getrandbits(32)
+        if draw is None:
+            draw = entry[1]
+            entry[1] += 1
+        h = (entry[0] ^ (draw * 0x9E3779B9)) & _M32
+        h = ((h ^ (h >> 16)) * 0x85EBCA6B) & _M32
+        return ((h ^ (h >> 13)) * 0xC2B2AE35) & _M32
 
     def _upload(self, rows: list[list[int]]) -> torch.Tensor:
         """Small int64 host rows -> one device tensor, without waiting for the GPU (a pinned, non-blocking copy;
@@ -126,8 +148,13 @@ class Runner:
         return self._sampler(logits if index is None else logits.index_select(0, index), slots, keys)
 
     # --- the step ------------------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
+        """Run a step and wait for its sampled tokens."""
+        return self.launch(plan).result()
+
+    @torch.inference_mode()
+    def launch(self, plan: StepPlan) -> "PendingStep":
+        """Queue a step on the device without waiting for it (and for the steps queued before it)."""
         for slot in plan.resets:
             self.pool.reset(slot)
         rows: list[str] = []
@@ -154,44 +181,79 @@ class Runner:
             self.last_prefill_path = "eager" if out is None else ("beside" if side is not None else "graph")
             if out is None:
                 t = max(len(c.token_ids) for c in chunks)
-                ids = torch.zeros(len(chunks), t, dtype=torch.long)
-                for i, c in enumerate(chunks):
-                    ids[i, : len(c.token_ids)] = torch.tensor(c.token_ids)
+                ids = [list(c.token_ids) + [0] * (t - len(c.token_ids)) for c in chunks]
                 batch = Batch.make([c.slot for c in chunks], [c.start for c in chunks],
                                    [len(c.token_ids) for c in chunks], max_context=self.max_context,
                                    device=self.device)
-                out = self.model.prefill(ids.to(self.device), states=self.pool.layers, batch=batch)
+                out = self.model.prefill(self._upload(ids), states=self.pool.layers, batch=batch)
             keep = [i for i, c in enumerate(chunks) if c.sample]
             if keep:
-                ids = [chunks[i].request_id for i in keep]
-                slots, keys, index = self._upload([[chunks[i].slot for i in keep], [self._key(r) for r in ids], keep])
+                slots, keys, index = self._upload([[chunks[i].slot for i in keep],
+                                                   [self._key(chunks[i].request_id, chunks[i].draw) for i in keep],
+                                                   keep])
                 sampling = (out, slots, keys, None if len(keep) == len(chunks) else index)
                 if side is None:
                     picked.append(self._sample_rows(*sampling))
                 else:
                     deferred = sampling
-                rows += ids
+                rows += [chunks[i].request_id for i in keep]
         if plan.decodes:
-            items = plan.decodes
-            tokens, slots, pos, keys = self._upload([[d.token_id for d in items], [d.slot for d in items],
-                                                     [d.position for d in items],
-                                                     [self._key(d.request_id) for d in items]])
-            if self.graphs is not None and self.graphs.bucket_for(len(items)) is not None:
-                picked.append(self.graphs(tokens, slots, pos, keys))  # decode and sampling: one graph
-            else:
-                batch = Batch.make([d.slot for d in items], [d.position for d in items], [1] * len(items),
-                                   max_context=self.max_context, device=self.device)
-                logits = self.model.decode_step(tokens, states=self.pool.layers, batch=batch)
-                picked.append(self._sampler(logits, slots, keys))
-            rows += [d.request_id for d in items]
+            picked.append(self._decode(plan.decodes))
+            rows += [d.request_id for d in plan.decodes]
         if side is not None:  # the join: the prefill's logits are complete on the current stream from here
             torch.cuda.current_stream(self.device).wait_stream(side)
         if deferred is not None:
             picked.insert(0, self._sample_rows(*deferred))  # the prefill's rows come first
         if not rows:
-            return StepResult({})
+            return PendingStep(self, [], None)
         out = picked[0] if len(picked) == 1 else torch.cat(picked)
+        return PendingStep(self, rows, out)
+
+    def _decode(self, items) -> torch.Tensor:
+        """One decode step of ``items`` and its sampling -> the sampled ids (device)."""
+        given = [-1 if d.token_id is None else d.token_id for d in items]
+        tokens, slots, pos, keys = self._upload([given, [d.slot for d in items], [d.position for d in items],
+                                                 [self._key(d.request_id, d.draw) for d in items]])
+        explicit = all(t >= 0 for t in given)
+        if not explicit:  # the slot's last sampled token; void rows (it ended the sentence) on the scratch slot
+            last = self._sampler.last.index_select(0, slots)
+            fed = tokens < 0
+            tokens = torch.where(fed, last, tokens)
+            if self.stop_id is not None:
+                slots = torch.where(fed & (last == self.stop_id), self.scratch_slot, slots)
+        if self.graphs is not None and self.graphs.bucket_for(len(items)) is not None:
+            return self.graphs(tokens, slots, pos, keys)  # decode and sampling: one graph
+        if explicit:
+            batch = Batch.make([d.slot for d in items], [d.position for d in items], [1] * len(items),
+                               max_context=self.max_context, device=self.device)
+        else:  # device slots (void rows may share the scratch slot): unchecked, as in a graph
+            batch = Batch.of(slots, pos, torch.ones_like(pos), 1, kv_len=max(d.position for d in items) + 1)
+        logits = self.model.decode_step(tokens, states=self.pool.layers, batch=batch)
+        return self._sampler(logits, slots, keys)
+
+
+class PendingStep:
+    """A launched step: ``result()`` waits for its sampled ids (the step's one host sync) and maps them to rows."""
+
+    def __init__(self, runner: Runner, rows: list[str], sampled: torch.Tensor | None) -> None:
+        self._runner = runner
+        self._rows = rows
+        self._event = None
+        if sampled is not None and sampled.device.type == "cuda":
+            # copied out now, in stream order: a later step's replay of the same graph overwrites its output buffer
+            host = torch.empty(sampled.shape, dtype=sampled.dtype, pin_memory=True)
+            host.copy_(sampled, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+            sampled = host
+        self._sampled = sampled
+
+    def result(self) -> StepResult:
+        if self._sampled is None:
+            return StepResult({})
         t0 = time.perf_counter()
-        sampled = out.tolist()  # the step's one host sync
-        self.last_sync_s = time.perf_counter() - t0
-        return StepResult(dict(zip(rows, sampled)))
+        if self._event is not None:
+            self._event.synchronize()
+        sampled = self._sampled.tolist()
+        self._runner.last_sync_s = time.perf_counter() - t0
+        return StepResult(dict(zip(self._rows, sampled)))

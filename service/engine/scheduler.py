@@ -19,6 +19,15 @@ Policies:
   sentence's prefill.
 - **Cancellation / timeouts** free the slot before the next plan is built ("within one step").
 - **Back-pressure**: a request whose client queue is full is ``paused`` and skips decode steps until it drains.
+- **Planning ahead of results**: ``plan`` books what it plans at once (context positions, prompt tokens, the
+  sentence's sample count), so the next plan may be built before this step's result is applied: the engine launches
+  step N+1 on the device before it reads step N's tokens (``Engine`` with ``step_overlap``). A decode item then
+  carries no token (``token_id`` None): the runner feeds the token its slot sampled last, on the device. A decode
+  planned after a sample that turns out to end the sentence (EOS) is void: the runner has run it on the scratch slot
+  (its slot's last token is EOS), and ``update`` rolls the request back to that sample (context length, draw index)
+  and ignores the void item's result (an older ``epoch``). A sentence's capped last sample is known at plan time: no
+  decode is planned past it. Each sample carries its index in the request (``draw``, the runner's noise key), so the
+  same seed samples the same tokens whether or not steps overlap.
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ class PrefillChunk:
     start: int  # context position of token_ids[0]
     token_ids: tuple[int, ...]
     sample: bool  # last chunk of the prompt: sample the first speech token from its logits
+    draw: int | None = None  # the sample's index in its request (its noise key); None: the runner counts
+    epoch: int = 0  # the request's epoch when planned (``update`` ignores an item of an older one)
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,9 @@ class DecodeItem:
     request_id: str
     slot: int
     position: int
-    token_id: int
+    token_id: int | None = None  # None: the token the slot sampled last (read on the device)
+    draw: int | None = None
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,11 +129,14 @@ class _Request:
     input_open: bool = True
     phase: Phase = Phase.WAITING
     slot: int | None = None
-    context_len: int = 0
-    pending_prompt: list[int] = field(default_factory=list)  # not yet prefilled
-    pending_tokens: list[int] = field(default_factory=list)  # sampled, not yet in the context
+    context_len: int = 0  # positions planned (fed, or in a step planned already)
+    pending_prompt: list[int] = field(default_factory=list)  # not yet planned
+    lead: list[int] = field(default_factory=list)  # the ended sentence's tokens not yet fed (opens the next prompt)
     current: Sentence | None = None
-    generated: int = 0  # speech tokens in the current sentence
+    generated: int = 0  # speech tokens of the current sentence applied (sampled and not EOS)
+    planned: int = 0  # samples of the current sentence planned
+    draws: int = 0  # samples of the request planned (the next sample's draw index)
+    epoch: int = 0  # bumped at a sentence end: items planned before it are void
     needs_reset: bool = False
     paused: bool = False
 
@@ -208,15 +224,20 @@ class Scheduler:
 
     # --- the step ------------------------------------------------------------------------------------------------
     def plan(self) -> StepPlan:
+        """The next step; what it plans is booked at once (see the module docstring), whether or not earlier steps'
+        results are applied yet."""
         self._admit()
         resets = []
         for req in self._requests.values():
             if req.needs_reset:
                 resets.append(req.slot)
                 req.needs_reset = False
-        decodes = tuple(
-            DecodeItem(r.id, r.slot, r.context_len, r.pending_tokens[0])
-            for r in self._running() if r.phase == Phase.DECODE and not r.paused)
+        decodes = []
+        for r in self._running():
+            if r.phase == Phase.DECODE and not r.paused and r.planned < r.current.max_tokens:
+                decodes.append(DecodeItem(r.id, r.slot, r.context_len, None, r.draws, r.epoch))
+                r.context_len += 1
+                self._book_sample(r)
         budget = self.config.prefill_budget_tokens
         prefills = []
         # Oldest first, so a long prompt cannot be overtaken indefinitely by newer short ones.
@@ -225,27 +246,31 @@ class Scheduler:
                 break
             take = req.pending_prompt[:budget]
             last = len(take) == len(req.pending_prompt)
-            prefills.append(PrefillChunk(req.id, req.slot, req.context_len, tuple(take), sample=last))
+            prefills.append(PrefillChunk(req.id, req.slot, req.context_len, tuple(take), sample=last,
+                                         draw=req.draws if last else None, epoch=req.epoch))
+            req.context_len += len(take)
+            del req.pending_prompt[: len(take)]
             budget -= len(take)
-        return StepPlan(resets=tuple(resets), prefills=tuple(prefills), decodes=decodes)
+            if last:  # its first speech token is sampled in that step: it decodes from the next one on
+                req.phase = Phase.DECODE
+                self._book_sample(req)
+        return StepPlan(resets=tuple(resets), prefills=tuple(prefills), decodes=tuple(decodes))
+
+    @staticmethod
+    def _book_sample(req: _Request) -> None:
+        req.planned += 1
+        req.draws += 1
 
     def update(self, plan: StepPlan, result: StepResult) -> list[Event]:
-        """Apply a finished step. Requests cancelled while it ran are skipped (their slot is already free)."""
-        for chunk in plan.prefills:
-            req = self._requests.get(chunk.request_id)
-            if req is None or req.phase != Phase.PREFILL or req.slot != chunk.slot:
-                continue
-            req.context_len += len(chunk.token_ids)
-            del req.pending_prompt[: len(chunk.token_ids)]
-            if chunk.sample:
-                req.phase = Phase.DECODE
-                self._on_sampled(req, result.sampled[chunk.request_id])
-        for item in plan.decodes:
+        """Apply a finished step's sampled tokens (steps in the order they were planned). Items of requests cancelled
+        since, or void by an earlier sentence end (older epoch), are skipped."""
+        samples = [(c, c.start + len(c.token_ids)) for c in plan.prefills if c.sample]
+        samples += [(d, d.position + 1) for d in plan.decodes]
+        for item, next_position in samples:
             req = self._requests.get(item.request_id)
-            if req is None or req.phase != Phase.DECODE or req.slot != item.slot:
+            if req is None or req.phase == Phase.FINISHED or req.slot != item.slot or req.epoch != item.epoch:
                 continue
-            req.context_len += 1  # the fed token is now in the context
-            self._on_sampled(req, result.sampled[item.request_id])
+            self._on_sampled(req, result.sampled[item.request_id], next_position, item.draw)
         events, self.events = self.events, []
         return events
 
@@ -285,7 +310,7 @@ class Scheduler:
 
     def _start_next_sentence(self, req: _Request) -> None:
         sentence = req.sentences.popleft()
-        lead = req.pending_tokens
+        lead = req.lead
         needed = len(lead) + len(req.pending_prompt) + len(sentence.prompt_ids) + sentence.max_tokens + 1
         if req.context_len + needed > self.config.max_context:
             # Restart the context from the voice prompt at this sentence boundary.
@@ -294,20 +319,27 @@ class Scheduler:
             req.pending_prompt = list(req.voice_ids)
             lead = []
         req.pending_prompt = req.pending_prompt + lead + list(sentence.prompt_ids)
-        req.pending_tokens = []
+        req.lead = []
         req.current = sentence
         req.generated = 0
+        req.planned = 0
         req.phase = Phase.PREFILL
 
-    def _on_sampled(self, req: _Request, token: int) -> None:
+    def _on_sampled(self, req: _Request, token: int, next_position: int, draw: int | None) -> None:
+        """A sampled token, fed at ``next_position`` unless it ends the sentence."""
         eos = self.config.eos_id
         if token != eos:
             req.generated += 1
             self.events.append(Event(req.id, "token", token=token))
         if token == eos or req.generated >= req.current.max_tokens:
+            # Whatever was planned after this sample is void (see the module docstring): back to just after it.
+            req.context_len = next_position
+            if draw is not None:
+                req.draws = draw + 1
+            req.epoch += 1
             # The context records the whole sentence and its end, as in training: a capped sentence's last token
             # is fed too, followed by the EOS the model did not say.
-            req.pending_tokens = [eos] if token == eos else [token, eos]
+            req.lead = [eos] if token == eos else [token, eos]
             self.events.append(Event(req.id, "sentence_end", sentence=req.current,
                                      reason="eos" if token == eos else "cap", continues=bool(req.sentences)))
             if req.sentences:
@@ -316,8 +348,6 @@ class Scheduler:
                 req.phase = Phase.IDLE
             else:
                 self._finish(req, "completed")
-        else:
-            req.pending_tokens = [token]
 
     def _finish(self, req: _Request, reason: str) -> None:
         if req.phase == Phase.WAITING:

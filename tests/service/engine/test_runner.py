@@ -135,3 +135,126 @@ def test_the_runner_says_how_each_steps_prefill_ran():
     assert runner.last_prefill_path == "eager"
     runner.execute(StepPlan(decodes=(DecodeItem("a", 0, 3, res.sampled["a"]),)))
     assert runner.last_prefill_path is None
+
+
+def _slot_state(runner, slot):
+    from model.state import MambaState
+
+    return [t[slot].clone() for layer in runner.pool.layers
+            for t in ((layer.conv, layer.ssm) if isinstance(layer, MambaState) else (layer.k, layer.v))]
+
+
+def test_a_decode_without_a_token_is_fed_the_token_its_slot_sampled_last():
+    """``DecodeItem.token_id`` None (the engine plans a step before it has read the last one's tokens): the runner
+    feeds the slot's last sample, read on the device: the same draws as feeding it from the host."""
+    model = tiny_lm("AMAM", max_context=256, eos_bias=-50.0)
+    cfg = SamplingConfig(temperature=1.0, top_k=20, top_p=0.95)
+    host = Runner(model, max_streams=3, max_context=256, allowed_ids=ALLOWED, sampling=cfg, stop_id=EOS)
+    host.open_request("x", seed=7)
+    want = _run(host, "x", 1, (3, 4, 5, 1), 12, others=[])
+    device = Runner(model, max_streams=3, max_context=256, allowed_ids=ALLOWED, sampling=cfg, stop_id=EOS)
+    device.open_request("x", seed=7)
+    device.open_request("y", seed=1)
+    got = [device.execute(StepPlan(resets=(1, 0), prefills=(PrefillChunk("x", 1, 0, (3, 4, 5, 1), True),
+                                                             PrefillChunk("y", 0, 0, (6, 1), True)))).sampled["x"]]
+    for i in range(12):
+        res = device.execute(StepPlan(decodes=(DecodeItem("y", 0, 2 + i), DecodeItem("x", 1, 4 + i))))
+        got.append(res.sampled["x"])
+    assert got == want and len(set(got)) > 1
+
+
+def test_a_decode_fed_a_stop_token_is_void_and_leaves_its_request_as_it_was():
+    """A decode planned before the step that sampled its slot's EOS was read runs on the scratch slot: the request's
+    state, and its repetition guard, stay as the EOS left them; a row beside it runs as usual."""
+    import torch
+
+    model = tiny_lm("AMAM", max_context=256, eos_bias=50.0)  # greedy: end-of-speech first
+    runner = Runner(model, max_streams=2, max_context=256, allowed_ids=ALLOWED,
+                    sampling=SamplingConfig(temperature=0.0, max_repeat=100), stop_id=EOS)
+    for rid in "ab":
+        runner.open_request(rid, seed=None)
+    res = runner.execute(StepPlan(resets=(0, 1), prefills=(PrefillChunk("a", 0, 0, (3, 4, 5, 1), True),
+                                                            PrefillChunk("b", 1, 0, (6, 7, 1), True))))
+    assert res.sampled == {"a": EOS, "b": EOS}
+    before = _slot_state(runner, 0)
+    scratch = _slot_state(runner, runner.scratch_slot)
+    guard = runner._sampler.last[0].item(), runner._sampler.run[0].item()
+    # a is void (its slot's last token is EOS); b is fed EOS explicitly, as a real decode
+    b_before = _slot_state(runner, 1)
+    runner.execute(StepPlan(decodes=(DecodeItem("a", 0, 4), DecodeItem("b", 1, 3, EOS))))
+    assert all(torch.equal(x, y) for x, y in zip(_slot_state(runner, 0), before))
+    assert (runner._sampler.last[0].item(), runner._sampler.run[0].item()) == guard
+    assert not all(torch.equal(x, y) for x, y in zip(_slot_state(runner, runner.scratch_slot), scratch))
+    assert not all(torch.equal(x, y) for x, y in zip(_slot_state(runner, 1), b_before))
+
+
+def test_the_step_overlap_setting_reaches_the_engine(monkeypatch):
+    import torch
+
+    from service.engine.engine import EngineConfig
+    from service.settings import Settings
+
+    cpu = torch.device("cpu")
+    assert EngineConfig.from_settings(Settings(), device=cpu).step_overlap is True
+    monkeypatch.setenv("MAMTRA_STEP_OVERLAP", "false")
+    assert EngineConfig.from_settings(Settings(), device=cpu).step_overlap is False
+
+
+def drive(runner, *, overlap, requests=6, slots=3):
+    """The engine's loop on the real runner and scheduler (no HTTP, no audio): seeded requests of a few sentences,
+    more requests than slots, sentences ending by EOS and by cap. With ``overlap`` each step is launched before the
+    previous one's tokens are read. Returns every request's events (kind, token, reason)."""
+    from service.engine.scheduler import Scheduler, SchedulerConfig, Sentence
+
+    s = Scheduler(SchedulerConfig(max_streams=slots, max_queue=requests, max_context=runner.max_context,
+                                  prefill_budget_tokens=12, eos_id=EOS, max_prefill_seqs=2))
+    for i in range(requests):
+        rid = f"r{i}"
+        runner.open_request(rid, seed=i)
+        s.add_request(rid, voice_ids=[3 + i, 4, 5][: 1 + i % 3])
+        for k in range(3):
+            s.add_sentence(rid, Sentence(tuple(range(6, 8 + (i + k) % 3)) + (1,), max_tokens=6 + 3 * ((i + k) % 3)))
+        s.end_input(rid)
+    events, pending = [], None
+    for _ in range(2_000):
+        plan = s.plan()
+        events += s.pop_events()
+        launched = None if plan.empty else (plan, runner.launch(plan))
+        if not overlap:
+            pending, launched = launched, None
+        elif pending is None and launched is not None:
+            pending = launched
+            continue
+        if pending is None:
+            break
+        events += s.update(pending[0], pending[1].result())
+        pending = launched
+    per = {}
+    for e in events:
+        per.setdefault(e.request_id, []).append((e.kind, e.token, e.reason))
+        if e.kind == "finished":
+            runner.close_request(e.request_id)
+    return per
+
+
+def check_overlap_equals_lockstep(device, **runner_kw):
+    import torch
+
+    outs = {}
+    for overlap in (False, True):
+        model = tiny_lm("AMAM", max_context=256, eos_bias=0.0).to(device)
+        runner = Runner(model, max_streams=3, max_context=256, allowed_ids=ALLOWED, stop_id=EOS,
+                        sampling=SamplingConfig(temperature=0.8, top_k=20, max_repeat=3), **runner_kw)
+        outs[overlap] = drive(runner, overlap=overlap)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    assert outs[True] == outs[False]
+    reasons = {r for ev in outs[False].values() for k, _, r in ev if k == "sentence_end"}
+    assert reasons == {"eos", "cap"} and all(ev[-1][0] == "finished" for ev in outs[False].values())
+
+
+def test_steps_launched_before_the_last_ones_tokens_are_read_sample_as_in_lockstep():
+    """The runner under the engine's overlapped loop (void decodes after EOS, tokens fed on the device, keys by draw
+    index): every seeded request's tokens and sentence ends equal the lockstep loop's. GPU twin (CUDA graphs, the
+    prefill beside the decode): tests/service/engine/test_runner_gpu.py."""
+    check_overlap_equals_lockstep("cpu")

@@ -124,3 +124,13 @@ def test_a_prefill_beside_the_decode_samples_what_one_after_the_other_does(layou
             assert len(side) == 3, runner.prefill_graphs.streams  # steps 3, 4 and 7 prefilled beside a decode
     assert outs["overlap"] == outs["eager"]
     assert any(len(s) > 3 for s in outs["eager"])
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_overlapped_steps_sample_as_in_lockstep_on_the_gpu(graphs):
+    """The engine's overlapped loop on the GPU: a step is queued before the previous one's tokens are read (their copy
+    out of a decode graph's output buffer must come before the next replay), fed on the device, void decodes on the
+    scratch slot; with CUDA graphs and the prefill beside the decode, and eagerly."""
+    from tests.service.engine.test_runner import check_overlap_equals_lockstep
+
+    check_overlap_equals_lockstep("cuda", cuda_graphs=graphs, prefill_graphs=graphs, overlap_prefill=graphs)

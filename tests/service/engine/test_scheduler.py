@@ -202,3 +202,128 @@ def test_sentence_end_says_whether_the_next_sentence_is_queued():
         _, events = _step(s)
         ends += [e.continues for e in events if e.kind == "sentence_end"]
     assert ends == [True, False]
+
+
+def _drive(s, token_of, *, overlap):
+    """Run the scheduler to the end as the engine does: with ``overlap`` each plan is built before the previous
+    step's result is applied. ``token_of(rid, draw)``: the token a sample draws (the runner's noise keys depend on
+    the draw index only). Returns the applied steps and the events."""
+    pending, steps, events = None, [], []
+    for _ in range(10_000):
+        plan = s.plan()
+        events += s.pop_events()
+        launched = None if plan.empty else plan
+        if not overlap:
+            pending, launched = launched, None
+        elif pending is None and launched is not None:
+            pending = launched
+            continue
+        if pending is None:
+            return steps, events
+        sampled = {c.request_id: token_of(c.request_id, c.draw) for c in pending.prefills if c.sample}
+        sampled.update({d.request_id: token_of(d.request_id, d.draw) for d in pending.decodes})
+        events += s.update(pending, StepResult(sampled))
+        steps.append(pending)
+        pending = launched
+    raise AssertionError("the scheduler never finished")
+
+
+def _fed(steps):
+    """Per request, in step order: its prompts ("prefill", start, tokens, draw), a prompt's chunks joined (how a prompt
+    is chunked depends on what shares the step), and its decodes ("decode", position, draw, epoch)."""
+    out = {}
+    for plan in steps:
+        for c in plan.prefills:
+            items = out.setdefault(c.request_id, [])
+            if items and items[-1][0] == "prefill" and items[-1][3] is None:  # the rest of a chunked prompt
+                _, start, ids, _ = items.pop()
+                items.append(("prefill", start, ids + c.token_ids, c.draw))
+            else:
+                items.append(("prefill", c.start, c.token_ids, c.draw))
+        for d in plan.decodes:
+            out.setdefault(d.request_id, []).append(("decode", d.position, d.draw, d.epoch))
+    return out
+
+
+def test_planning_ahead_of_results_voids_the_decode_after_an_eos_and_rolls_back():
+    s = _sched(max_streams=1)
+    s.add_request("a", voice_ids=[1, 2])
+    s.add_sentence("a", Sentence((10, 11), max_tokens=50))
+    s.add_sentence("a", Sentence((12,), max_tokens=50))
+    s.end_input("a")
+    p1 = s.plan()  # the prompt; samples the first token
+    p2 = s.plan()  # planned before p1's result: a decode fed the sampled token on the device
+    assert p1.prefills[0].sample and p1.prefills[0].draw == 0
+    assert [(d.position, d.token_id, d.draw) for d in p2.decodes] == [(4, None, 1)]
+    assert [e.token for e in s.update(p1, StepResult({"a": 5})) if e.kind == "token"] == [5]
+    p3 = s.plan()
+    assert [(d.position, d.draw) for d in p3.decodes] == [(5, 2)]
+    events = s.update(p2, StepResult({"a": EOS}))  # the sentence ends: p3's decode is void
+    assert [e.kind for e in events] == ["sentence_end"] and s.phase("a") == Phase.PREFILL
+    p4 = s.plan()  # the next sentence opens with the EOS, fed where p3's decode would have gone
+    assert [(c.start, c.token_ids, c.draw) for c in p4.prefills] == [(5, (EOS, 12), 2)] and not p4.decodes
+    assert s.update(p3, StepResult({"a": 7})) == []  # the void decode's token is dropped
+    s.update(p4, StepResult({"a": 8}))
+    p5 = s.plan()
+    assert [(d.position, d.draw) for d in p5.decodes] == [(7, 3)]
+
+
+def test_no_decode_is_planned_past_a_sentences_cap():
+    s = _sched(max_streams=1)
+    s.add_request("a", voice_ids=[1])
+    s.add_sentence("a", Sentence((10,), max_tokens=2))
+    s.add_sentence("a", Sentence((11,), max_tokens=2))
+    s.end_input("a")
+    p1, p2 = s.plan(), s.plan()
+    assert p1.prefills and len(p2.decodes) == 1
+    assert s.plan().empty  # two samples planned: the cap; nothing until their results
+    s.update(p1, StepResult({"a": 5}))
+    assert s.plan().empty
+    events = s.update(p2, StepResult({"a": 6}))
+    assert [e.reason for e in events if e.kind == "sentence_end"] == ["cap"]
+    assert [(c.start, c.token_ids) for c in s.plan().prefills] == [(3, (6, EOS, 11))]
+
+
+@pytest.mark.parametrize("max_context", [64, 40])  # 40: context restarts
+def test_overlapped_planning_feeds_and_samples_exactly_as_in_lockstep(max_context):
+    """Many requests, fewer slots, EOS at varied samples, caps, restarts, a cancellation: with each plan built before
+    the last step's result is applied, every request gets the same tokens and events, the same prompts (start,
+    tokens, draw index) and the same decodes as in lockstep, plus only void decodes: one right after a sample that
+    drew an EOS (run on the scratch slot, see the module's docstring), never one past a cap."""
+    def token_of(rid, draw):
+        n = int(rid[1:])
+        return EOS if (draw + n) % (4 + n % 5) == 3 else 20 + draw
+
+    def run(overlap):
+        s = _sched(max_streams=3, max_queue=8, max_context=max_context, prefill_budget_tokens=6, max_prefill_seqs=2)
+        for i in range(7):
+            rid = f"r{i}"
+            s.add_request(rid, voice_ids=list(range(1, 2 + i % 3)))
+            for k in range(3):
+                s.add_sentence(rid, Sentence(tuple(range(10, 12 + (i + k) % 3)), max_tokens=3 + (i * k) % 6))
+            s.end_input(rid)
+        s.cancel("r5")
+        steps, events = _drive(s, token_of, overlap=overlap)
+        per = {}
+        for e in events:
+            per.setdefault(e.request_id, []).append((e.kind, e.token, e.reason))
+        return _fed(steps), per, len(steps)
+
+    lock_fed, lock_events, lock_steps = run(False)
+    over_fed, over_events, _ = run(True)
+    assert over_events == lock_events
+    assert set(over_fed) == set(lock_fed) and "r5" not in lock_fed and lock_steps > 20
+    void = 0
+    for rid, items in over_fed.items():
+        expected = iter(lock_fed[rid])
+        want = next(expected, None)
+        for item in items:
+            if item == want:
+                want = next(expected, None)
+                continue
+            assert item[0] == "decode" and token_of(rid, item[2] - 1) == EOS, (rid, item)
+            void += 1
+        assert want is None, rid  # every lockstep item came, in order
+    assert void > 0
+    reasons = [r for ev in lock_events.values() for k, _, r in ev if k == "sentence_end"]
+    assert "eos" in reasons and "cap" in reasons
