@@ -221,6 +221,8 @@ class GraphedPrefill(_Graphs):
         for i, (ids, slot, start) in enumerate(zip(token_ids, slots, starts)):
             host[i, 0], host[i, 1], host[i, 2] = slot, start, len(ids)
             host[i, 3:3 + len(ids)] = torch.tensor(ids, dtype=torch.long)
-        packed.copy_(host)
+        # pinned and non-blocking: a pageable copy would wait for the GPU to finish what is queued before it (the
+        # engine queues a step before it reads the last one's tokens)
+        packed.copy_(host.pin_memory() if packed.is_cuda else host, non_blocking=True)
         graph.replay()
         return logits[:n]
