@@ -88,7 +88,7 @@ class Settings(BaseSettings):
                                                   "(fresh decoder streams) from CUDA graphs captured at start-up "
                                                   "instead of launching their ~950 ops from Python; unset: as the "
                                                   "model bundle says (default: on with CUDA)")
-    step_overlap: bool = Field(True, description="Launch the LM's next step before reading this step's sampled "
+    step_overlap: bool = Field(False, description="Launch the LM's next step before reading this step's sampled "
                                "tokens: the host applies them, hands chunks to audio and plans while the GPU runs "
                                "the next step (a decode after a sentence's end is void, run on a scratch slot)")
     gil_switch_interval_ms: float = Field(0.5, gt=0, description="Python's thread switch interval while serving "

@@ -85,7 +85,7 @@ class EngineConfig:
     # (the widths the decoder plans at start-up) and reach the client as one chunk (AudioWorker.merge_tokens)
     audio_merge_chunks: bool = True
     gil_switch_interval_s: float = 0.0005  # see Engine.start
-    step_overlap: bool = True  # launch step N+1 before reading step N's tokens (Engine._loop)
+    step_overlap: bool = False  # launch step N+1 before reading step N's tokens (Engine._loop)
     dtype: torch.dtype = torch.float32
     ssm_dtype: torch.dtype = torch.float32
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

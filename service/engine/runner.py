@@ -249,7 +249,8 @@ class PendingStep:
         self._sampled = sampled
 
     def result(self) -> StepResult:
-        if self._sampled is None:
+        if self._sampled is None:  # nothing sampled (a step of prompt chunks that sample nothing): no wait
+            self._runner.last_sync_s = 0.0
             return StepResult({})
         t0 = time.perf_counter()
         if self._event is not None:

@@ -195,9 +195,9 @@ def test_the_step_overlap_setting_reaches_the_engine(monkeypatch):
     from service.settings import Settings
 
     cpu = torch.device("cpu")
-    assert EngineConfig.from_settings(Settings(), device=cpu).step_overlap is True
-    monkeypatch.setenv("MAMTRA_STEP_OVERLAP", "false")
     assert EngineConfig.from_settings(Settings(), device=cpu).step_overlap is False
+    monkeypatch.setenv("MAMTRA_STEP_OVERLAP", "true")
+    assert EngineConfig.from_settings(Settings(), device=cpu).step_overlap is True
 
 
 def drive(runner, *, overlap, requests=6, slots=3):
