@@ -10,8 +10,15 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+from tests.service.engine import fakes
 from tests.service.engine.fakes import SAMPLES_PER_TOKEN, make_engine
 from tests.service.fakes import decode_audio
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["lockstep", "overlap"])
+def _loop_mode(request, monkeypatch):
+    """Every test here runs with the engine loop in lockstep and overlapped (MAMTRA_STEP_OVERLAP)."""
+    monkeypatch.setattr(fakes, "STEP_OVERLAP", request.param)
 
 PCM_PER_SENTENCE = 10 * SAMPLES_PER_TOKEN * 2  # 10 tokens (0.4 s cap) of s16le
 

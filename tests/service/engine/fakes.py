@@ -214,12 +214,17 @@ def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0, batching=False, align
                     aligner=aligner, urgent_decoder=urgent_decoder)
 
 
+# The engine loop's mode when a test does not choose: test modules that run their tests both ways set it (fixture).
+STEP_OVERLAP = False
+
+
 def make_engine(*, layout="AMAM", max_context=256, eos_bias=-50.0, cap_seconds=0.4, decode_delay_s=0.0,
                 batching=False, aligner=None, urgent_decoder=None, **config):
     """An engine whose sentences run to their cap (EOS suppressed) unless eos_bias is raised: 0.4 s = 10 tokens.
     ``batching``: the decoder has ``push_many`` (``BatchingToneDecoder``); ``urgent_decoder``: the pipeline's
     second decoder (the engine's urgent lane)."""
-    defaults = dict(max_streams=2, max_queue=2, first_chunk_tokens=2, chunk_tokens=4, client_queue_chunks=4)
+    defaults = dict(max_streams=2, max_queue=2, first_chunk_tokens=2, chunk_tokens=4, client_queue_chunks=4,
+                    step_overlap=STEP_OVERLAP)
     defaults.update(config)
     return Engine(model=tiny_lm(layout, max_context, eos_bias),
                   pipeline=fake_pipeline(cap_seconds, decode_delay_s, batching, aligner, urgent_decoder),

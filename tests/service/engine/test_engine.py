@@ -7,7 +7,14 @@ import pytest
 
 from service.engine.types import Draining, InvalidRequest, NotReady, QueueFull, StreamFailed
 from tests.conftest import collect_chunks
+from tests.service.engine import fakes
 from tests.service.engine.fakes import SAMPLES_PER_TOKEN, make_engine
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["lockstep", "overlap"])
+def _loop_mode(request, monkeypatch):
+    """Every test here runs with the engine loop in lockstep and overlapped (MAMTRA_STEP_OVERLAP)."""
+    monkeypatch.setattr(fakes, "STEP_OVERLAP", request.param)
 
 
 def run(coro):
