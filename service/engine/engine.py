@@ -3,7 +3,8 @@
 Threads and why:
 
 - **Engine loop thread**: plan (scheduler, under a lock) -> execute (runner, torch; no lock held, so the API can
-  admit and cancel meanwhile) -> update. One process drives one device; the loop never waits on a client.
+  admit and cancel meanwhile) -> update. One process drives one device; the loop never waits on a client. With
+  ``step_overlap`` (``MAMTRA_STEP_OVERLAP``) it launches the next step before it reads this one's tokens (``_loop``).
 - **Audio thread**: speech tokens -> PCM through each request's decoder stream. Decoding is the slow part on CPU;
   keeping it off the LM loop means the LM's steps never wait for it (decoding only lags, it never stalls others).
 - **asyncio**: the API reads ``AudioChunk``s from each handle's queue. A handle whose reader is behind by
