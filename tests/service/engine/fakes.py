@@ -230,3 +230,25 @@ def make_engine(*, layout="AMAM", max_context=256, eos_bias=-50.0, cap_seconds=0
                   pipeline=fake_pipeline(cap_seconds, decode_delay_s, batching, aligner, urgent_decoder),
                   config=EngineConfig(**defaults),
                   metrics=Metrics())
+
+
+def run_loop(scheduler, launch, *, overlap, max_steps=10_000):
+    """The engine's loop (``Engine._loop``) without threads, HTTP or audio: plan, launch, apply — with ``overlap``
+    each step launched before the previous one's result is applied. ``launch(plan)`` returns what has the step's
+    ``result()``. Returns the applied plans, in order, and the scheduler's events."""
+    pending, steps, events = None, [], []
+    for _ in range(max_steps):
+        plan = scheduler.plan()
+        events += scheduler.pop_events()
+        launched = None if plan.empty else (plan, launch(plan))
+        if not overlap:
+            pending, launched = launched, None
+        elif pending is None and launched is not None:
+            pending = launched
+            continue
+        if pending is None:
+            return steps, events
+        events += scheduler.update(pending[0], pending[1].result())
+        steps.append(pending[0])
+        pending = launched
+    raise AssertionError("the loop never finished")

@@ -6,7 +6,7 @@ import pytest
 from model.sampling import SamplingConfig
 from service.engine.runner import Runner
 from service.engine.scheduler import DecodeItem, PrefillChunk, StepPlan
-from tests.service.engine.fakes import EOS, N_SPEECH, SPEECH0, make_engine, tiny_lm
+from tests.service.engine.fakes import EOS, N_SPEECH, SPEECH0, make_engine, run_loop, tiny_lm
 
 ALLOWED = list(range(SPEECH0, SPEECH0 + N_SPEECH)) + [EOS]
 
@@ -215,20 +215,7 @@ def drive(runner, *, overlap, requests=6, slots=3):
         for k in range(3):
             s.add_sentence(rid, Sentence(tuple(range(6, 8 + (i + k) % 3)) + (1,), max_tokens=6 + 3 * ((i + k) % 3)))
         s.end_input(rid)
-    events, pending = [], None
-    for _ in range(2_000):
-        plan = s.plan()
-        events += s.pop_events()
-        launched = None if plan.empty else (plan, runner.launch(plan))
-        if not overlap:
-            pending, launched = launched, None
-        elif pending is None and launched is not None:
-            pending = launched
-            continue
-        if pending is None:
-            break
-        events += s.update(pending[0], pending[1].result())
-        pending = launched
+    _, events = run_loop(s, runner.launch, overlap=overlap)
     per = {}
     for e in events:
         per.setdefault(e.request_id, []).append((e.kind, e.token, e.reason))

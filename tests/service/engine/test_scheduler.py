@@ -4,6 +4,7 @@ context format and restarts, caps, back-pressure."""
 import pytest
 
 from service.engine.scheduler import (AdmissionError, Phase, Scheduler, SchedulerConfig, Sentence, StepResult)
+from tests.service.engine.fakes import run_loop
 
 EOS = 99
 
@@ -12,6 +13,16 @@ def _sched(**kw):
     cfg = dict(max_streams=2, max_queue=2, max_context=64, prefill_budget_tokens=8, eos_id=EOS)
     cfg.update(kw)
     return Scheduler(SchedulerConfig(**cfg))
+
+
+def _speaking(voice_ids, *sentences, **cfg):
+    """A scheduler with one request "a": its voice, its whole text (``sentences``), its input ended."""
+    s = _sched(**cfg)
+    s.add_request("a", voice_ids=voice_ids)
+    for sentence in sentences:
+        s.add_sentence("a", sentence)
+    s.end_input("a")
+    return s
 
 
 def _step(s, token_for=lambda rid: 5):
@@ -77,11 +88,8 @@ def test_cancel_frees_slot_for_next_plan():
 
 
 def test_context_format_eos_fed_back_and_sentence_events():
-    s = _sched(max_streams=1)
-    s.add_request("a", voice_ids=[1, 2])
-    s.add_sentence("a", Sentence((10, 11), max_tokens=50, tag="one"))
-    s.add_sentence("a", Sentence((12,), max_tokens=50, tag="two"))
-    s.end_input("a")
+    s = _speaking([1, 2], Sentence((10, 11), max_tokens=50, tag="one"), Sentence((12,), max_tokens=50, tag="two"),
+                  max_streams=1)
     tokens = iter([5, 6, EOS, 7, EOS])
     seen = []
     prompts = []
@@ -97,10 +105,7 @@ def test_context_format_eos_fed_back_and_sentence_events():
 
 
 def test_token_cap_ends_sentence():
-    s = _sched(max_streams=1)
-    s.add_request("a", voice_ids=[1])
-    s.add_sentence("a", Sentence((10,), max_tokens=3))
-    s.end_input("a")
+    s = _speaking([1], Sentence((10,), max_tokens=3), max_streams=1)
     events = []
     while s.phase("a") != Phase.FINISHED:
         events += _step(s)[1]
@@ -192,11 +197,7 @@ def test_prefill_takes_at_most_max_prefill_seqs_requests_per_step_oldest_first()
 
 
 def test_sentence_end_says_whether_the_next_sentence_is_queued():
-    s = _sched(prefill_budget_tokens=64)
-    s.add_request("a", voice_ids=[1])
-    s.add_sentence("a", Sentence((10,), max_tokens=1))
-    s.add_sentence("a", Sentence((11,), max_tokens=1))
-    s.end_input("a")
+    s = _speaking([1], Sentence((10,), max_tokens=1), Sentence((11,), max_tokens=1), prefill_budget_tokens=64)
     ends = []
     for _ in range(6):
         _, events = _step(s)
@@ -204,28 +205,17 @@ def test_sentence_end_says_whether_the_next_sentence_is_queued():
     assert ends == [True, False]
 
 
-def _drive(s, token_of, *, overlap):
-    """Run the scheduler to the end as the engine does: with ``overlap`` each plan is built before the previous
-    step's result is applied. ``token_of(rid, draw)``: the token a sample draws (the runner's noise keys depend on
-    the draw index only). Returns the applied steps and the events."""
-    pending, steps, events = None, [], []
-    for _ in range(10_000):
-        plan = s.plan()
-        events += s.pop_events()
-        launched = None if plan.empty else plan
-        if not overlap:
-            pending, launched = launched, None
-        elif pending is None and launched is not None:
-            pending = launched
-            continue
-        if pending is None:
-            return steps, events
-        sampled = {c.request_id: token_of(c.request_id, c.draw) for c in pending.prefills if c.sample}
-        sampled.update({d.request_id: token_of(d.request_id, d.draw) for d in pending.decodes})
-        events += s.update(pending, StepResult(sampled))
-        steps.append(pending)
-        pending = launched
-    raise AssertionError("the scheduler never finished")
+class _Drawn:
+    """A step's result where each sample's token is ``token_of(request, draw index)`` (the runner's noise keys depend
+    on the draw index only)."""
+
+    def __init__(self, plan, token_of):
+        self.plan, self.token_of = plan, token_of
+
+    def result(self):
+        sampled = {c.request_id: self.token_of(c.request_id, c.draw) for c in self.plan.prefills if c.sample}
+        sampled.update({d.request_id: self.token_of(d.request_id, d.draw) for d in self.plan.decodes})
+        return StepResult(sampled)
 
 
 def _fed(steps):
@@ -246,11 +236,7 @@ def _fed(steps):
 
 
 def test_planning_ahead_of_results_voids_the_decode_after_an_eos_and_rolls_back():
-    s = _sched(max_streams=1)
-    s.add_request("a", voice_ids=[1, 2])
-    s.add_sentence("a", Sentence((10, 11), max_tokens=50))
-    s.add_sentence("a", Sentence((12,), max_tokens=50))
-    s.end_input("a")
+    s = _speaking([1, 2], Sentence((10, 11), max_tokens=50), Sentence((12,), max_tokens=50), max_streams=1)
     p1 = s.plan()  # the prompt; samples the first token
     p2 = s.plan()  # planned before p1's result: a decode fed the sampled token on the device
     assert p1.prefills[0].sample and p1.prefills[0].draw == 0
@@ -269,11 +255,7 @@ def test_planning_ahead_of_results_voids_the_decode_after_an_eos_and_rolls_back(
 
 
 def test_no_decode_is_planned_past_a_sentences_cap():
-    s = _sched(max_streams=1)
-    s.add_request("a", voice_ids=[1])
-    s.add_sentence("a", Sentence((10,), max_tokens=2))
-    s.add_sentence("a", Sentence((11,), max_tokens=2))
-    s.end_input("a")
+    s = _speaking([1], Sentence((10,), max_tokens=2), Sentence((11,), max_tokens=2), max_streams=1)
     p1, p2 = s.plan(), s.plan()
     assert p1.prefills and len(p2.decodes) == 1
     assert s.plan().empty  # two samples planned: the cap; nothing until their results
@@ -303,7 +285,7 @@ def test_overlapped_planning_feeds_and_samples_exactly_as_in_lockstep(max_contex
                 s.add_sentence(rid, Sentence(tuple(range(10, 12 + (i + k) % 3)), max_tokens=3 + (i * k) % 6))
             s.end_input(rid)
         s.cancel("r5")
-        steps, events = _drive(s, token_of, overlap=overlap)
+        steps, events = run_loop(s, lambda plan: _Drawn(plan, token_of), overlap=overlap)
         per = {}
         for e in events:
             per.setdefault(e.request_id, []).append((e.kind, e.token, e.reason))
