@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     audio_gpu_percent: int = Field(70, ge=1, le=100, description="Under CUDA MPS: the share of the GPU's SMs each "
                                    "audio process may fill (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE in their environment), "
                                    "leaving the rest to the LM's steps (100: all)")
+    lm_gpu_percent: int = Field(100, ge=1, le=100, description="The LM process's share of the GPU's SMs "
+                                "(CUDA_MPS_ACTIVE_THREAD_PERCENTAGE in its own environment before its CUDA context; "
+                                "acts under CUDA MPS only): below 100 its kernels leave room to the audio processes' "
+                                "(100: all, its environment left as it is)")
     vocoder_channels_last: bool | None = Field(None, description="The vocoder's residual convs on channels-last "
                                                "activations (no cuDNN layout transposes); unset: as the model "
                                                "bundle says (default: on with CUDA)")

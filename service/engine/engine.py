@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import sys
 import threading
@@ -882,6 +883,8 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     # before this process makes a CUDA context (resolve_device's is_available() does not make one)
     mps = start_mps(settings.cuda_mps, device=settings.device, audio_process=settings.audio_process != "off")
     metrics.cuda_mps.set(mps is not None)
+    if settings.lm_gpu_percent < 100:  # read when this process makes its CUDA context; the audio processes set theirs
+        os.environ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(settings.lm_gpu_percent)
     device = resolve_device(settings.device)
     audio_process = settings.audio_process == "on" or (settings.audio_process == "auto" and device.type == "cuda")
     urgent_lane = settings.audio_urgent_chunks > 0 and (

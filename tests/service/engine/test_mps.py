@@ -132,7 +132,8 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
         pass
 
     def load_bundle(model_dir, **kw):
-        calls.append(("load_bundle", kw["decoder_options"], kw["audio_env"]))
+        calls.append(("load_bundle", kw["decoder_options"], kw["audio_env"],
+                      os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")))
         raise Stop
     monkeypatch.setattr(mps, "start_mps", lambda mode, **kw: calls.append(("start_mps", mode, kw)) or object())
     monkeypatch.setattr(bundle, "resolve_device",
@@ -143,6 +144,7 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
              (Settings(audio_process="off", vocoder_channels_last=False), {"vocoder_channels_last": False}),
              (Settings(audio_first_chunk_graphs=False, audio_gpu_percent=60), {"first_chunk_graphs": False}),
              (Settings(vocoder_fused=False), {"vocoder_fused": False}))
+    monkeypatch.delenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", raising=False)
     for settings, options in cases:
         calls.clear()
         with pytest.raises(Stop):
@@ -151,4 +153,12 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
         assert calls[0][1] == settings.cuda_mps and calls[2][1] == options
         assert calls[2][2] == {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(settings.audio_gpu_percent)}
         assert calls[0][2] == {"device": settings.device, "audio_process": settings.audio_process != "off"}
+        assert calls[2][3] is None  # MAMTRA_LM_GPU_PERCENT 100: this process's environment left as it is
     assert metrics.cuda_mps._value.get() == 1.0
+    # MAMTRA_LM_GPU_PERCENT below 100: in this process's environment before its first CUDA call; the audio
+    # processes still get their own share
+    monkeypatch.setenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "100")  # restored after the test
+    calls.clear()
+    with pytest.raises(Stop):
+        build_engine(Settings(lm_gpu_percent=50, audio_gpu_percent=70), metrics)
+    assert calls[2][2:] == ({"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "70"}, "50")
