@@ -235,8 +235,9 @@ class CodecSpeechDecoder:
         256-stream pass 59 → 24 ms of GPU time); the one conv cuDNN runs slowly that way stays on (B, C, T)
         (``model.codec.vocoder.channels_last_pays``, timed at start-up): a round of 64 / 256 streams 43.6 / 156.3 →
         36.2 / 125.4 ms (docs/BENCHMARKS.md §4). ``fused``: the vocoder's batched residual blocks with their
-        biases, activations and sums in Triton kernels (``model.codec.fused``; channels-last only; default: off —
-        the serve A/B is not done, docs/BENCHMARKS.md §4 Z)."""
+        biases, activations and sums in Triton kernels (``model.codec.fused``; channels-last only; the bundle
+        factory's default on CUDA): a 256-stream round on an H100 ~0.65× the time, 1.23–1.30× the aggregate real
+        time served at 256 clients (docs/BENCHMARKS.md §4 Z)."""
         self.codec = codec.eval()
         self.vocoder = vocoder
         self.token_offset = token_offset

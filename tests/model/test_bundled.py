@@ -92,6 +92,7 @@ def test_shipped_aligner_places_the_default_voices_words_where_whisper_hears_the
     from model.eval.asr import Transcriber
     from model.eval.audio import resample
     from service.offline import _engine
+    from tests.conftest import collect_chunks
 
     engine = _engine(None)
     assert engine.pipeline.aligner is not None
@@ -100,7 +101,7 @@ def test_shipped_aligner_places_the_default_voices_words_where_whisper_hears_the
         await engine.start()
         try:
             handle = engine.synthesize(SENTENCES[1], voice=next(iter(engine.pipeline.voices)), request_id="t", seed=0)
-            return [c async for c in handle.chunks()]
+            return await collect_chunks(handle)
         finally:
             await engine.stop()
 
