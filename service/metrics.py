@@ -54,6 +54,9 @@ class Metrics:
         # Load
         self.requests_running = Gauge("mamtra_requests_running", "Requests holding a state slot", registry=r)
         self.requests_waiting = Gauge("mamtra_requests_waiting", "Requests queued for a state slot", registry=r)
+        self.requests_starting = Gauge("mamtra_requests_starting", "Requests whose first prefill is planned and whose "
+                                       "first audio chunks are not yet delivered (MAMTRA_MAX_STARTING caps it)",
+                                       registry=r)
         self.requests = Counter("mamtra_requests_total", "Finished requests by outcome", ["outcome"], registry=r)
         self.state_slots_used = Gauge("mamtra_state_slots_used", "State-pool slots in use", registry=r)
         self.state_slots_total = Gauge("mamtra_state_slots_total", "State-pool slots", registry=r)

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     prefill_budget_tokens: int = Field(512, ge=16, description="Prompt tokens prefilled per engine step")
     prefill_max_seqs: int = Field(8, ge=1, description="Prompts prefilled per engine step, at most (on CUDA its "
                                   "prefill graphs hold 1, 2, 4 … up to this many)")
+    max_starting: int = Field(0, ge=0, description="Requests starting at once: while this many have had their "
+                              "first prefill but not yet their first MAMTRA_AUDIO_URGENT_CHUNKS audio chunks delivered, "
+                              "a newly admitted request's first prefill waits (a burst of arrivals then delays "
+                              "newcomers' first audio instead of the next chunks of streams already playing; 0: no "
+                              "cap)")
     prefill_graphs: bool = Field(True, description="On CUDA, replay prefills from CUDA graphs (sequences × tokens "
                                  "buckets) instead of launching their kernels one by one")
     prefill_overlap: bool = Field(True, description="On CUDA, a step's graphed prefill runs beside its decode on a "

@@ -64,6 +64,9 @@ class EngineConfig:
     # At most this many requests prefilled per step. The fused Mamba-2 prefill (fla-core's Triton kernels) autotunes
     # per batch size: every size is warmed at startup, so a burst of arrivals never stalls the loop on autotuning.
     max_prefill_seqs: int = 8
+    # requests starting at once: a newcomer's first prefill waits while this many have not had their first
+    # ``urgent_chunks`` chunks delivered (Scheduler's start-up cap; 0: no cap)
+    max_starting: int = 0
     prefill_graphs: bool = True  # on CUDA: prefills replayed from CUDA graphs where a bucket holds them
     prefill_overlap: bool = True  # a graphed prefill runs beside the step's decode on a second CUDA stream (Runner)
     request_timeout_s: float = 300.0
@@ -99,6 +102,7 @@ class EngineConfig:
             else dtypes[settings.dtype]
         return cls(max_streams=settings.max_streams, max_queue=settings.max_queue, max_context=settings.max_context,
                    prefill_budget_tokens=settings.prefill_budget_tokens, max_prefill_seqs=settings.prefill_max_seqs,
+                   max_starting=settings.max_starting,
                    prefill_graphs=settings.prefill_graphs,
                    prefill_overlap=settings.prefill_overlap,
                    request_timeout_s=settings.request_timeout_s, first_chunk_tokens=settings.first_chunk_tokens,
@@ -136,6 +140,7 @@ class _Handle(StreamHandle):
         self.produced = 0  # chunks posted (written under the engine's emit lock)
         self.empty_jobs = 0  # decode jobs that produced no chunk (under the emit lock)
         self.settled = 0  # the last chunk index delivered or found empty (emit lock): either audio path may be first
+        self.started = False  # its first urgent chunks are delivered (emit lock; the scheduler's start-up cap)
         self.urgent_decoder: DecoderStream | None = None  # the urgent lane's stream (its thread only)
         self.consumed = 0  # chunks read (written by the asyncio side only)
         # Audio-thread state
@@ -226,7 +231,7 @@ class Engine(EngineAPI):
         self.scheduler = Scheduler(SchedulerConfig(
             max_streams=config.max_streams, max_queue=config.max_queue, max_context=max_context,
             prefill_budget_tokens=config.prefill_budget_tokens, eos_id=pipeline.eos_id,
-            max_prefill_seqs=config.max_prefill_seqs))
+            max_prefill_seqs=config.max_prefill_seqs, max_starting=config.max_starting))
         self.runner: Runner | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -535,6 +540,7 @@ class Engine(EngineAPI):
     def _publish_load(self) -> None:
         self.metrics.requests_running.set(self.scheduler.num_running)
         self.metrics.requests_waiting.set(self.scheduler.num_waiting)
+        self.metrics.requests_starting.set(self.scheduler.num_starting)
         self.metrics.state_slots_used.set(self.scheduler.num_running)
 
     # --- events -> audio -----------------------------------------------------------------------------------------
@@ -641,11 +647,18 @@ class Engine(EngineAPI):
         decoded by both when there is an urgent lane). Chunks leave in order: each path decodes a request's chunks
         in order, and a chunk is emitted under the lock only right after its predecessor was settled."""
         decoded = time.monotonic()
+        handle = job.handle
         with self._emit_lock:
             if not self._settle(job):
                 return False
-            job.handle.empty_jobs += job.absorbed  # the chunks joined into this one leave as part of it
-            self._emit(job.handle, pcm, job)
+            handle.empty_jobs += job.absorbed  # the chunks joined into this one leave as part of it
+            self._emit(handle, pcm, job)
+            started = not handle.started and job.index >= max(1, self.config.urgent_chunks)
+            handle.started = handle.started or started
+        if started:  # its first chunks are with the client: its start-up is over (the scheduler's start-up cap)
+            with self._lock:
+                self.scheduler.started(handle.id)
+            self._wake.set()
         if job.absorbed:
             self.metrics.audio_chunks_merged.inc(job.absorbed)
         if job.index in (1, 2):

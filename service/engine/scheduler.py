@@ -17,6 +17,11 @@ Policies:
 - **Context format**: ``[voice][text₁][SOS][speech₁][EOS][text₂][SOS][speech₂][EOS]…`` — the EOS that ends a
   sentence (after the last speech token, if the sentence hit its cap) is fed back at the start of the next
   sentence's prefill.
+- **Start-up cap** (``max_starting``, 0 = none): a request *starts* when its first prefill is planned and has
+  started once the engine calls ``started`` (its first audio chunks are with the client) or it finishes. While
+  ``max_starting`` requests are starting, no other request's first prefill is planned (later sentences of running
+  requests still are): in a burst of arrivals the device's time goes to the streams already playing, whose next
+  chunk must come before the first has played out, and a newcomer waits for its first audio instead.
 - **Cancellation / timeouts** free the slot before the next plan is built ("within one step").
 - **Back-pressure**: a request whose client queue is full is ``paused`` and skips decode steps until it drains.
 - **Planning ahead of results**: ``plan`` books what it plans at once (context positions, prompt tokens, the
@@ -102,9 +107,11 @@ class SchedulerConfig:
     prefill_budget_tokens: int
     eos_id: int
     max_prefill_seqs: int = 0  # sequences prefilled per step (0: as many as the token budget takes)
+    max_starting: int = 0  # requests starting at once (the module docstring; 0: no cap)
 
     def __post_init__(self) -> None:
-        if self.max_streams < 1 or self.max_queue < 0 or self.prefill_budget_tokens < 1 or self.max_context < 2:
+        if (self.max_streams < 1 or self.max_queue < 0 or self.prefill_budget_tokens < 1 or self.max_context < 2
+                or self.max_starting < 0):
             raise ValueError(f"invalid scheduler config {self}")
 
 
@@ -139,6 +146,7 @@ class _Request:
     epoch: int = 0  # bumped at a sentence end: items planned before it are void
     needs_reset: bool = False
     paused: bool = False
+    begun: bool = False  # its first prefill is planned (it counts as starting until ``started`` or its end)
 
 
 class AdmissionError(Exception):
@@ -154,6 +162,7 @@ class Scheduler:
         self._waiting: deque[str] = deque()
         self._free_slots = list(range(config.max_streams - 1, -1, -1))
         self._seq = itertools.count()
+        self._starting: set[str] = set()  # requests begun and not yet started (the start-up cap)
         self.events: list[Event] = []
 
     # --- requests in ---------------------------------------------------------------------------------------------
@@ -193,6 +202,11 @@ class Scheduler:
             return
         self._finish(req, reason)
 
+    def started(self, request_id: str) -> None:
+        """The request's start-up is over (the engine: its first audio chunks are delivered): it no longer counts
+        against ``max_starting``. Unknown or finished requests are ignored."""
+        self._starting.discard(request_id)
+
     def set_paused(self, request_id: str, paused: bool) -> None:
         req = self._requests.get(request_id)
         if req is not None:
@@ -206,6 +220,10 @@ class Scheduler:
     @property
     def num_waiting(self) -> int:
         return len(self._waiting)
+
+    @property
+    def num_starting(self) -> int:
+        return len(self._starting)
 
     @property
     def has_work(self) -> bool:
@@ -241,9 +259,15 @@ class Scheduler:
         budget = self.config.prefill_budget_tokens
         prefills = []
         # Oldest first, so a long prompt cannot be overtaken indefinitely by newer short ones.
+        cap = self.config.max_starting
         for req in sorted((r for r in self._running() if r.phase == Phase.PREFILL), key=lambda r: r.seq):
             if budget <= 0 or (self.config.max_prefill_seqs and len(prefills) >= self.config.max_prefill_seqs):
                 break
+            if not req.begun:
+                if cap and len(self._starting) >= cap:
+                    continue  # a newcomer waits; a running request's next sentence (begun) may still go
+                req.begun = True
+                self._starting.add(req.id)
             take = req.pending_prompt[:budget]
             last = len(take) == len(req.pending_prompt)
             prefills.append(PrefillChunk(req.id, req.slot, req.context_len, tuple(take), sample=last,
@@ -350,6 +374,7 @@ class Scheduler:
                 self._finish(req, "completed")
 
     def _finish(self, req: _Request, reason: str) -> None:
+        self._starting.discard(req.id)
         if req.phase == Phase.WAITING:
             self._waiting.remove(req.id)
         if req.slot is not None:

@@ -456,3 +456,27 @@ def test_queued_sentences_continue_one_decode_session_and_only_the_last_flushes(
     for c in chunks:
         sent += len(c.pcm) / 24000
         assert all(w.end <= sent + 1e-6 for w in c.words)
+
+
+def test_start_up_cap_lets_one_request_start_at_a_time_and_changes_no_audio():
+    """MAMTRA_MAX_STARTING=1: a request's first audio comes after the request before it has had its first two
+    (urgent) chunks delivered; every request completes with the audio it has without the cap."""
+    texts = {"a": "First of three here.", "b": "Second one speaks now.", "c": "Third and last words."}
+
+    async def main(cap):
+        engine = await _started(max_streams=3, max_queue=0, max_starting=cap, eos_bias=0.0, cap_seconds=1.0)
+        try:
+            handles = [engine.synthesize(text, voice="ava", request_id=rid, seed=3) for rid, text in texts.items()]
+            out = await asyncio.gather(*(collect_chunks(h) for h in handles))
+            await asyncio.sleep(0.05)
+        finally:
+            await engine.stop()
+        return out, engine.metrics.render().decode()
+
+    capped, text = run(main(1))
+    free, _ = run(main(0))
+    for a, b in zip(capped, free):
+        assert len(a) >= 2 and np.array_equal(np.concatenate([c.pcm for c in a]), np.concatenate([c.pcm for c in b]))
+    for before, after in zip(capped, capped[1:]):
+        assert after[0].made_at >= before[1].made_at
+    assert "mamtra_requests_starting 0.0" in text

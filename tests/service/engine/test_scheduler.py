@@ -309,3 +309,45 @@ def test_overlapped_planning_feeds_and_samples_exactly_as_in_lockstep(max_contex
     assert void > 0
     reasons = [r for ev in lock_events.values() for k, _, r in ev if k == "sentence_end"]
     assert "eos" in reasons and "cap" in reasons
+
+
+def test_start_up_cap_holds_newcomers_first_prefill_until_a_starting_request_has_started():
+    """MAMTRA_MAX_STARTING: at most ``max_starting`` requests between their first prefill and ``started``; a held
+    newcomer keeps its slot and its FIFO place, a starting request's later sentences are not held, and a request
+    that ends (cancelled or done) stops counting."""
+    s = _sched(max_streams=4, max_queue=0, max_context=128, prefill_budget_tokens=64, max_starting=2)
+    for rid in "abcd":
+        s.add_request(rid, voice_ids=[1])
+        s.add_sentence(rid, Sentence((10, 11), max_tokens=2))
+        s.add_sentence(rid, Sentence((12,), max_tokens=2))
+        s.end_input(rid)
+    plan, _ = _step(s)
+    assert [c.request_id for c in plan.prefills] == ["a", "b"] and s.num_starting == 2
+    assert s.num_running == 4 and s.phase("c") == s.phase("d") == Phase.PREFILL  # admitted, held
+    plan, _ = _step(s)  # a and b decode their first sentence's second token (cap 2): both sentences end
+    assert not plan.prefills and {d.request_id for d in plan.decodes} == {"a", "b"}
+    plan, _ = _step(s)
+    assert sorted(c.request_id for c in plan.prefills) == ["a", "b"]  # their second sentences: not held
+    s.started("b")
+    s.started("b")  # twice: no effect
+    s.started("nobody")
+    assert s.num_starting == 1
+    plan, _ = _step(s)
+    assert [c.request_id for c in plan.prefills] == ["c"]  # the oldest held newcomer, and only one
+    s.cancel("a")
+    plan, _ = _step(s)
+    assert [c.request_id for c in plan.prefills] == ["d"] and s.num_starting == 2  # c, d
+    while s.has_work:
+        _step(s)
+    assert s.num_starting == 0  # finished requests stop counting
+
+
+def test_without_a_start_up_cap_every_admitted_request_prefills_at_once():
+    s = _sched(max_streams=4, max_queue=0, max_context=128, prefill_budget_tokens=64)
+    for rid in "abcd":
+        s.add_request(rid, voice_ids=[1])
+        s.add_sentence(rid, Sentence((10, 11), max_tokens=2))
+    plan, _ = _step(s)
+    assert [c.request_id for c in plan.prefills] == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError):
+        _sched(max_starting=-1)
