@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     prefill_budget_tokens: int = Field(512, ge=16, description="Prompt tokens prefilled per engine step")
     prefill_max_seqs: int = Field(8, ge=1, description="Prompts prefilled per engine step, at most (on CUDA its "
                                   "prefill graphs hold 1, 2, 4 … up to this many)")
+    pace_ahead_s: float = Field(0.0, ge=0, description="A request whose client, playing in real time from its first "
+                                "audio, would have more than this many seconds buffered skips LM steps until it has "
+                                "less: the device's time goes to streams that need it (0: every stream runs as fast "
+                                "as the device goes; a client downloading a file then waits longer)")
     max_starting: int = Field(0, ge=0, description="Requests starting at once: while this many have had their "
                               "first prefill but not yet their first MAMTRA_AUDIO_URGENT_CHUNKS audio chunks delivered, "
                               "a newly admitted request's first prefill waits (a burst of arrivals then delays "

@@ -91,6 +91,9 @@ class EngineConfig:
     audio_merge_chunks: bool = True
     gil_switch_interval_s: float = 0.0005  # see Engine.start
     step_overlap: bool = False  # launch step N+1 before reading step N's tokens (Engine._loop)
+    # > 0: a request whose client would have more than this many seconds of audio buffered (a player started at its
+    # first chunk, in real time) skips decode steps until it has less (0: streams run as fast as the device goes)
+    pace_ahead_s: float = 0.0
     dtype: torch.dtype = torch.float32
     ssm_dtype: torch.dtype = torch.float32
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -113,6 +116,7 @@ class EngineConfig:
                    urgent_lane_max_batch=settings.audio_urgent_lane_batch,
                    urgent_first={"auto": None, "on": True, "off": False}[settings.audio_urgent_first],
                    gil_switch_interval_s=settings.gil_switch_interval_ms / 1e3, step_overlap=settings.step_overlap,
+                   pace_ahead_s=settings.pace_ahead_s,
                    dtype=dtype,
                    ssm_dtype=dtypes[settings.ssm_dtype],
                    sampling=SamplingConfig(seed=settings.seed))
@@ -149,6 +153,11 @@ class _Handle(StreamHandle):
         self.chunks_submitted = 0  # engine thread: decode jobs handed to the audio thread
         self.seq = 0
         self.samples_out = 0
+        # Audio thread: a real-time player started at the first audio (the pace, EngineConfig.pace_ahead_s): the
+        # audio posted, in seconds, and the player's position at ``played_at`` (it stalls when it runs out)
+        self.posted_s = 0.0
+        self.played_s = 0.0
+        self.played_at: float | None = None
         self.ended: list[tuple[SentenceText, int]] = []  # engine thread: sentences ended in ``tokens`` (at k)
         # Audio thread, word timestamps: the decode session (since the last flush) and the sentences in it
         self.session_start_sample = 0
@@ -157,6 +166,19 @@ class _Handle(StreamHandle):
         self.sentence_tokens: list[int] = []  # the current sentence's speech tokens so far (for alignment)
         self.pending_words: deque[tuple[int, int, SentenceText, list[int]]] = deque()  # ended, audio not all out
         self.tokens_emitted = 0
+
+    def buffered_s(self, now: float) -> float:
+        """Seconds of audio a client playing in real time since the first audio would have buffered at ``now``."""
+        if self.played_at is None:
+            return 0.0
+        return self.posted_s - min(self.played_s + (now - self.played_at), self.posted_s)
+
+    def _posted(self, seconds: float, now: float) -> None:
+        """Audio thread: ``seconds`` of audio posted at ``now``."""
+        if self.played_at is not None:
+            self.played_s = min(self.played_s + (now - self.played_at), self.posted_s)
+        self.played_at = now
+        self.posted_s += seconds
 
     # --- text in -------------------------------------------------------------------------------------------------
     def push_text(self, text: str) -> None:
@@ -478,8 +500,10 @@ class Engine(EngineAPI):
                 t_plan = time.perf_counter()
                 with self._lock:
                     self._expire()
+                    pace, now = self.config.pace_ahead_s, time.monotonic()
                     for h in self._handles.values():
-                        self.scheduler.set_paused(h.id, h.outstanding >= self.config.client_queue_chunks)
+                        self.scheduler.set_paused(h.id, h.outstanding >= self.config.client_queue_chunks
+                                                  or (pace > 0 and h.buffered_s(now) > pace))
                     plan = self.scheduler.plan()
                     events = self.scheduler.pop_events()
                     self._publish_load()
@@ -803,7 +827,10 @@ class Engine(EngineAPI):
             handle.empty_jobs += 1
             return
         self.metrics.audio_seconds.inc(len(pcm) / SAMPLE_RATE)
-        chunk = AudioChunk(pcm=_to_int16(pcm), seq=handle.seq, words=words, made_at=time.monotonic())
+        now = time.monotonic()
+        if len(pcm):
+            handle._posted(len(pcm) / SAMPLE_RATE, now)
+        chunk = AudioChunk(pcm=_to_int16(pcm), seq=handle.seq, words=words, made_at=now)
         handle.seq += 1
         handle._post(chunk)
 

@@ -480,3 +480,42 @@ def test_start_up_cap_lets_one_request_start_at_a_time_and_changes_no_audio():
     for before, after in zip(capped, capped[1:]):
         assert after[0].made_at >= before[1].made_at
     assert "mamtra_requests_starting 0.0" in text
+
+
+def test_a_paced_stream_never_runs_far_ahead_of_a_real_time_player_and_keeps_its_audio():
+    """MAMTRA_PACE_AHEAD_S: a request whose client (playing in real time from its first audio) would have more than
+    the pace buffered skips LM steps, so the audio leaves at about real time past the pace — the same audio."""
+    pace = 0.3
+
+    async def main(pace_s):
+        engine = await _started(pace_ahead_s=pace_s, cap_seconds=1.0)
+        try:
+            chunks = await collect_chunks(engine.synthesize("One long sentence. And a second.", voice="ava",
+                                                            request_id="p", seed=5))
+        finally:
+            await engine.stop()
+        return chunks
+
+    paced, free = run(main(pace)), run(main(0.0))
+    assert np.array_equal(np.concatenate([c.pcm for c in paced]), np.concatenate([c.pcm for c in free]))
+    audio = np.cumsum([len(c.pcm) / fakes.SAMPLE_RATE for c in paced])
+    assert audio[-1] > 1.0
+    start = paced[0].made_at
+    chunk_s = 4 * SAMPLES_PER_TOKEN / fakes.SAMPLE_RATE  # chunk_tokens = 4
+    for before, chunk in zip(audio, paced[1:]):
+        # what the player holds when the chunk arrives: at most the pace, the chunk in the pipeline, and slack
+        assert before - (chunk.made_at - start) <= pace + 2 * chunk_s + 0.05
+
+
+def test_the_real_time_player_the_pace_follows_stalls_when_it_runs_out():
+    from types import SimpleNamespace
+
+    from service.engine.engine import _Handle
+
+    h = SimpleNamespace(posted_s=0.0, played_s=0.0, played_at=None)
+    assert _Handle.buffered_s(h, 5.0) == 0.0  # nothing posted yet
+    _Handle._posted(h, 1.0, 10.0)
+    assert _Handle.buffered_s(h, 10.25) == 0.75
+    assert _Handle.buffered_s(h, 12.0) == 0.0  # ran out at 11.0 and waits
+    _Handle._posted(h, 0.5, 12.0)  # plays on from where it stopped
+    assert abs(_Handle.buffered_s(h, 12.1) - 0.4) < 1e-9
