@@ -41,7 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.serve_stats import RequestRecord, level_summary, max_clients_by_prebuffer, max_clients_without_underruns
+from bench.serve_stats import (RequestRecord, level_summary, max_clients_by_prebuffer, max_clients_without_underruns,
+                               percentiles)
 
 ROOT = Path(__file__).resolve().parents[1]
 NATURAL_SECONDS_PER_CHAR = 0.07  # read English: ~14 characters (spaces included) per second
@@ -236,6 +237,46 @@ FIRST_AUDIO_STAGES = {"1": ("input", "queue", "prefill", "tokens", "audio_wait",
                       "2": ("tokens", "audio_wait", "audio_decode", "delivery")}
 
 
+_TTFA = "mamtra_time_to_first_audio_seconds"
+TTFA_TARGET_S = 0.15  # the issue's p95 target at 64 clients; a bucket edge of the server's histogram
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """The ``q`` quantile (0-1) of a Prometheus histogram from its cumulative bucket counts ``{le: count}`` (the
+    ``+Inf`` bucket included), linear within a bucket, as Prometheus's ``histogram_quantile``; None when empty; the
+    largest finite edge when the quantile falls in ``+Inf``."""
+    edges = sorted(buckets)
+    total = buckets[edges[-1]] if edges else 0.0
+    if total <= 0:
+        return None
+    rank, lo, below = q * total, 0.0, 0.0
+    for le in edges:
+        if buckets[le] >= rank:
+            if le == float("inf"):
+                return lo
+            inside = buckets[le] - below
+            return lo + (le - lo) * ((rank - below) / inside if inside > 0 else 1.0)
+        lo, below = le, buckets[le]
+    return lo
+
+
+def server_ttfa(before: dict[str, float], after: dict[str, float]) -> dict:
+    """The server's own time to first audio over a level (request arrival in the app to the first audio handed to
+    the response), from ``mamtra_time_to_first_audio_seconds``: requests, how many over the 150 ms target, p50 / p95
+    estimated from the buckets. Beside the clients' figure it tells the server's share of a tail from the HTTP
+    client's and the network stack's."""
+    buckets = {}
+    for key, value in after.items():
+        m = re.fullmatch(_TTFA + r'_bucket\{le="([^"]+)"\}', key)
+        if m:
+            buckets[float(m.group(1))] = value - before.get(key, 0.0)
+    n = buckets.get(float("inf"), 0.0)
+    within = buckets.get(TTFA_TARGET_S)
+    return {"count": n, "over_target": None if within is None else n - within,
+            **{f"p{q}_ms": (None if (v := histogram_quantile(q / 100, buckets)) is None else 1e3 * v)
+               for q in (50, 95)}}
+
+
 def server_summary(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict:
     """Engine and audio-thread load over a level (deltas of /metrics) and the memory after it."""
     def delta(name: str) -> float:
@@ -261,6 +302,7 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
                                                        delta(f'{_STAGE}_count{{chunk="{chunk}",stage="{stage}"}}'))
                                           for stage in stages}
                                   for chunk, stages in FIRST_AUDIO_STAGES.items()},
+        "ttfa": server_ttfa(before, after),
         "speech_tokens": delta("mamtra_speech_tokens_total"),
         "server_underruns": delta("mamtra_underruns_total"),
         # requests' first chunks through the urgent lane (MAMTRA_AUDIO_URGENT_LANE): won, lost, skipped, failed
@@ -316,9 +358,13 @@ async def _one_request(client, url: str, body: dict, record: RequestRecord) -> N
         record.error = f"{type(e).__name__}: {e}"
 
 
+LAG_PROBE_S = 0.005
+
+
 async def run_level(base: str, voice: str, clients: int, load: Load, *, progress=None
-                    ) -> tuple[list[RequestRecord], float]:
-    """N clients against ``base``; returns every request's record and the level's wall time."""
+                    ) -> tuple[list[RequestRecord], float, list[float]]:
+    """N clients against ``base``; returns every request's record, the level's wall time and how late this
+    process's event loop woke from its ``LAG_PROBE_S`` sleeps (s) while the clients ran."""
     import httpx
 
     url = base + "/v1/audio/speech"
@@ -344,15 +390,25 @@ async def run_level(base: str, voice: str, clients: int, load: Load, *, progress
             if record.rejected:
                 await asyncio.sleep(0.5)  # the server said 429: do not hammer it
 
+    async def probe_lag() -> None:  # how late this process's event loop wakes: the clients' own share of a tail
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(LAG_PROBE_S)
+            lags.append(time.perf_counter() - t - LAG_PROBE_S)
+
+    lags: list[float] = []
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
         tasks = [asyncio.create_task(client_loop(i, http)) for i in range(clients)]
+        probe = asyncio.create_task(probe_lag())
         try:
             await asyncio.wait_for(asyncio.gather(*tasks), load.level_timeout_s)
         except TimeoutError:
             for r in records:
                 if r.ended is None and r.error is None:
                     r.error = "level timeout"
-    return records, time.perf_counter() - t0
+        finally:
+            probe.cancel()
+    return records, time.perf_counter() - t0, lags
 
 
 # --- the benchmark --------------------------------------------------------------------------------------------
@@ -393,7 +449,7 @@ def run_model(model_dir: Path, label: str, config: ServeConfig, out: Path, *, ra
         voice = server.voices()[0]
         # One request first, unmeasured: lazy one-time work (espeak-ng's start, first kernel launches) is not latency.
         warm = Load(requests=1, ramp_s=0.0, timeout_s=config.load.timeout_s, texts=config.load.texts[:1])
-        records, _ = asyncio.run(run_level(server.base, voice, 1, warm))
+        records, _, _ = asyncio.run(run_level(server.base, voice, 1, warm))
         if not records[0].completed:
             raise RuntimeError(f"the warm-up request failed: {records[0].error}\n{server.log_tail()}")
         idle = server.metrics()
@@ -403,11 +459,16 @@ def run_model(model_dir: Path, label: str, config: ServeConfig, out: Path, *, ra
             before = server.metrics()
             total = None if config.load.duration_s else n * config.load.requests
             with tqdm(total=total, desc=f"serve {label} x{n}", leave=False, file=sys.stderr, disable=None) as bar:
-                records, wall = asyncio.run(run_level(server.base, voice, n, config.load, progress=bar))
+                records, wall, lags = asyncio.run(run_level(server.base, voice, n, config.load, progress=bar))
             server.wait_idle()
             after = server.metrics()
             level = {"clients": n, **level_summary(records, wall_s=wall, prebuffer_s=config.prebuffer_s,
                                                    coalesce_s=config.coalesce_s),
+                     # requests whose first audio came after the target, as the clients saw it (ttfa_s: all)
+                     "ttfa_over_target": sum(bool(r.arrivals) and r.arrivals[0] - r.sent > TTFA_TARGET_S
+                                             for r in records),
+                     "client_loop_lag_ms": {k: v if k == "n" or v is None else 1e3 * v
+                                            for k, v in percentiles(lags).items()},
                      "server": server_summary(before, after, wall)}
             levels.append(level)
             print(format_row(label, level) + ("  [CUDA MPS]" if idle.get("mamtra_cuda_mps") else ""), flush=True)
@@ -494,6 +555,10 @@ def format_row(label: str, level: dict) -> str:
             f"{num(peak and peak / 2**30, '.2f'):>8}")
 
 
+def _num(v) -> str:
+    return "-" if v is None else format(v, ".0f")
+
+
 def format_stages(level: dict) -> str:
     """The server's first-audio stages of a level, mean ms: ``chunk 1: queue 0 prefill 9 ... | chunk 2: ...``."""
     parts = []
@@ -512,6 +577,14 @@ def format_stages(level: dict) -> str:
                 line += f"\n    underruns by {title}: " + ", ".join(
                     f"{key} s player " + " ".join(f"{mark}{name} {n}" for name, n in v.items())
                     for key, v in counts.items())
+    ttfa, lag = level["server"].get("ttfa"), level.get("client_loop_lag_ms")
+    if ttfa and ttfa.get("count") and ttfa.get("over_target") is not None:
+        over = level.get("ttfa_over_target")
+        line += (f"\n    first audio over {TTFA_TARGET_S * 1e3:.0f} ms: server {ttfa['over_target']:.0f} of "
+                 f"{ttfa['count']:.0f} (server p50 / p95 ~{_num(ttfa['p50_ms'])} / {_num(ttfa['p95_ms'])} ms)"
+                 + ("" if over is None else f", client {over}"))
+        if lag and lag.get("n"):
+            line += f"; client loop lag p50 / p95 / max {lag['p50']:.1f} / {lag['p95']:.1f} / {lag['max']:.1f} ms"
     lane = level["server"].get("urgent_lane")
     if lane and any(lane.values()):
         line += "\n    urgent lane, chunks: " + " ".join(f"{r} {n:.0f}" for r, n in lane.items())

@@ -170,6 +170,8 @@ def test_bench_serve_quick_end_to_end(tmp_path, capsys):
         srv = lv["server"]
         assert srv["audio_busy"] > 0 and srv["audio_batches"] >= 2 and srv["engine_busy"] > 0
         assert srv["audio_batch_mean"] >= 1
+        assert srv["ttfa"]["count"] == lv["clients"] and 0 <= lv["ttfa_over_target"] <= lv["clients"]
+        assert lv["client_loop_lag_ms"]["n"] > 0 and lv["client_loop_lag_ms"]["max"] >= 0
         assert srv["memory"]["state_bytes"] > 0 and "gpu_memory_peak_bytes" in srv["memory"]
     if importlib.util.find_spec("matplotlib"):  # the plot needs the bench extra
         assert (tmp_path / "serve.png").stat().st_size > 0
@@ -266,3 +268,34 @@ def test_a_levels_extra_lines_name_the_stalls_positions_the_joined_chunks_and_th
              "underruns_by_prebuffer": {"0": {"events": 0, "stall_s": 0.0, "events_at": none}}}
     assert "audio played" not in format_stages(quiet) and "prefill steps" not in format_stages(quiet)
     assert "late chunk" not in format_stages(quiet)
+
+
+def test_histogram_quantile_interpolates_within_a_bucket_as_prometheus_does():
+    from bench.serve import histogram_quantile
+
+    inf = float("inf")
+    buckets = {0.1: 50.0, 0.15: 90.0, 0.2: 100.0, inf: 100.0}
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.1)  # the 50th of 100 at the first bucket's top
+    assert histogram_quantile(0.7, buckets) == pytest.approx(0.125)  # 20 of the 40 in (0.1, 0.15]
+    assert histogram_quantile(0.95, buckets) == pytest.approx(0.175)
+    assert histogram_quantile(0.99, {0.1: 10.0, inf: 100.0}) == pytest.approx(0.1)  # in +Inf: the last edge
+    assert histogram_quantile(0.5, {0.1: 0.0, inf: 0.0}) is None
+
+
+def test_the_servers_time_to_first_audio_over_a_level_beside_the_clients():
+    from bench.serve import format_stages
+    from service.metrics import Metrics
+
+    m = Metrics()
+    m.time_to_first_audio.observe(0.3)  # before the level: not counted
+    before = parse_prometheus(m.render().decode())
+    for seconds in (0.04, 0.06, 0.09, 0.12, 0.14, 0.16, 0.4):
+        m.time_to_first_audio.observe(seconds)
+    s = server_summary(before, parse_prometheus(m.render().decode()), wall_s=1.0)["ttfa"]
+    assert s["count"] == 7 and s["over_target"] == 2
+    assert 100 < s["p50_ms"] <= 150 and 300 < s["p95_ms"] <= 500
+    level = {"server": {"first_audio_stages_ms": {}, "ttfa": s}, "ttfa_over_target": 3,
+             "client_loop_lag_ms": {"p50": 0.2, "p95": 1.5, "max": 9.0, "n": 400}}
+    text = format_stages(level)
+    assert "first audio over 150 ms: server 2 of 7" in text and "client 3" in text
+    assert "client loop lag p50 / p95 / max 0.2 / 1.5 / 9.0 ms" in text
