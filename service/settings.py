@@ -69,16 +69,11 @@ class Settings(BaseSettings):
     audio_urgent_lane_batch: int = Field(32, ge=1, description="The urgent lane's largest batch: urgent chunks of "
                                          "distinct requests it decodes in one pass (a burst of arrivals queues "
                                          "more)")
-    audio_urgent_lane_chunks: int | None = Field(None, ge=1, description="The urgent lane decodes a request's first "
-                                                 "this many chunks (at most MAMTRA_AUDIO_URGENT_CHUNKS; unset: all "
-                                                 "the urgent ones); the main decoder then runs the urgent chunks "
-                                                 "the lane does not take first (MAMTRA_AUDIO_URGENT_FIRST auto)")
     audio_urgent_first: Literal["auto", "on", "off"] = Field("auto", description="The main audio decoder runs "
                                                              "requests' urgent chunks first, in batches of their "
                                                              "own, and stops letting a batch fill for them; auto = "
-                                                             "on without the urgent lane or where the lane takes "
-                                                             "fewer chunks than are urgent (otherwise the lane "
-                                                             "delivers those chunks itself)")
+                                                             "on without the urgent lane (which delivers those "
+                                                             "chunks itself)")
     audio_process: Literal["auto", "on", "off"] = Field("auto", description="Decode audio (codec decoder + "
                                                         "vocoder) in a process of its own, beside the LM loop "
                                                         "instead of sharing its interpreter lock; auto = on with "

@@ -238,22 +238,19 @@ class AudioWorker(_JobThread):
 class UrgentLane(_JobThread):
     """Runs urgent jobs as they come, at most ``max_batch`` distinct requests a batch (a request's next job waits for
     the next batch), with no fill wait; ``idle`` is called about every ``idle_s`` seconds while nothing is queued (the
-    engine releases the lane's decoder streams of finished requests there). With ``max_index`` only a request's
-    first that many chunks (the others stay the worker's alone). Jobs may be dropped by ``run_batch`` without harm:
-    the ``AudioWorker`` decodes them too."""
+    engine releases the lane's decoder streams of finished requests there). Jobs may be dropped by ``run_batch``
+    without harm: the ``AudioWorker`` decodes them too."""
 
     THREAD_NAME = "mamtra-audio-urgent"
 
     def __init__(self, *, run_batch: Callable[[list[AudioJob]], None], max_batch: int,
-                 idle: Callable[[], None] | None = None, idle_s: float = 1.0, max_index: int | None = None) -> None:
+                 idle: Callable[[], None] | None = None, idle_s: float = 1.0) -> None:
         super().__init__(run_batch, max_batch)
         self._idle = idle
         self.idle_s = idle_s
-        self.max_index = max_index
 
     def _accepts(self, job: AudioJob) -> bool:
-        # steady chunks and request ends are the worker's only
-        return job.urgent and job.is_decode and (self.max_index is None or job.index <= self.max_index)
+        return job.urgent and job.is_decode  # steady chunks and request ends are the worker's only
 
     def _take(self) -> list[AudioJob]:
         """The next batch: queued jobs in order, one per request (a request's later job stays queued behind its

@@ -77,10 +77,8 @@ class EngineConfig:
     audio_max_batch: int = 256  # decode jobs of different requests run together (1: one at a time)
     urgent_chunks: int = 2  # a request's first chunks decoded ahead of steady streams' (audio_worker; 0: none)
     urgent_lane_max_batch: int = 32  # with the pipeline's urgent_decoder: urgent chunks per batch of the lane
-    # the lane decodes a request's first this many chunks (None: every urgent one); the rest are the worker's alone
-    urgent_lane_chunks: int | None = None
     # the main audio worker runs urgent chunks first and cuts its fill wait for them (AudioWorker.urgent_first);
-    # None: without an urgent lane, or where it takes fewer chunks than are urgent (otherwise it delivers them)
+    # None: only without an urgent lane (the lane delivers them)
     urgent_first: bool | None = None
     align_chunks: bool = True  # later chunks close on the engine's step clock (see Engine._chunk_ready)
     # A sentence whose successor is already queued does not flush the decoder: the request's audio is one decode
@@ -116,7 +114,6 @@ class EngineConfig:
                    audio_batch_wait_s=settings.audio_batch_wait_ms / 1e3, urgent_chunks=settings.audio_urgent_chunks,
                    audio_merge_chunks=settings.audio_merge_chunks,
                    urgent_lane_max_batch=settings.audio_urgent_lane_batch,
-                   urgent_lane_chunks=settings.audio_urgent_lane_chunks,
                    urgent_first={"auto": None, "on": True, "off": False}[settings.audio_urgent_first],
                    gil_switch_interval_s=settings.gil_switch_interval_ms / 1e3, step_overlap=settings.step_overlap,
                    pace_ahead_s=settings.pace_ahead_s,
@@ -267,13 +264,10 @@ class Engine(EngineAPI):
         # Chunks are delivered under this lock by whichever path decodes them first (the worker or the urgent lane)
         self._emit_lock = threading.Lock()
         self._lane: UrgentLane | None = None
-        # the chunks the lane decodes: a request's first ``_lane_chunks`` (of its ``urgent_chunks`` urgent ones)
-        self._lane_chunks = min(config.urgent_chunks, config.urgent_lane_chunks or config.urgent_chunks)
         if pipeline.urgent_decoder is not None and config.urgent_chunks > 0:
             self._lane = UrgentLane(run_batch=self._decode_urgent, max_batch=config.urgent_lane_max_batch,
-                                    idle=self._release_urgent, max_index=self._lane_chunks)
-        urgent_first = (self._lane is None or self._lane_chunks < config.urgent_chunks) \
-            if config.urgent_first is None else config.urgent_first
+                                    idle=self._release_urgent)
+        urgent_first = self._lane is None if config.urgent_first is None else config.urgent_first
         self._audio = AudioWorker(run_batch=self._decode_batch, run_end=lambda job: self._finish_stream(job.handle),
                                   max_batch=config.audio_max_batch, max_wait_s=config.audio_batch_wait_s,
                                   urgent_first=urgent_first,
@@ -798,7 +792,7 @@ class Engine(EngineAPI):
         for job, pcm in zip(live, pcms):
             won = self._deliver(job, pcm, start)
             counted.labels(result="won" if won else "lost").inc()
-            if not won or job.index >= self._lane_chunks:
+            if not won or job.index >= self.config.urgent_chunks:
                 self._drop_urgent(job.handle)
 
     def _drop_urgent(self, handle: _Handle) -> None:

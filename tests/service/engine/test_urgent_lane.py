@@ -184,33 +184,3 @@ def test_the_lane_decodes_a_batchs_first_chunks_before_its_second_chunks():
     assert urgent.calls == [[True, True], [True, True], [False, False]]
     assert delivered == [("a", 1), ("d", 1), ("b", 1), ("c", 1), ("a", 2), ("d", 2)]
     assert urgent.open_streams == 2  # b's and c's, for their second chunks; a's and d's released
-
-
-def test_a_lane_of_first_chunks_only_leaves_the_second_to_the_worker_which_runs_them_first(without_lane, monkeypatch):
-    """MAMTRA_AUDIO_URGENT_LANE_CHUNKS=1: the lane decodes a request's first chunk only (and releases its stream at
-    once); the second, still urgent, is the main worker's, which then runs urgent chunks first; same audio."""
-    import torch
-
-    from service.engine.engine import EngineConfig
-    from service.settings import Settings
-
-    urgent = ClosingToneDecoder()
-    results, counts, engine = _run(urgent=urgent, urgent_lane_chunks=1)
-    _same_audio(without_lane, results)
-    assert engine._lane.max_index == 1 and engine._audio.urgent_first is True
-    assert counts["won"] + counts["lost"] + counts["skipped"] == 4 and counts["failed"] == 0  # one chunk a request
-    first = {len(chunks[0].pcm) // SAMPLES_PER_TOKEN for chunks in results}
-    assert all(len(s.pushed) in first | {4} for s in urgent.streams) and urgent.open_streams == 0
-    assert make_engine(urgent_decoder=ClosingToneDecoder(), urgent_lane_chunks=5)._lane.max_index == 2  # <= urgent
-    assert make_engine(urgent_decoder=ClosingToneDecoder(), urgent_lane_chunks=2)._audio.urgent_first is False
-    cpu = torch.device("cpu")
-    assert EngineConfig.from_settings(Settings(), device=cpu).urgent_lane_chunks is None
-    monkeypatch.setenv("MAMTRA_AUDIO_URGENT_LANE_CHUNKS", "1")
-    assert EngineConfig.from_settings(Settings(), device=cpu).urgent_lane_chunks == 1
-
-
-def test_a_lane_with_a_chunk_limit_takes_only_those_chunks():
-    lane = UrgentLane(run_batch=lambda batch: None, max_batch=4, max_index=1)
-    assert lane._accepts(AudioJob("A", [1], urgent=True, index=1))
-    assert not lane._accepts(AudioJob("A", [1], urgent=True, index=2))
-    assert UrgentLane(run_batch=lambda batch: None, max_batch=4)._accepts(AudioJob("A", [1], urgent=True, index=2))
