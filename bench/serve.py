@@ -308,6 +308,9 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
         # requests' first chunks through the urgent lane (MAMTRA_AUDIO_URGENT_LANE): won, lost, skipped, failed
         "urgent_lane": {r: delta(f'mamtra_audio_urgent_lane_chunks_total{{result="{r}"}}')
                         for r in ("won", "lost", "skipped", "failed")},
+        # requests' first chunks through the first-chunk lane (MAMTRA_AUDIO_FIRST_LANE)
+        "first_lane": {r: delta(f'mamtra_audio_first_lane_chunks_total{{result="{r}"}}')
+                       for r in ("won", "lost", "skipped", "failed")},
         # per step kind (decode, prefill, mixed): steps and mean wall time; what prefills cost the decode loop
         "steps": {kind: _steps(delta(f'mamtra_step_seconds_sum{{kind="{kind}"}}'),
                                delta(f'mamtra_step_seconds_count{{kind="{kind}"}}'))
@@ -585,9 +588,10 @@ def format_stages(level: dict) -> str:
                  + ("" if over is None else f", client {over}"))
         if lag and lag.get("n"):
             line += f"; client loop lag p50 / p95 / max {lag['p50']:.1f} / {lag['p95']:.1f} / {lag['max']:.1f} ms"
-    lane = level["server"].get("urgent_lane")
-    if lane and any(lane.values()):
-        line += "\n    urgent lane, chunks: " + " ".join(f"{r} {n:.0f}" for r, n in lane.items())
+    for key, title in (("urgent_lane", "urgent lane"), ("first_lane", "first-chunk lane")):
+        lane = level["server"].get(key)
+        if lane and any(lane.values()):
+            line += f"\n    {title}, chunks: " + " ".join(f"{r} {n:.0f}" for r, n in lane.items())
     loop = level["server"].get("loop_phase_ms")
     if loop and any(v is not None for v in loop.values()):
         line += "\n    engine loop per step, mean ms: " + " ".join(

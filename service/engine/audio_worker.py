@@ -244,13 +244,15 @@ class UrgentLane(_JobThread):
     THREAD_NAME = "mamtra-audio-urgent"
 
     def __init__(self, *, run_batch: Callable[[list[AudioJob]], None], max_batch: int,
-                 idle: Callable[[], None] | None = None, idle_s: float = 1.0) -> None:
+                 idle: Callable[[], None] | None = None, idle_s: float = 1.0, max_index: int | None = None) -> None:
         super().__init__(run_batch, max_batch)
         self._idle = idle
         self.idle_s = idle_s
+        self.max_index = max_index  # only a request's first this many chunks (None: every urgent one)
 
     def _accepts(self, job: AudioJob) -> bool:
-        return job.urgent and job.is_decode  # steady chunks and request ends are the worker's only
+        # steady chunks and request ends are the worker's only
+        return job.urgent and job.is_decode and (self.max_index is None or job.index <= self.max_index)
 
     def _take(self) -> list[AudioJob]:
         """The next batch: queued jobs in order, one per request (a request's later job stays queued behind its

@@ -69,12 +69,14 @@ def resolve_device(name: str) -> torch.device:
 
 def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: str = "auto",
                 audio_process: bool = False, decoder_options: dict[str, Any] | None = None,
-                urgent_lane: bool = False, audio_env: dict[str, str] | None = None) -> tuple[SpeechLM, Pipeline]:
+                urgent_lane: bool = False, first_lane: bool = False,
+                audio_env: dict[str, str] | None = None) -> tuple[SpeechLM, Pipeline]:
     """``audio_process``: the decoder runs in a child process (``service.engine.audio_process``);
     ``decoder_options``: keys of the decoder section that override the bundle's (e.g. ``vocoder_channels_last``);
     ``urgent_lane``: a second decoder for the requests' first chunks (``Pipeline.urgent_decoder``; another child
-    process with ``audio_process``, the two loading at once); ``audio_env``: environment variables of the audio
-    processes only."""
+    process with ``audio_process``, the two loading at once); ``first_lane`` (with ``urgent_lane``): a third, for
+    first chunks only (``Pipeline.first_decoder``); ``audio_env``: environment variables of the audio processes
+    only."""
     root = Path(model_dir) if model_dir else DEFAULT_BUNDLE
     spec_path = root / "pipeline.json"
     if not spec_path.exists():
@@ -91,12 +93,14 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
         decoder_spec = {"device": str(device), **spec["decoder"], **(decoder_options or {})}
         make_decoder = _factory(DECODERS, spec["decoder"]["kind"])
         urgent_decoder: SpeechDecoder | None = None
+        first_decoder: SpeechDecoder | None = None
+        first_lane = first_lane and urgent_lane
         if audio_process:
             from service.engine.audio_process import AudioProcessError, ProcessDecoder
 
             started: list[ProcessDecoder] = []
             try:  # the same factory, called in the child(ren)
-                for _ in range(2 if urgent_lane else 1):
+                for _ in range(1 + urgent_lane + first_lane):
                     started.append(ProcessDecoder(make_decoder, root, decoder_spec, wait=False, env=audio_env))
                 for process in started:
                     process.wait_ready()
@@ -106,9 +110,11 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
                 raise BundleError(f"{root}: {e}") from None
             decoder: SpeechDecoder = started[0]
             urgent_decoder = started[1] if urgent_lane else None
+            first_decoder = started[2] if first_lane else None
         else:
             decoder = make_decoder(root, decoder_spec)
             urgent_decoder = make_decoder(root, decoder_spec) if urgent_lane else None
+            first_decoder = make_decoder(root, decoder_spec) if first_lane else None
     except KeyError as e:
         raise BundleError(f"{spec_path}: unknown front-end or decoder kind {e}") from None
     voices = {}
@@ -132,7 +138,7 @@ def load_bundle(model_dir: str | Path | None, *, device: torch.device, backend: 
     pipeline = Pipeline(model_id=spec["model_id"], frontend=frontend, decoder=decoder, voices=voices,
                         eos_id=spec["eos_id"], speech_ids=tuple(range(first, last + 1)),
                         tokens_per_second=spec.get("tokens_per_second", 25.0), aligner=aligner,
-                        urgent_decoder=urgent_decoder, **guard)
+                        urgent_decoder=urgent_decoder, first_decoder=first_decoder, **guard)
     return model, pipeline
 
 

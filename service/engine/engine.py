@@ -267,6 +267,13 @@ class Engine(EngineAPI):
         if pipeline.urgent_decoder is not None and config.urgent_chunks > 0:
             self._lane = UrgentLane(run_batch=self._decode_urgent, max_batch=config.urgent_lane_max_batch,
                                     idle=self._release_urgent)
+        # the first-chunk lane: requests' first chunks through a third decoder, never behind the lane's second chunks
+        self._first_lane: UrgentLane | None = None
+        if pipeline.first_decoder is not None and self._lane is not None:
+            self._first_lane = UrgentLane(run_batch=self._decode_first, max_batch=config.urgent_lane_max_batch,
+                                          max_index=1)
+            self._first_lane.THREAD_NAME = "mamtra-audio-first"
+        self._first_stream = None  # on CUDA with an in-process first-chunk decoder: its own CUDA stream
         urgent_first = self._lane is None if config.urgent_first is None else config.urgent_first
         self._audio = AudioWorker(run_batch=self._decode_batch, run_end=lambda job: self._finish_stream(job.handle),
                                   max_batch=config.audio_max_batch, max_wait_s=config.audio_batch_wait_s,
@@ -375,9 +382,10 @@ class Engine(EngineAPI):
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10.0)
         self._audio.shutdown()
-        if self._lane is not None:
-            self._lane.shutdown()
-        for decoder in (self.pipeline.decoder, self.pipeline.urgent_decoder):
+        for lane in (self._lane, self._first_lane):
+            if lane is not None:
+                lane.shutdown()
+        for decoder in (self.pipeline.decoder, self.pipeline.urgent_decoder, self.pipeline.first_decoder):
             shutdown = getattr(decoder, "shutdown", None)  # a decoder process (MAMTRA_AUDIO_PROCESS)
             if shutdown is not None:
                 await asyncio.get_running_loop().run_in_executor(None, shutdown)
@@ -463,14 +471,19 @@ class Engine(EngineAPI):
             self._audio_stream = self._side_stream()
             if self._lane is not None:
                 self._lane_stream = self._side_stream()
-        lane_warm = None
-        if self._lane is not None:  # the urgent decoder (another process, as a rule) warms up beside the other
-            lane_warm = threading.Thread(target=self._warm_decoder, name="mamtra-warm-urgent", args=(
-                self.pipeline.urgent_decoder, self._lane_stream, voice.voice.id, self.config.urgent_lane_max_batch))
-            lane_warm.start()
+            if self._first_lane is not None:
+                self._first_stream = self._side_stream()
+        warming = []  # the lanes' decoders (other processes, as a rule) warm up beside the main one
+        for lane, decoder, stream, name in ((self._lane, self.pipeline.urgent_decoder, self._lane_stream, "urgent"),
+                                            (self._first_lane, self.pipeline.first_decoder, self._first_stream,
+                                             "first")):
+            if lane is not None:
+                warming.append(threading.Thread(target=self._warm_decoder, name=f"mamtra-warm-{name}", args=(
+                    decoder, stream, voice.voice.id, self.config.urgent_lane_max_batch)))
+                warming[-1].start()
         self._warm_decoder(self.pipeline.decoder, self._audio_stream, voice.voice.id, self.config.audio_max_batch)
-        if lane_warm is not None:
-            lane_warm.join()
+        for thread in warming:
+            thread.join()
 
     def _warm_decoder(self, decoder, stream, voice_id: str, max_batch: int) -> None:
         with _on(stream):
@@ -573,8 +586,9 @@ class Engine(EngineAPI):
         try:
             self._dispatch_into(events, jobs)
         finally:  # one hand-over per step: the audio thread never starts a round with half of a step's chunks
-            if self._lane is not None:
-                self._lane.submit_many(jobs)  # the urgent ones; the worker decodes them too
+            for lane in (self._first_lane, self._lane):
+                if lane is not None:
+                    lane.submit_many(jobs)  # the urgent ones (the first lane: first chunks); the worker decodes them too
             self._audio.submit_many(jobs)
 
     def _dispatch_into(self, events: list[Event], jobs: list[AudioJob]) -> None:
@@ -795,6 +809,45 @@ class Engine(EngineAPI):
             if not won or job.index >= self.config.urgent_chunks:
                 self._drop_urgent(job.handle)
 
+    def _decode_first(self, jobs: list[AudioJob]) -> None:
+        """First-chunk lane thread: requests' first chunks through a decoder of their own, each from a fresh stream
+        (a graph replay where the decoder has one) closed right after; delivered if no other path has. The urgent
+        lane and the worker decode these chunks too and carry each request on from them."""
+        decoder = self.pipeline.first_decoder
+        counted = self.metrics.first_lane_chunks
+        live = [job for job in jobs if not job.handle.closed and job.index > job.handle.settled]
+        if len(live) < len(jobs):
+            counted.labels(result="skipped").inc(len(jobs) - len(live))
+        if not live:
+            return
+        start = time.monotonic()
+        streams = []
+        try:
+            with _on(self._first_stream):
+                streams = [decoder.open(job.handle.voice, speed=job.handle.speed) for job in live]
+                push_many = getattr(decoder, "push_many", None)
+                if push_many is not None and len(live) > 1:
+                    pcms = push_many(streams, [job.tokens for job in live], [job.flush for job in live])
+                else:
+                    pcms = [s.push(job.tokens, flush=job.flush) for s, job in zip(streams, live)]
+        except Exception:  # the other paths decode these chunks too: nothing is lost
+            log.exception("first-chunk lane: decoding %d chunks failed; the other paths deliver them", len(live))
+            counted.labels(result="failed").inc(len(live))
+            if not getattr(decoder, "alive", True):  # its process died: the other paths alone from now on
+                log.error("first-chunk lane: its decoder process is gone; the lane is off")
+                self._first_lane.shutdown()
+            return
+        finally:
+            for s in streams:
+                close = getattr(s, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:
+                        log.exception("first-chunk lane: releasing a decoder stream failed")
+        for job, pcm in zip(live, pcms):
+            counted.labels(result="won" if self._deliver(job, pcm, start) else "lost").inc()
+
     def _drop_urgent(self, handle: _Handle) -> None:
         """Urgent lane thread: release the request's stream in the urgent decoder, if it has one."""
         stream, handle.urgent_decoder = handle.urgent_decoder, None
@@ -929,6 +982,7 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     audio_process = settings.audio_process == "on" or (settings.audio_process == "auto" and device.type == "cuda")
     urgent_lane = settings.audio_urgent_chunks > 0 and (
         settings.audio_urgent_lane == "on" or (settings.audio_urgent_lane == "auto" and audio_process))
+    first_lane = urgent_lane and settings.audio_first_lane
     options = {key: value for key, value in (("vocoder_channels_last", settings.vocoder_channels_last),
                                              ("first_chunk_graphs", settings.audio_first_chunk_graphs),
                                              ("vocoder_fused", settings.vocoder_fused))
@@ -936,6 +990,7 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     audio_env = {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(settings.audio_gpu_percent)}
     model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend,
                                   audio_process=audio_process, decoder_options=options, urgent_lane=urgent_lane,
+                                  first_lane=first_lane,
                                   audio_env=audio_env)
     config = EngineConfig.from_settings(settings, device=device)
     norm_fused.set_enabled(settings.fused_norms)

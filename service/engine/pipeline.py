@@ -79,6 +79,9 @@ class Pipeline:
     # A second decoder (another audio process, as a rule) for requests' first chunks only, beside the main one:
     # the engine's urgent lane (service.engine.audio_worker.UrgentLane). None: no lane.
     urgent_decoder: SpeechDecoder | None = None
+    # A third decoder for requests' first chunks only, beside the urgent lane (which then waits for none of its
+    # first chunks behind its second chunks): the engine's first-chunk lane. None: no such lane.
+    first_decoder: SpeechDecoder | None = None
 
     def max_tokens(self, sentence: SentenceText) -> int:
         seconds = max(self.min_cap_seconds, self.max_seconds_per_char * len(sentence.text))

@@ -201,7 +201,8 @@ def tiny_lm(layout="AMAM", max_context=256, eos_bias=0.0):
     return BiasedLM(cfg, eos_bias).eval()
 
 
-def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0, batching=False, aligner=None, urgent_decoder=None):
+def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0, batching=False, aligner=None, urgent_decoder=None,
+                  first_decoder=None):
     voices = {
         "ava": VoiceEntry(Voice("ava", "Ava"), (TEXT0, TEXT0 + 1)),
         "ben": VoiceEntry(Voice("ben", "Ben"), (TEXT0 + 2, TEXT0 + 3, TEXT0 + 4)),
@@ -211,7 +212,7 @@ def fake_pipeline(max_cap_seconds=0.2, decode_delay_s=0.0, batching=False, align
                     voices=voices,
                     eos_id=EOS, speech_ids=tuple(range(SPEECH0, SPEECH0 + N_SPEECH)), tokens_per_second=25.0,
                     max_seconds_per_char=0.0, min_cap_seconds=max_cap_seconds,  # a fixed cap per sentence
-                    aligner=aligner, urgent_decoder=urgent_decoder)
+                    aligner=aligner, urgent_decoder=urgent_decoder, first_decoder=first_decoder)
 
 
 # The engine loop's mode when a test does not choose: test modules that run their tests both ways set it (fixture).
@@ -219,15 +220,15 @@ STEP_OVERLAP = False
 
 
 def make_engine(*, layout="AMAM", max_context=256, eos_bias=-50.0, cap_seconds=0.4, decode_delay_s=0.0,
-                batching=False, aligner=None, urgent_decoder=None, **config):
+                batching=False, aligner=None, urgent_decoder=None, first_decoder=None, **config):
     """An engine whose sentences run to their cap (EOS suppressed) unless eos_bias is raised: 0.4 s = 10 tokens.
     ``batching``: the decoder has ``push_many`` (``BatchingToneDecoder``); ``urgent_decoder``: the pipeline's
-    second decoder (the engine's urgent lane)."""
+    second decoder (the engine's urgent lane); ``first_decoder``: its third (the first-chunk lane)."""
     defaults = dict(max_streams=2, max_queue=2, first_chunk_tokens=2, chunk_tokens=4, client_queue_chunks=4,
                     step_overlap=STEP_OVERLAP)
     defaults.update(config)
     return Engine(model=tiny_lm(layout, max_context, eos_bias),
-                  pipeline=fake_pipeline(cap_seconds, decode_delay_s, batching, aligner, urgent_decoder),
+                  pipeline=fake_pipeline(cap_seconds, decode_delay_s, batching, aligner, urgent_decoder, first_decoder),
                   config=EngineConfig(**defaults),
                   metrics=Metrics())
 

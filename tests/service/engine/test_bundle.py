@@ -160,3 +160,12 @@ def test_bundle_with_an_aligner_sends_aligned_word_timestamps(tmp_path, bundle):
     (bad / "aligner" / "aligner.json").write_text("{}")
     with pytest.raises(BundleError, match="aligner"):
         load_bundle(bad, device=torch.device("cpu"))
+
+
+def test_a_first_chunk_lane_is_a_third_decoder_only_beside_the_urgent_lane(bundle):
+    out, _ = bundle
+    _, pipeline = load_bundle(out, device=torch.device("cpu"), backend="ref", urgent_lane=True, first_lane=True)
+    assert pipeline.urgent_decoder is not None and pipeline.first_decoder is not None
+    assert pipeline.first_decoder is not pipeline.urgent_decoder and pipeline.first_decoder is not pipeline.decoder
+    _, pipeline = load_bundle(out, device=torch.device("cpu"), backend="ref", first_lane=True)
+    assert pipeline.urgent_decoder is None and pipeline.first_decoder is None

@@ -49,8 +49,8 @@ async def _serve(engine, texts):
 
 
 def _run(texts=TEXTS, urgent=None, worker_delay_s=0.05, cap_seconds=0.8, **kw):
-    engine = make_engine(max_streams=4, max_queue=4, cap_seconds=cap_seconds, batching=True, decode_delay_s=worker_delay_s,
-                         urgent_decoder=urgent, **kw)
+    engine = make_engine(max_streams=4, max_queue=4, cap_seconds=cap_seconds, batching=True,
+                         decode_delay_s=worker_delay_s, urgent_decoder=urgent, **kw)
     if engine._lane is not None:
         engine._lane.idle_s = 0.05
     results = asyncio.run(asyncio.wait_for(_serve(engine, texts), 60))
@@ -184,3 +184,32 @@ def test_the_lane_decodes_a_batchs_first_chunks_before_its_second_chunks():
     assert urgent.calls == [[True, True], [True, True], [False, False]]
     assert delivered == [("a", 1), ("d", 1), ("b", 1), ("c", 1), ("a", 2), ("d", 2)]
     assert urgent.open_streams == 2  # b's and c's, for their second chunks; a's and d's released
+
+
+def test_a_first_chunk_lane_delivers_first_chunks_beside_the_urgent_lane_and_the_audio_is_unchanged(without_lane):
+    """MAMTRA_AUDIO_FIRST_LANE: a third decoder takes requests' first chunks only, each from a fresh stream closed
+    at once; the urgent lane (slow here: its first chunks come late) still carries every request's second chunk."""
+    first, urgent = ClosingToneDecoder(), ClosingToneDecoder(delay_s=0.2)
+    results, _, engine = _run(urgent=urgent, first_decoder=first, worker_delay_s=0.2)
+    _same_audio(without_lane, results)
+    won = {r: engine.metrics.first_lane_chunks.labels(result=r)._value.get()
+           for r in ("won", "lost", "skipped", "failed")}
+    assert won["won"] >= 1 and won["failed"] == 0 and sum(won.values()) <= 4  # first chunks only
+    assert first.open_streams == 0 and urgent.open_streams == 0
+    first_len = {len(chunks[0].pcm) // SAMPLES_PER_TOKEN for chunks in results}
+    assert all(len(s.pushed) in first_len | {4} for s in first.streams)  # one push each (and the warm-up's)
+    assert engine._first_lane.max_index == 1
+    assert make_engine(first_decoder=ClosingToneDecoder())._first_lane is None  # only beside an urgent lane
+
+
+def test_a_failing_first_chunk_lane_leaves_its_chunks_to_the_other_paths(without_lane):
+    results, _, engine = _run(urgent=ClosingToneDecoder(), first_decoder=ClosingToneDecoder(fail=True))
+    _same_audio(without_lane, results)
+    assert engine.metrics.first_lane_chunks.labels(result="won")._value.get() == 0
+
+
+def test_a_lane_with_a_chunk_limit_takes_only_those_chunks():
+    lane = UrgentLane(run_batch=lambda batch: None, max_batch=4, max_index=1)
+    assert lane._accepts(AudioJob("A", [1], urgent=True, index=1))
+    assert not lane._accepts(AudioJob("A", [1], urgent=True, index=2))
+    assert UrgentLane(run_batch=lambda batch: None, max_batch=4)._accepts(AudioJob("A", [1], urgent=True, index=2))
