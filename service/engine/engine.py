@@ -758,14 +758,16 @@ class Engine(EngineAPI):
         not delivered them yet. A request is left to the worker (its lane stream released) once it has had its
         urgent chunks, when the worker got ahead of the lane, when it is closed, or when the lane's decode fails.
         The batch's first chunks (time to first audio; fresh streams, which the decoder may replay from a graph)
-        are decoded and delivered before its later chunks."""
+        are decoded and delivered before its later chunks. Beside a first-chunk lane, a first chunk delivered
+        already is still decoded (the state its second chunk continues) unless the second is delivered too."""
         decoder = self.pipeline.urgent_decoder
         counted = self.metrics.urgent_lane_chunks
         self._release_urgent()
         live: list[AudioJob] = []
         for job in jobs:
             handle = job.handle
-            if handle.closed or job.index <= handle.settled or (handle.urgent_decoder is None and job.index > 1):
+            if handle.closed or (job.index <= handle.settled and not self._carries_on(job)) or (
+                    handle.urgent_decoder is None and job.index > 1):
                 counted.labels(result="skipped").inc()
                 self._drop_urgent(handle)
                 continue
@@ -806,8 +808,14 @@ class Engine(EngineAPI):
         for job, pcm in zip(live, pcms):
             won = self._deliver(job, pcm, start)
             counted.labels(result="won" if won else "lost").inc()
-            if not won or job.index >= self.config.urgent_chunks:
+            if (not won and not self._carries_on(job)) or job.index >= self.config.urgent_chunks:
                 self._drop_urgent(job.handle)
+
+    def _carries_on(self, job: AudioJob) -> bool:
+        """Whether the urgent lane decodes a request's first chunk that another path has delivered: beside a
+        first-chunk lane (which delivers most first chunks and keeps no state), for the second chunk's sake, while
+        that is not delivered either."""
+        return self._first_lane is not None and job.index == 1 < self.config.urgent_chunks and job.handle.settled < 2
 
     def _decode_first(self, jobs: list[AudioJob]) -> None:
         """First-chunk lane thread: requests' first chunks through a decoder of their own, each from a fresh stream

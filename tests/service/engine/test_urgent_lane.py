@@ -213,3 +213,15 @@ def test_a_lane_with_a_chunk_limit_takes_only_those_chunks():
     assert lane._accepts(AudioJob("A", [1], urgent=True, index=1))
     assert not lane._accepts(AudioJob("A", [1], urgent=True, index=2))
     assert UrgentLane(run_batch=lambda batch: None, max_batch=4)._accepts(AudioJob("A", [1], urgent=True, index=2))
+
+
+def test_beside_a_first_chunk_lane_the_urgent_lane_still_delivers_second_chunks(without_lane):
+    """The first-chunk lane wins the first chunks; the urgent lane decodes them anyway (the state its second chunk
+    continues, delivery lost) and delivers the second chunks before the slow worker."""
+    first, urgent = ClosingToneDecoder(), ClosingToneDecoder(delay_s=0.05)
+    results, counts, engine = _run(urgent=urgent, first_decoder=first, worker_delay_s=0.3)
+    _same_audio(without_lane, results)
+    first_won = engine.metrics.first_lane_chunks.labels(result="won")._value.get()
+    assert first_won >= 2 and counts["won"] >= 2 and counts["failed"] == 0
+    assert counts["won"] + first_won >= 6  # of the 8 first and second chunks, most through the two lanes
+    assert first.open_streams == 0 and urgent.open_streams == 0
