@@ -35,10 +35,10 @@ class Settings(BaseSettings):
                                 "less: the device's time goes to streams that need it (0: every stream runs as fast "
                                 "as the device goes; a client downloading a file then waits longer)")
     max_starting: int = Field(0, ge=0, description="Requests starting at once: while this many have had their "
-                              "first prefill but not yet their first MAMTRA_AUDIO_URGENT_CHUNKS audio chunks delivered, "
-                              "a newly admitted request's first prefill waits (a burst of arrivals then delays "
-                              "newcomers' first audio instead of the next chunks of streams already playing; 0: no "
-                              "cap)")
+                              "first prefill but not yet their first MAMTRA_AUDIO_URGENT_CHUNKS audio chunks "
+                              "delivered, a newly admitted request's first prefill waits (a burst of arrivals then "
+                              "delays newcomers' first audio instead of the next chunks of streams already playing; "
+                              "0: no cap)")
     prefill_graphs: bool = Field(True, description="On CUDA, replay prefills from CUDA graphs (sequences × tokens "
                                  "buckets) instead of launching their kernels one by one")
     prefill_overlap: bool = Field(True, description="On CUDA, a step's graphed prefill runs beside its decode on a "

@@ -588,7 +588,7 @@ class Engine(EngineAPI):
         finally:  # one hand-over per step: the audio thread never starts a round with half of a step's chunks
             for lane in (self._first_lane, self._lane):
                 if lane is not None:
-                    lane.submit_many(jobs)  # the urgent ones (the first lane: first chunks); the worker decodes them too
+                    lane.submit_many(jobs)  # the urgent ones (the first lane: first chunks); the worker too
             self._audio.submit_many(jobs)
 
     def _dispatch_into(self, events: list[Event], jobs: list[AudioJob]) -> None:
