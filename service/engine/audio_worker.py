@@ -244,8 +244,11 @@ class UrgentLane(_JobThread):
     THREAD_NAME = "mamtra-audio-urgent"
 
     def __init__(self, *, run_batch: Callable[[list[AudioJob]], None], max_batch: int,
-                 idle: Callable[[], None] | None = None, idle_s: float = 1.0, max_index: int | None = None) -> None:
+                 idle: Callable[[], None] | None = None, idle_s: float = 1.0, max_index: int | None = None,
+                 name: str | None = None) -> None:
         super().__init__(run_batch, max_batch)
+        if name is not None:
+            self.THREAD_NAME = name  # the thread's name (another lane beside this one)
         self._idle = idle
         self.idle_s = idle_s
         self.max_index = max_index  # only a request's first this many chunks (None: every urgent one)

@@ -271,8 +271,7 @@ class Engine(EngineAPI):
         self._first_lane: UrgentLane | None = None
         if pipeline.first_decoder is not None and self._lane is not None:
             self._first_lane = UrgentLane(run_batch=self._decode_first, max_batch=config.urgent_lane_max_batch,
-                                          max_index=1)
-            self._first_lane.THREAD_NAME = "mamtra-audio-first"
+                                          max_index=1, name="mamtra-audio-first")
         self._first_stream = None  # on CUDA with an in-process first-chunk decoder: its own CUDA stream
         urgent_first = self._lane is None if config.urgent_first is None else config.urgent_first
         self._audio = AudioWorker(run_batch=self._decode_batch, run_end=lambda job: self._finish_stream(job.handle),

@@ -198,7 +198,7 @@ def test_a_first_chunk_lane_delivers_first_chunks_beside_the_urgent_lane_and_the
     assert first.open_streams == 0 and urgent.open_streams == 0
     first_len = {len(chunks[0].pcm) // SAMPLES_PER_TOKEN for chunks in results}
     assert all(len(s.pushed) in first_len | {4} for s in first.streams)  # one push each (and the warm-up's)
-    assert engine._first_lane.max_index == 1
+    assert engine._first_lane.max_index == 1 and engine._first_lane._thread.name == "mamtra-audio-first"
     assert make_engine(first_decoder=ClosingToneDecoder())._first_lane is None  # only beside an urgent lane
 
 
