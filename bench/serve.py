@@ -546,20 +546,17 @@ def format_row(label: str, level: dict) -> str:
     rt = level["x_realtime_per_stream"]
     under = level["underruns"]
     peak = srv["memory"].get("gpu_memory_peak_bytes") or None  # 0 on a CPU server
-
-    def num(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
     return (f"{label:<18} {level['clients']:>4} {req['completed']:>5}/{req['rejected_429']}/{req['failed']:<4} "
             f"{_ms(level['ttfa_s'], ('p50', 'p95', 'p99')):>21} {_ms(level['gap_s'], ('p50', 'p95', 'p99', 'max')):>24} "
-            f"{under['events']:>5} ({under['stall_s']:6.1f}s) {num(rt['p50'], '.2f'):>8}/{num(rt['p5'], '.2f'):<9} "
-            f"{num(level['x_realtime_aggregate'], '.1f'):>8} {num(srv['engine_busy'], '.2f'):>6} "
-            f"{num(srv['audio_busy'], '.2f'):>6} {num(srv['audio_batch_mean'], '.1f'):>5} "
-            f"{num(peak and peak / 2**30, '.2f'):>8}")
+            f"{under['events']:>5} ({under['stall_s']:6.1f}s) "
+            f"{_num(rt['p50'], '.2f'):>8}/{_num(rt['p5'], '.2f'):<9} "
+            f"{_num(level['x_realtime_aggregate'], '.1f'):>8} {_num(srv['engine_busy'], '.2f'):>6} "
+            f"{_num(srv['audio_busy'], '.2f'):>6} {_num(srv['audio_batch_mean'], '.1f'):>5} "
+            f"{_num(peak and peak / 2**30, '.2f'):>8}")
 
 
-def _num(v) -> str:
-    return "-" if v is None else format(v, ".0f")
+def _num(v, fmt: str = ".0f") -> str:
+    return "-" if v is None else format(v, fmt)
 
 
 def format_stages(level: dict) -> str:

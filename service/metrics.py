@@ -53,10 +53,6 @@ class Metrics:
             registry=r)
         # Load
         self.requests_running = Gauge("mamtra_requests_running", "Requests holding a state slot", registry=r)
-        self.first_lane_chunks = Counter(
-            "mamtra_audio_first_lane_chunks_total", "Requests' first chunks through the first-chunk lane "
-            "(MAMTRA_AUDIO_FIRST_LANE): won (it delivered), lost (another path was first), skipped, failed",
-            ["result"], registry=r)
         self.requests_waiting = Gauge("mamtra_requests_waiting", "Requests queued for a state slot", registry=r)
         self.requests_starting = Gauge("mamtra_requests_starting", "Requests whose first prefill is planned and whose "
                                        "first audio chunks are not yet delivered (MAMTRA_MAX_STARTING caps it)",
@@ -102,6 +98,10 @@ class Metrics:
             "mamtra_audio_urgent_lane_chunks_total", "Requests' first chunks through the urgent lane "
             "(MAMTRA_AUDIO_URGENT_LANE), by result: won (the lane delivered it), lost (the audio worker had already), "
             "skipped (left to the worker), failed", ["result"], registry=r)
+        self.first_lane_chunks = Counter(
+            "mamtra_audio_first_lane_chunks_total", "Requests' first chunks through the first-chunk lane "
+            "(MAMTRA_AUDIO_FIRST_LANE): won (it delivered), lost (another path was first), skipped, failed",
+            ["result"], registry=r)
         # Memory
         self.gpu_memory_allocated = Gauge("mamtra_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated",
                                           registry=r)

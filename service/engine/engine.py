@@ -787,14 +787,9 @@ class Engine(EngineAPI):
         """Urgent lane thread: decode and deliver some of a batch's chunks (on a failure, the worker's)."""
         counted = self.metrics.urgent_lane_chunks
         start = time.monotonic()
-        streams = [job.handle.urgent_decoder for job in live]
-        push_many = getattr(decoder, "push_many", None)
         try:
             with _on(self._lane_stream):
-                if push_many is not None and len(live) > 1:
-                    pcms = push_many(streams, [job.tokens for job in live], [job.flush for job in live])
-                else:
-                    pcms = [s.push(job.tokens, flush=job.flush) for s, job in zip(streams, live)]
+                pcms = _push_all(decoder, [job.handle.urgent_decoder for job in live], live)
         except Exception:  # the worker decodes these chunks too: nothing is lost
             log.exception("urgent audio lane: decoding %d chunks failed; the audio worker delivers them", len(live))
             counted.labels(result="failed").inc(len(live))
@@ -832,11 +827,7 @@ class Engine(EngineAPI):
         try:
             with _on(self._first_stream):
                 streams = [decoder.open(job.handle.voice, speed=job.handle.speed) for job in live]
-                push_many = getattr(decoder, "push_many", None)
-                if push_many is not None and len(live) > 1:
-                    pcms = push_many(streams, [job.tokens for job in live], [job.flush for job in live])
-                else:
-                    pcms = [s.push(job.tokens, flush=job.flush) for s, job in zip(streams, live)]
+                pcms = _push_all(decoder, streams, live)
         except Exception:  # the other paths decode these chunks too: nothing is lost
             log.exception("first-chunk lane: decoding %d chunks failed; the other paths deliver them", len(live))
             counted.labels(result="failed").inc(len(live))
@@ -845,13 +836,8 @@ class Engine(EngineAPI):
                 self._first_lane.shutdown()
             return
         finally:
-            for s in streams:
-                close = getattr(s, "close", None)
-                if close is not None:
-                    try:
-                        close()
-                    except Exception:
-                        log.exception("first-chunk lane: releasing a decoder stream failed")
+            for s, job in zip(streams, live):
+                _release(s, job.handle.id, "first-chunk lane stream")
         for job, pcm in zip(live, pcms):
             counted.labels(result="won" if self._deliver(job, pcm, start) else "lost").inc()
 
@@ -859,12 +845,7 @@ class Engine(EngineAPI):
         """Urgent lane thread: release the request's stream in the urgent decoder, if it has one."""
         stream, handle.urgent_decoder = handle.urgent_decoder, None
         self._urgent_open.discard(handle)
-        close = getattr(stream, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                log.exception("request %s: releasing its urgent decoder stream failed", handle.id)
+        _release(stream, handle.id, "urgent decoder stream")
 
     def _release_urgent(self) -> None:
         """Urgent lane thread: release the streams of requests that ended before their urgent chunks were done."""
@@ -940,17 +921,32 @@ class Engine(EngineAPI):
     def _finish_stream(self, handle: _Handle) -> None:
         """Audio thread: the request's last job. Its decoder stream is released (a decoder in another process
         holds the state until told), then the stream ends unless it has already."""
-        close = getattr(handle.decoder, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                log.exception("request %s: releasing its decoder stream failed", handle.id)
+        _release(handle.decoder, handle.id, "decoder stream")
         handle.decoder = None
         if handle.closed:
             return
         handle.closed = True
         handle._post(_END)
+
+
+def _push_all(decoder, streams, jobs: list[AudioJob]) -> list:
+    """Each job's chunk through its stream of ``decoder``: one ``push_many`` where the decoder has it and there are
+    several, else one push each (an audio path's PCM, in the jobs' order)."""
+    push_many = getattr(decoder, "push_many", None)
+    if push_many is not None and len(jobs) > 1:
+        return push_many(streams, [job.tokens for job in jobs], [job.flush for job in jobs])
+    return [s.push(job.tokens, flush=job.flush) for s, job in zip(streams, jobs)]
+
+
+def _release(stream, request_id: str, what: str) -> None:
+    """Close a request's decoder stream (``what``) if it can be closed (one in another process holds its state until
+    told); a failure is logged, not raised."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.exception("request %s: releasing its %s failed", request_id, what)
 
 
 def _on(stream):
