@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     audio_urgent_lane_batch: int = Field(32, ge=1, description="The urgent lane's largest batch: urgent chunks of "
                                          "distinct requests it decodes in one pass (a burst of arrivals queues "
                                          "more)")
-    audio_first_lane: bool = Field(False, description="With the urgent lane, a third audio decoder (a third audio "
+    audio_first_lane: bool = Field(True, description="With the urgent lane, a third audio decoder (a third audio "
                                    "process) for requests' first chunks only: they never wait behind the urgent "
                                    "lane's second chunks; whichever path finishes a chunk first delivers it")
     audio_urgent_first: Literal["auto", "on", "off"] = Field("auto", description="The main audio decoder runs "
