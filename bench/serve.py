@@ -260,21 +260,34 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     return lo
 
 
+def _buckets(before: dict[str, float], after: dict[str, float], name: str, labels: dict[str, str] | None = None
+             ) -> dict[float, float]:
+    """A histogram's cumulative bucket counts over a level, ``{le: count}``, for the label set ``labels`` (``le``
+    aside; none: the histogram has no labels)."""
+    out = {}
+    for key, value in after.items():
+        if key.startswith(name + "_bucket{"):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', key[len(name) + len("_bucket"):]))
+            le = found.pop("le", None)
+            if le is not None and found == (labels or {}):
+                out[float(le)] = value - before.get(key, 0.0)
+    return out
+
+
+def _quantile_ms(q: float, buckets: dict[float, float]) -> float | None:
+    return None if (v := histogram_quantile(q, buckets)) is None else 1e3 * v
+
+
 def server_ttfa(before: dict[str, float], after: dict[str, float]) -> dict:
     """The server's own time to first audio over a level (request arrival in the app to the first audio handed to
     the response), from ``mamtra_time_to_first_audio_seconds``: requests, how many over the 150 ms target, p50 / p95
     estimated from the buckets. Beside the clients' figure it tells the server's share of a tail from the HTTP
     client's and the network stack's."""
-    buckets = {}
-    for key, value in after.items():
-        m = re.fullmatch(_TTFA + r'_bucket\{le="([^"]+)"\}', key)
-        if m:
-            buckets[float(m.group(1))] = value - before.get(key, 0.0)
+    buckets = _buckets(before, after, _TTFA)
     n = buckets.get(float("inf"), 0.0)
     within = buckets.get(TTFA_TARGET_S)
     return {"count": n, "over_target": None if within is None else n - within,
-            **{f"p{q}_ms": (None if (v := histogram_quantile(q / 100, buckets)) is None else 1e3 * v)
-               for q in (50, 95)}}
+            **{f"p{q}_ms": _quantile_ms(q / 100, buckets) for q in (50, 95)}}
 
 
 def server_summary(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict:
@@ -302,6 +315,12 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
                                                        delta(f'{_STAGE}_count{{chunk="{chunk}",stage="{stage}"}}'))
                                           for stage in stages}
                                   for chunk, stages in FIRST_AUDIO_STAGES.items()},
+        # their 95th percentiles from the histogram's buckets (coarse: 10, 25, 50, 75, 100, 150, 200, 300 ms ...):
+        # which stage a tail of first audio comes from, which the means hide
+        "first_audio_stages_p95_ms": {chunk: {stage: _quantile_ms(0.95, _buckets(before, after, _STAGE,
+                                                                                 {"chunk": chunk, "stage": stage}))
+                                              for stage in stages}
+                                      for chunk, stages in FIRST_AUDIO_STAGES.items()},
         "ttfa": server_ttfa(before, after),
         "speech_tokens": delta("mamtra_speech_tokens_total"),
         "server_underruns": delta("mamtra_underruns_total"),
@@ -561,11 +580,14 @@ def _num(v, fmt: str = ".0f") -> str:
 
 def format_stages(level: dict) -> str:
     """The server's first-audio stages of a level, mean ms: ``chunk 1: queue 0 prefill 9 ... | chunk 2: ...``."""
-    parts = []
-    for chunk, stages in level["server"].get("first_audio_stages_ms", {}).items():
-        cells = " ".join(f"{stage} {'-' if ms is None else format(ms, '.0f')}" for stage, ms in stages.items())
-        parts.append(f"chunk {chunk}: {cells}")
-    line = "    first audio, mean ms: " + " | ".join(parts)
+    lines = []
+    for key, title in (("first_audio_stages_ms", "mean ms"), ("first_audio_stages_p95_ms", "p95 ms (buckets)")):
+        stages = level["server"].get(key)
+        if stages or key == "first_audio_stages_ms":
+            lines.append(f"    first audio, {title}: " + " | ".join(
+                f"chunk {chunk}: " + " ".join(f"{stage} {_num(ms)}" for stage, ms in by.items())
+                for chunk, by in (stages or {}).items()))
+    line = "\n".join(lines)
     by = level.get("underruns_by_prebuffer")
     if by:
         line += "\n    underruns (stalled s) of players that buffer: " + ", ".join(

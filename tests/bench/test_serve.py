@@ -299,3 +299,25 @@ def test_the_servers_time_to_first_audio_over_a_level_beside_the_clients():
     text = format_stages(level)
     assert "first audio over 150 ms: server 2 of 7" in text and "client 3" in text
     assert "client loop lag p50 / p95 / max 0.2 / 1.5 / 9.0 ms" in text
+
+
+def test_a_levels_first_audio_stages_have_a_95th_percentile_beside_the_mean():
+    from bench.serve import format_stages
+    from service.metrics import Metrics
+
+    m = Metrics()
+    stage = m.first_audio_stage.labels(chunk="1", stage="tokens")
+    stage.observe(0.5)  # before the level: not counted
+    before = parse_prometheus(m.render().decode())
+    for seconds in [0.06] * 18 + [0.18, 0.2]:  # a tail of two in (0.15, 0.2]
+        stage.observe(seconds)
+    m.first_audio_stage.labels(chunk="1", stage="audio_wait").observe(0.001)
+    server = server_summary(before, parse_prometheus(m.render().decode()), wall_s=1.0)
+    p95 = server["first_audio_stages_p95_ms"]["1"]
+    assert 150 < p95["tokens"] <= 200 and server["first_audio_stages_ms"]["1"]["tokens"] == pytest.approx(73)
+    assert p95["audio_wait"] <= 10 and p95["prefill"] is None
+    assert server["first_audio_stages_p95_ms"]["2"]["tokens"] is None
+    text = format_stages({"server": server})
+    assert "first audio, mean ms: chunk 1: input - queue - prefill - tokens 73 audio_wait 1" in text
+    assert f"first audio, p95 ms (buckets): chunk 1: input - queue - prefill - tokens {p95['tokens']:.0f} audio_wait" \
+        in text
