@@ -238,6 +238,7 @@ FIRST_AUDIO_STAGES = {"1": ("input", "queue", "prefill", "tokens", "audio_wait",
 
 
 _TTFA = "mamtra_time_to_first_audio_seconds"
+_THREAD_CPU = "mamtra_thread_cpu_seconds_total"
 TTFA_TARGET_S = 0.15  # the issue's p95 target at 64 clients; a bucket edge of the server's histogram
 
 
@@ -343,6 +344,10 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
         # audio batches of at most N chunks (cumulative histogram buckets): how well chunks of streams batch
         "audio_batches_le": {le: delta(f'mamtra_audio_decode_batch_size_bucket{{le="{le}"}}')
                              for le in ("1.0", "8.0", "64.0", "256.0")},
+        # the serving process's CPU by thread, in cores (CPU seconds per wall second): the threads share one
+        # interpreter lock, so a sum near 1 over the Python threads means they queue for it
+        "thread_cpu": {m.group(1): ratio(v - before.get(key, 0.0), wall_s) for key, v in after.items()
+                       if (m := re.fullmatch(_THREAD_CPU + r'\{thread="([^"]+)"\}', key))},
         "memory": {k: after.get(f"mamtra_{k}") for k in (
             "gpu_memory_allocated_bytes", "gpu_memory_reserved_bytes", "gpu_memory_peak_bytes",
             "gpu_device_memory_used_bytes", "gpu_device_memory_total_bytes", "process_resident_memory_bytes",
@@ -617,6 +622,10 @@ def format_stages(level: dict) -> str:
             f"{ph} {'-' if ms is None else format(ms, '.2f')}" for ph, ms in loop.items())
     if level["server"].get("audio_chunks_merged"):
         line += f"\n    audio chunks joined to their request's previous: {level['server']['audio_chunks_merged']:.0f}"
+    cpu = level["server"].get("thread_cpu")
+    if cpu:
+        line += "\n    serving process CPU, cores: " + " ".join(
+            f"{name} {_num(v, '.2f')}" for name, v in sorted(cpu.items(), key=lambda kv: (kv[0] != "all", kv[0])))
     paths = level["server"].get("prefill_paths")
     if paths and any(paths.values()):
         line += "\n    prefill steps: " + " ".join(f"{p} {n:.0f}" for p, n in paths.items())

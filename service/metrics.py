@@ -9,8 +9,11 @@ One ``Metrics`` object per app (no module-level singletons), with its own ``Coll
 from __future__ import annotations
 
 import os
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 # Latency buckets from 10 ms to 30 s: time to first audio is judged against ~50-300 ms anchors.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -115,6 +118,8 @@ class Metrics:
         self.process_resident_memory = Gauge("mamtra_process_resident_memory_bytes", "Resident memory of this process",
                                              registry=r)
         self.ready = Gauge("mamtra_ready", "1 when the service accepts requests", registry=r)
+        # CPU (the serving process's threads share one interpreter lock: which of them fills it)
+        r.register(_ThreadCPU())
         for outcome in OUTCOMES:
             self.requests.labels(outcome=outcome)
 
@@ -137,6 +142,50 @@ class Metrics:
     def render(self) -> bytes:
         self.refresh_memory()
         return generate_latest(self.registry)
+
+
+class _ThreadCPU(Collector):
+    """``mamtra_thread_cpu_seconds_total{thread}``, read from ``/proc`` when scraped: the CPU time (user + system)
+    of the serving process's Python threads — ``main`` (the HTTP event loop), each ``mamtra-*`` thread by name (the
+    engine loop, the audio worker and lanes, which hand chunks to the audio processes), ``other`` (the rest) — and
+    of the whole process (``all``: also the threads Python does not know, e.g. CUDA's and torch's). A thread that
+    ends takes its seconds with it. Nothing where ``/proc`` is missing (not Linux)."""
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "mamtra_thread_cpu_seconds", "CPU seconds (user + system) used by the serving process's threads: main "
+            "(the HTTP event loop), each mamtra-* thread, other, and all (the whole process)", labels=["thread"])
+        for name, seconds in thread_cpu_seconds().items():
+            family.add_metric([name], seconds)
+        yield family
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """This process's CPU seconds: ``{"all": …, "main": …, "mamtra-engine": …, …, "other": …}`` ({} without
+    ``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = _proc_cpu_seconds("/proc/self/stat", tick)
+    if total is None:
+        return {}
+    out = {"all": total}
+    main = threading.main_thread()
+    for t in threading.enumerate():
+        seconds = None if t.native_id is None else _proc_cpu_seconds(f"/proc/self/task/{t.native_id}/stat", tick)
+        if seconds is not None:
+            name = "main" if t is main else (t.name if t.name.startswith("mamtra-") else "other")
+            out[name] = out.get(name, 0.0) + seconds
+    return out
+
+
+def _proc_cpu_seconds(path: str, tick: int) -> float | None:
+    """utime + stime of a ``/proc/…/stat`` file, in seconds (None when unreadable). Its second field, the command
+    name, is in parentheses and may hold spaces: the fields are counted after the last ``)``."""
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # fields 14 and 15 of stat(5)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _device_memory(torch) -> tuple[int, int]:

@@ -321,3 +321,20 @@ def test_a_levels_first_audio_stages_have_a_95th_percentile_beside_the_mean():
     assert "first audio, mean ms: chunk 1: input - queue - prefill - tokens 73 audio_wait 1" in text
     assert f"first audio, p95 ms (buckets): chunk 1: input - queue - prefill - tokens {p95['tokens']:.0f} audio_wait" \
         in text
+
+
+def test_a_level_reports_the_serving_process_cpu_by_thread_in_cores():
+    from bench.serve import format_stages
+
+    before = {'mamtra_thread_cpu_seconds_total{thread="all"}': 10.0,
+              'mamtra_thread_cpu_seconds_total{thread="mamtra-engine"}': 4.0,
+              'mamtra_thread_cpu_seconds_total{thread="main"}': 3.0}
+    after = {'mamtra_thread_cpu_seconds_total{thread="all"}': 13.0,
+             'mamtra_thread_cpu_seconds_total{thread="mamtra-engine"}': 5.5,
+             'mamtra_thread_cpu_seconds_total{thread="main"}': 3.5,
+             'mamtra_thread_cpu_seconds_total{thread="mamtra-audio"}': 0.4}  # a thread that started in the level
+    server = server_summary(before, after, wall_s=2.0)
+    assert server["thread_cpu"] == pytest.approx({"all": 1.5, "mamtra-engine": 0.75, "main": 0.25,
+                                                  "mamtra-audio": 0.2})
+    assert "serving process CPU, cores: all 1.50 main 0.25 mamtra-audio 0.20 mamtra-engine 0.75" in \
+        format_stages({"server": server})

@@ -92,6 +92,7 @@ def test_histogram_quantiles_read_buckets_by_le():
     ("First audio by stage", ["mamtra_first_audio_stage_seconds_sum", "mamtra_first_audio_stage_seconds_count",
                               "by (stage)", 'chunk="1"']),
     ("Audio stage", ["mamtra_audio_decode_seconds_bucket", "mamtra_audio_decode_wait_seconds_bucket"]),
+    ("Serving process CPU by thread", ["mamtra_thread_cpu_seconds_total", "by (thread)"]),
 ])
 def test_dashboard_has_the_operators_panels(title, must_query):
     exprs = " ".join(_panel_exprs(_dashboard())[title])
