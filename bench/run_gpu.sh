@@ -2,8 +2,9 @@
 # One device call: install carried wheels, GPU tests, then the LM benchmarks into $OUT (or ./bench-results).
 # Usage on the GPU machine, from the repo root: bash bench/run_gpu.sh [tests|bench|all]
 #   or: bash bench/run_gpu.sh serve [mamtra bench serve options...]   (the server end to end over HTTP)
-# `serve` needs, besides .whl, what `bash bench/carry_serve.sh` prepares here: carry .whl .carry/serve_whl
-# .carry/hifigan_pkg (HTTP server and espeak-ng wheels; HiFi-GAN's code without its weights, for random bundles).
+# Carry .whl (the wheels the GPU image lacks: `bash bench/carry_serve.sh` here prepares them); `serve` needs also
+# .carry/serve_whl .carry/hifigan_pkg, which the same script prepares (HTTP server and espeak-ng wheels; HiFi-GAN's
+# code without its weights, for random bundles).
 set -uo pipefail
 OUT=${OUT:-bench-results}
 mkdir -p "$OUT"

@@ -584,7 +584,9 @@ def _num(v, fmt: str = ".0f") -> str:
 
 
 def format_stages(level: dict) -> str:
-    """The server's first-audio stages of a level, mean ms: ``chunk 1: queue 0 prefill 9 ... | chunk 2: ...``."""
+    """A level's server-side lines: its first-audio stages, mean and p95 ms (``chunk 1: queue 0 prefill 9 ... |
+    chunk 2: ...``), then the players' underruns, the server's own first audio, the audio lanes, the engine loop,
+    the serving process's CPU by thread and the prefill paths, each where the level has it."""
     lines = []
     for key, title in (("first_audio_stages_ms", "mean ms"), ("first_audio_stages_p95_ms", "p95 ms (buckets)")):
         stages = level["server"].get(key)
