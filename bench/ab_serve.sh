@@ -20,7 +20,7 @@ for spec in $trees; do
   where=${rest%%@*}; dir=$(cd $where && pwd)
   envs=(); [[ $rest == *@* ]] && IFS=, read -ra envs <<< "${rest#*@}"
   mkdir -p $OUT/$label
-  (cd $dir && env "${envs[@]}" PYTHONPATH=/tmp/site:$dir:$R/.carry/hifigan_pkg timeout 280 python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT/$label', *sys.argv[1:]]))" "$@" "${opts[@]}" 2>&1 | grep -v '%|' | grep -E "^mamtra|^transformer|largest|first audio|engine loop|players that buffer|urgent lane|first-chunk lane|prefill steps|chunks joined|audio played|late chunk|process CPU" | awk '!seen[$0]++' | sed "s/^/$label /"; exit ${PIPESTATUS[0]})
+  (cd $dir && env "${envs[@]}" PYTHONPATH=/tmp/site:$dir:$R/.carry/hifigan_pkg timeout 280 python3 -c "import sys; from service.cli import main; sys.exit(main(['bench', 'serve', '--out', '$OUT/$label', *sys.argv[1:]]))" "$@" "${opts[@]}" 2>&1 | grep -v '%|' | grep -E "^mamtra|^transformer|largest|first audio|engine loop|players that buffer|urgent lane|first-chunk lane|prefill steps|chunks joined|audio played|late chunk|process CPU|garbage collections" | awk '!seen[$0]++' | sed "s/^/$label /"; exit ${PIPESTATUS[0]})
   status=$?
   if [[ ! -f $OUT/$label/serve.json ]]; then
     echo "$label: no serve.json (exit status $status; 124: the 280 s ran out); its server log's tail: $OUT/$label/server_tail.txt"

@@ -239,6 +239,7 @@ FIRST_AUDIO_STAGES = {"1": ("input", "queue", "prefill", "tokens", "audio_wait",
 
 _TTFA = "mamtra_time_to_first_audio_seconds"
 _THREAD_CPU = "mamtra_thread_cpu_seconds_total"
+_GC = "mamtra_gc_pause_seconds"
 TTFA_TARGET_S = 0.15  # the issue's p95 target at 64 clients; a bucket edge of the server's histogram
 
 
@@ -348,6 +349,13 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
         # interpreter lock, so a sum near 1 over the Python threads means they queue for it
         "thread_cpu": {m.group(1): ratio(v - before.get(key, 0.0), wall_s) for key, v in after.items()
                        if (m := re.fullmatch(_THREAD_CPU + r'\{thread="([^"]+)"\}', key))},
+        # Python's garbage collections by generation: how many, their total pause and those over 10 ms (each stops
+        # every thread of the serving process, the engine loop's steps included)
+        "gc": {g: {"count": delta(f'{_GC}_count{{generation="{g}"}}'),
+                   "pause_ms": 1e3 * delta(f'{_GC}_sum{{generation="{g}"}}'),
+                   "over_10ms": (lambda b: b.get(float("inf"), 0.0) - b.get(0.01, 0.0))(
+                       _buckets(before, after, _GC, {"generation": g}))}
+               for g in ("0", "1", "2")},
         "memory": {k: after.get(f"mamtra_{k}") for k in (
             "gpu_memory_allocated_bytes", "gpu_memory_reserved_bytes", "gpu_memory_peak_bytes",
             "gpu_device_memory_used_bytes", "gpu_device_memory_total_bytes", "process_resident_memory_bytes",
@@ -586,7 +594,8 @@ def _num(v, fmt: str = ".0f") -> str:
 def format_stages(level: dict) -> str:
     """A level's server-side lines: its first-audio stages, mean and p95 ms (``chunk 1: queue 0 prefill 9 ... |
     chunk 2: ...``), then the players' underruns, the server's own first audio, the audio lanes, the engine loop,
-    the serving process's CPU by thread and the prefill paths, each where the level has it."""
+    the serving process's CPU by thread, its garbage collections and the prefill paths, each where the level has
+    it."""
     lines = []
     for key, title in (("first_audio_stages_ms", "mean ms"), ("first_audio_stages_p95_ms", "p95 ms (buckets)")):
         stages = level["server"].get(key)
@@ -628,6 +637,10 @@ def format_stages(level: dict) -> str:
     if cpu:
         line += "\n    serving process CPU, cores: " + " ".join(
             f"{name} {_num(v, '.2f')}" for name, v in sorted(cpu.items(), key=lambda kv: (kv[0] != "all", kv[0])))
+    collections = level["server"].get("gc")
+    if collections and any(c["count"] for c in collections.values()):
+        line += "\n    garbage collections (pause ms; over 10 ms): " + ", ".join(
+            f"gen{g} {c['count']:.0f} ({c['pause_ms']:.1f}; {c['over_10ms']:.0f})" for g, c in collections.items())
     paths = level["server"].get("prefill_paths")
     if paths and any(paths.values()):
         line += "\n    prefill steps: " + " ".join(f"{p} {n:.0f}" for p, n in paths.items())

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service import gc_tuning
 from service.api import meta, speech, stream_ws
 from service.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from service.engine.types import EngineAPI
@@ -90,6 +91,9 @@ def create_app(settings: Settings | None = None, *, engine: EngineAPI | None = N
             app.state.engine = build_engine(settings, metrics)
         log.info("starting the engine")
         await app.state.engine.start()
+        metrics.gc_pauses.install()
+        if settings.gc_freeze:  # what start-up built stays for good: no full collection walks it again
+            log.info("garbage collector: start-up objects frozen", extra={"objects": gc_tuning.freeze()})
         log.info("ready", extra={"voices": [v.id for v in app.state.engine.voices()]})
         try:
             yield
@@ -97,6 +101,9 @@ def create_app(settings: Settings | None = None, *, engine: EngineAPI | None = N
             log.info("draining", extra={"timeout_s": settings.drain_timeout_s})
             await app.state.engine.drain(settings.drain_timeout_s)
             await app.state.engine.stop()
+            metrics.gc_pauses.uninstall()
+            if settings.gc_freeze:
+                gc_tuning.unfreeze()
             metrics.ready.set(0)
             log.info("stopped")
 

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from service.gc_tuning import GcPauses
+
 # Latency buckets from 10 ms to 30 s: time to first audio is judged against ~50-300 ms anchors.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 GAP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
@@ -118,8 +120,11 @@ class Metrics:
         self.process_resident_memory = Gauge("mamtra_process_resident_memory_bytes", "Resident memory of this process",
                                              registry=r)
         self.ready = Gauge("mamtra_ready", "1 when the service accepts requests", registry=r)
-        # CPU (the serving process's threads share one interpreter lock: which of them fills it)
+        # CPU (the serving process's threads share one interpreter lock: which of them fills it), and the pauses of
+        # Python's garbage collector, which stop all of them (timed once the app's lifespan installs it)
         r.register(_ThreadCPU())
+        self.gc_pauses = GcPauses()
+        r.register(self.gc_pauses)
         for outcome in OUTCOMES:
             self.requests.labels(outcome=outcome)
 

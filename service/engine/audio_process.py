@@ -31,7 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from service import gc_tuning
+
 log = logging.getLogger("mamtra.engine")
+GC_FREEZE_ENV = "MAMTRA_GC_FREEZE"  # "1" in a child's env: freeze its garbage collector after warm-up (gc_tuning)
 
 
 class AudioProcessError(RuntimeError):
@@ -75,7 +78,8 @@ def _child(conn, factory: str, root: str, spec: dict, threads: int | None, env: 
                 warm = getattr(decoder, "warm_up", None)
                 if warm is not None:
                     warm(msg[1], **msg[2])
-                conn.send(("ok", None))
+                frozen = gc_tuning.freeze() if os.environ.get(GC_FREEZE_ENV) == "1" else 0  # MAMTRA_GC_FREEZE
+                conn.send(("ok", frozen))
             except Exception as e:  # noqa: BLE001
                 conn.send(("error", f"{type(e).__name__}: {e}"))
             continue
@@ -130,6 +134,7 @@ class ProcessDecoder:
         self._freed: list[int] = []
         self._start_timeout_s = start_timeout_s
         self._ready = False
+        self.frozen_objects = 0  # the child's objects its garbage collector froze after warm-up (warm_up)
         if wait:
             self.wait_ready()
 
@@ -168,7 +173,9 @@ class ProcessDecoder:
         return detail
 
     def warm_up(self, max_batch: int, **options: Any) -> None:
-        """The child decoder's ``warm_up(max_batch, **options)``, if it has one (``CodecSpeechDecoder.warm_up``)."""
+        """The child decoder's ``warm_up(max_batch, **options)``, if it has one (``CodecSpeechDecoder.warm_up``);
+        then, with ``MAMTRA_GC_FREEZE=1`` in the child's environment, its garbage collector's freeze
+        (``service.gc_tuning``: ``frozen_objects`` says how many objects it moved)."""
         with self._lock:
             try:
                 self._conn.send(("warm_up", int(max_batch), options))
@@ -177,6 +184,7 @@ class ProcessDecoder:
             status, detail = self._recv()
         if status != "ok":
             raise AudioProcessError(detail)
+        self.frozen_objects = int(detail)
 
     def _recv(self) -> tuple[str, Any]:
         try:

@@ -973,6 +973,7 @@ def _estimate_word_times(words: tuple[str, ...], start: float, end: float) -> li
 
 def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     """The production engine from settings: the bundled model unless ``MAMTRA_MODEL_DIR`` points elsewhere."""
+    from service.engine.audio_process import GC_FREEZE_ENV
     from service.engine.bundle import load_bundle, resolve_device
     from service.engine.mps import start_mps
 
@@ -990,7 +991,8 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
                                              ("first_chunk_graphs", settings.audio_first_chunk_graphs),
                                              ("vocoder_fused", settings.vocoder_fused))
                if value is not None}
-    audio_env = {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(settings.audio_gpu_percent)}
+    audio_env = {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(settings.audio_gpu_percent),
+                 GC_FREEZE_ENV: "1" if settings.gc_freeze else "0"}  # the audio processes freeze after warm-up
     model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend,
                                   audio_process=audio_process, decoder_options=options, urgent_lane=urgent_lane,
                                   first_lane=first_lane,

@@ -338,3 +338,23 @@ def test_a_level_reports_the_serving_process_cpu_by_thread_in_cores():
                                                   "mamtra-audio": 0.2})
     assert "serving process CPU, cores: all 1.50 main 0.25 mamtra-audio 0.20 mamtra-engine 0.75" in \
         format_stages({"server": server})
+
+
+def test_a_level_reports_the_serving_process_garbage_collections():
+    from bench.serve import format_stages
+    from service.metrics import Metrics
+
+    m = Metrics()
+    m.gc_pauses.record(2, 0.04)  # before the level: not counted
+    before = parse_prometheus(m.render().decode())
+    for seconds in (0.03, 0.004):
+        m.gc_pauses.record(2, seconds)
+    for _ in range(5):
+        m.gc_pauses.record(0, 0.0002)
+    server = server_summary(before, parse_prometheus(m.render().decode()), wall_s=1.0)
+    assert server["gc"]["2"]["count"] == 2 and server["gc"]["2"]["over_10ms"] == 1
+    assert server["gc"]["2"]["pause_ms"] == pytest.approx(34.0) and server["gc"]["0"]["count"] == 5
+    assert "garbage collections (pause ms; over 10 ms): gen0 5 (1.0; 0), gen1 0 (0.0; 0), gen2 2 (34.0; 1)" in \
+        format_stages({"server": server})
+    quiet = server_summary(before, before, wall_s=1.0)
+    assert "garbage collections" not in format_stages({"server": quiet})

@@ -93,6 +93,7 @@ def test_histogram_quantiles_read_buckets_by_le():
                               "by (stage)", 'chunk="1"']),
     ("Audio stage", ["mamtra_audio_decode_seconds_bucket", "mamtra_audio_decode_wait_seconds_bucket"]),
     ("Serving process CPU by thread", ["mamtra_thread_cpu_seconds_total", "by (thread)"]),
+    ("Garbage collector pauses", ["mamtra_gc_pause_seconds_sum", "by (generation)"]),
 ])
 def test_dashboard_has_the_operators_panels(title, must_query):
     exprs = " ".join(_panel_exprs(_dashboard())[title])

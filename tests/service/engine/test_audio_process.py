@@ -195,3 +195,17 @@ def test_the_child_gets_its_own_environment():
     assert var not in os.environ
     with pytest.raises(AudioProcessError, match=f"{var}=unset"):
         ProcessDecoder("tests.service.engine.fakes:env_reporting_factory", ".", {"var": var})
+
+
+@pytest.mark.parametrize("flag", ["1", "0"])
+def test_the_child_freezes_its_garbage_collector_after_warm_up_when_told(flag):
+    dec = ProcessDecoder(FACTORY, ".", {}, env={"MAMTRA_GC_FREEZE": flag})
+    try:
+        assert dec.frozen_objects == 0
+        dec.warm_up(4)
+        # a child that imported torch holds tens of thousands of objects; without the flag it freezes none
+        assert dec.frozen_objects > 10_000 if flag == "1" else dec.frozen_objects == 0
+        stream = dec.open("ava", speed=1.0)
+        assert len(stream.push([SPEECH0], flush=True)) == SAMPLES_PER_TOKEN  # and still decodes
+    finally:
+        dec.shutdown()
