@@ -143,7 +143,8 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
     cases = ((Settings(cuda_mps="on", device="cuda"), {}),
              (Settings(audio_process="off", vocoder_channels_last=False), {"vocoder_channels_last": False}),
              (Settings(audio_first_chunk_graphs=False, audio_gpu_percent=60), {"first_chunk_graphs": False}),
-             (Settings(vocoder_fused=False), {"vocoder_fused": False}))
+             (Settings(vocoder_fused=False), {"vocoder_fused": False}),
+             (Settings(gc_freeze=True), {}))
     monkeypatch.delenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", raising=False)
     for settings, options in cases:
         calls.clear()
@@ -151,7 +152,9 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
             build_engine(settings, metrics)
         assert [c[0] for c in calls] == ["start_mps", "resolve_device", "load_bundle"]
         assert calls[0][1] == settings.cuda_mps and calls[2][1] == options
-        assert calls[2][2] == {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(settings.audio_gpu_percent)}
+        # each audio process's SM share, and whether it freezes its garbage collector after warm-up
+        assert calls[2][2] == {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(settings.audio_gpu_percent),
+                               "MAMTRA_GC_FREEZE": "1" if settings.gc_freeze else "0"}
         assert calls[0][2] == {"device": settings.device, "audio_process": settings.audio_process != "off"}
         assert calls[2][3] is None  # MAMTRA_LM_GPU_PERCENT 100: this process's environment left as it is
     assert metrics.cuda_mps._value.get() == 1.0
@@ -161,4 +164,4 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
     calls.clear()
     with pytest.raises(Stop):
         build_engine(Settings(lm_gpu_percent=50, audio_gpu_percent=70), metrics)
-    assert calls[2][2:] == ({"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "70"}, "50")
+    assert calls[2][2:] == ({"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "70", "MAMTRA_GC_FREEZE": "0"}, "50")
