@@ -145,13 +145,17 @@ def _run(args: argparse.Namespace) -> int:
         result = lm.longform(presets=presets, device=device, **kw)
     result["environment"] = _environment(device)
     result["command"] = "mamtra bench " + args.bench + (" --quick" if quick else "")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.bench}.json"
+    _try_plots([_write_json(args.out, f"{args.bench}.json", result)])
+    return 0
+
+
+def _write_json(out: str, name: str, result: dict) -> Path:
+    """A benchmark's result as ``out/name`` (the folder made if needed) → its path."""
+    path = Path(out) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
-    _try_plots([path])
-    return 0
+    return path
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -164,11 +168,7 @@ def _gc(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     result.update(environment=_environment(device), command="mamtra bench gc" + (
         f" --random {args.random}" if args.random else "") + (f" --device {args.device}" if args.device else ""))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "gc.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {path}")
+    _write_json(args.out, "gc.json", result)
     return 0
 
 
@@ -182,11 +182,7 @@ def _audio(args: argparse.Namespace) -> int:
         print(f"{r['vocoder_dtype']:>5} {r['mode']:<22} {r['streams']:>4} streams: {r['ms_per_chunk']:8.2f} ms/chunk")
     result = {"rows": rows, "environment": _environment(device),
               "command": "mamtra bench audio" + (" --quick" if args.quick else "")}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "audio.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {path}")
+    _write_json(args.out, "audio.json", result)
     return 0
 
 

@@ -164,8 +164,9 @@ class Mamba2Mixer(nn.Module):
 
     def _A(self) -> Tensor:
         """A = -exp(A_log) (h,) float32. Without autograd it is kept between calls while A_log is unchanged (same
-        storage and version): two kernels less per layer and step in a decode graph."""
-        if torch.is_grad_enabled():
+        storage and version): two kernels less per layer and step in a decode graph. Parameters made under
+        ``torch.inference_mode`` (the LM benchmarks build their models there) keep no version: computed each call."""
+        if torch.is_grad_enabled() or self.A_log.is_inference():
             return -torch.exp(self.A_log.float())
         key = (self.A_log.data_ptr(), self.A_log._version)
         if self._neg_a is None or self._neg_a[0] != key:

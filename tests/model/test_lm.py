@@ -123,3 +123,24 @@ def test_backend_validation():
         model = SpeechLM(cfg, backend="triton")
         with pytest.raises(RuntimeError, match="CUDA"):
             model(torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_a_model_built_under_inference_mode_decodes_as_one_built_outside():
+    """The LM benchmarks build their models under ``torch.inference_mode``: parameters that keep no version counter
+    (Mamba-2's A, cached between calls by A_log's version, is computed each call for them)."""
+    torch.manual_seed(0)
+    model, cfg = _model("AMAM")
+    with torch.inference_mode():
+        twin = SpeechLM(cfg, backend="ref").eval()
+        twin.load_state_dict(model.state_dict())
+        assert twin.layers[1].mixer.A_log.is_inference()
+        ids = torch.randint(0, cfg.vocab_size, (1, 6))
+        want = model(ids)
+        got = twin(ids)
+        pool = StatePool(cfg, max_streams=1)
+        batch = Batch.make([pool.allocate()], [0], [6], max_context=cfg.max_context)
+        twin.prefill(ids, states=pool.layers, batch=batch)
+        step = twin.decode_step(ids[:, -1], states=pool.layers,
+                                batch=Batch.make([0], [6], [1], max_context=cfg.max_context))
+    assert_close(got, want, **FP32)
+    assert step.shape == (1, cfg.vocab_size) and torch.isfinite(step).all()
