@@ -22,11 +22,12 @@ def test_profile_audio_lists_the_costliest_ops_with_their_shapes(tmp_path, monke
     from bench import profile_audio
 
     monkeypatch.setattr(sys, "argv", ["profile_audio", "--device", "cpu", "--dtype", "fp32", "--batches", "2",
-                                      "--channels-last", "--kernels", "4", "--warmup", "1", "--reps", "1",
+                                      "--channels-last", "--kernels", "12", "--warmup", "1", "--reps", "1",
                                       "--out", str(tmp_path)])
     profile_audio.main()
     (row,) = json.loads((tmp_path / "profile_audio.json").read_text())
-    assert row["channels_last"] and row["batch"] == 2 and len(row["top_ops"]) == 4
+    # twelve: on a loaded CPU a few copies can outweigh each conv shape's share (four were once all copies)
+    assert row["channels_last"] and row["batch"] == 2 and len(row["top_ops"]) == 12
     assert [op["ms"] for op in row["top_ops"]] == sorted((op["ms"] for op in row["top_ops"]), reverse=True)
     convs = [op for op in row["top_ops"] if "convolution" in op["op"]]
     assert convs and all(len(op["shapes"][0]) == 4 and op["shapes"][0][:1] == [2] for op in convs)
