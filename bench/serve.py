@@ -292,6 +292,14 @@ def server_ttfa(before: dict[str, float], after: dict[str, float]) -> dict:
             **{f"p{q}_ms": _quantile_ms(q / 100, buckets) for q in (50, 95)}}
 
 
+def _collections(before: dict[str, float], after: dict[str, float], generation: str) -> dict:
+    """A generation's garbage collections over a level: how many, their total pause (ms), how many over 10 ms."""
+    buckets = _buckets(before, after, _GC, {"generation": generation})
+    count, total = buckets.get(float("inf"), 0.0), f'{_GC}_sum{{generation="{generation}"}}'
+    return {"count": count, "over_10ms": count - buckets.get(0.01, 0.0),
+            "pause_ms": 1e3 * (after.get(total, 0.0) - before.get(total, 0.0))}
+
+
 def server_summary(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict:
     """Engine and audio-thread load over a level (deltas of /metrics) and the memory after it."""
     def delta(name: str) -> float:
@@ -351,11 +359,7 @@ def server_summary(before: dict[str, float], after: dict[str, float], wall_s: fl
                        if (m := re.fullmatch(_THREAD_CPU + r'\{thread="([^"]+)"\}', key))},
         # Python's garbage collections by generation: how many, their total pause and those over 10 ms (each stops
         # every thread of the serving process, the engine loop's steps included)
-        "gc": {g: {"count": delta(f'{_GC}_count{{generation="{g}"}}'),
-                   "pause_ms": 1e3 * delta(f'{_GC}_sum{{generation="{g}"}}'),
-                   "over_10ms": (lambda b: b.get(float("inf"), 0.0) - b.get(0.01, 0.0))(
-                       _buckets(before, after, _GC, {"generation": g}))}
-               for g in ("0", "1", "2")},
+        "gc": {g: _collections(before, after, g) for g in ("0", "1", "2")},
         "memory": {k: after.get(f"mamtra_{k}") for k in (
             "gpu_memory_allocated_bytes", "gpu_memory_reserved_bytes", "gpu_memory_peak_bytes",
             "gpu_device_memory_used_bytes", "gpu_device_memory_total_bytes", "process_resident_memory_bytes",

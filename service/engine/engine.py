@@ -986,7 +986,6 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     audio_process = settings.audio_process == "on" or (settings.audio_process == "auto" and device.type == "cuda")
     urgent_lane = settings.audio_urgent_chunks > 0 and (
         settings.audio_urgent_lane == "on" or (settings.audio_urgent_lane == "auto" and audio_process))
-    first_lane = urgent_lane and settings.audio_first_lane
     options = {key: value for key, value in (("vocoder_channels_last", settings.vocoder_channels_last),
                                              ("first_chunk_graphs", settings.audio_first_chunk_graphs),
                                              ("vocoder_fused", settings.vocoder_fused))
@@ -995,7 +994,7 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
                  GC_FREEZE_ENV: "1" if settings.gc_freeze else "0"}  # the audio processes freeze after warm-up
     model, pipeline = load_bundle(settings.model_dir, device=device, backend=settings.backend,
                                   audio_process=audio_process, decoder_options=options, urgent_lane=urgent_lane,
-                                  first_lane=first_lane,
+                                  first_lane=settings.audio_first_lane,  # load_bundle: only beside the urgent lane
                                   audio_env=audio_env)
     config = EngineConfig.from_settings(settings, device=device)
     norm_fused.set_enabled(settings.fused_norms)
