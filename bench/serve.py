@@ -233,8 +233,8 @@ def _steps(seconds: float, count: float) -> dict:
 _STAGE = "mamtra_first_audio_stage_seconds"
 LOOP_PHASES = ("plan", "host", "sync", "update", "dispatch")
 PREFILL_PATHS = ("beside", "graph", "eager")
-FIRST_AUDIO_STAGES = {"1": ("input", "queue", "prefill", "tokens", "audio_wait", "audio_decode", "delivery"),
-                      "2": ("tokens", "audio_wait", "audio_decode", "delivery")}
+FIRST_AUDIO_STAGES = {"1": ("input", "queue", "prefill", "tokens", "audio_wait", "audio_decode", "hold", "delivery"),
+                      "2": ("tokens", "audio_wait", "audio_decode", "hold", "delivery")}
 
 
 _TTFA = "mamtra_time_to_first_audio_seconds"

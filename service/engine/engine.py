@@ -43,6 +43,7 @@ from service.engine.audio_worker import AudioJob, AudioWorker, UrgentLane
 from service.engine.pipeline import DecoderStream, Pipeline, SentenceText
 from service.engine.runner import Runner
 from service.engine.scheduler import AdmissionError, Event, Phase, Scheduler, SchedulerConfig, Sentence
+from service.engine.start_hold import StartHold
 from service.engine.types import (SAMPLE_RATE, AudioChunk, Draining, EngineAPI, InvalidRequest, NotReady, QueueFull,
                                   StreamFailed, StreamHandle, Voice, WordTiming)
 from service.metrics import Metrics
@@ -94,6 +95,9 @@ class EngineConfig:
     # > 0: a request whose client would have more than this many seconds of audio buffered (a player started at its
     # first chunk, in real time) skips decode steps until it has less (0: streams run as fast as the device goes)
     pace_ahead_s: float = 0.0
+    # under load, a request's first audio waits until its next chunk is predicted in time (service.engine.start_hold)
+    start_hold: bool = False
+    start_hold_max_s: float = 2.0
     dtype: torch.dtype = torch.float32
     ssm_dtype: torch.dtype = torch.float32
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -117,6 +121,7 @@ class EngineConfig:
                    urgent_first={"auto": None, "on": True, "off": False}[settings.audio_urgent_first],
                    gil_switch_interval_s=settings.gil_switch_interval_ms / 1e3, step_overlap=settings.step_overlap,
                    pace_ahead_s=settings.pace_ahead_s,
+                   start_hold=settings.start_hold, start_hold_max_s=settings.start_hold_max_ms / 1e3,
                    dtype=dtype,
                    ssm_dtype=dtypes[settings.ssm_dtype],
                    sampling=SamplingConfig(seed=settings.seed))
@@ -147,6 +152,13 @@ class _Handle(StreamHandle):
         self.started = False  # its first urgent chunks are delivered (emit lock; the scheduler's start-up cap)
         self.urgent_decoder: DecoderStream | None = None  # the urgent lane's stream (its thread only)
         self.consumed = 0  # chunks read (written by the asyncio side only)
+        # The start hold (service.engine.start_hold): the asyncio side releases the audio at ``hold_until`` (None: at
+        # once), planned by the audio path with each chunk it posts until then; the engine thread notes when each
+        # chunk was handed to audio, the next one's arrival being part of the plan
+        self.released = engine._hold is None
+        self.hold_until: float | None = None
+        self.held_since: float | None = None
+        self.submitted_at: dict[int, float] = {}
         # Audio-thread state
         self.decoder: DecoderStream | None = None
         self.tokens: list[int] = []  # engine thread: tokens not yet handed to the audio thread
@@ -206,19 +218,52 @@ class _Handle(StreamHandle):
 
     # --- audio out -----------------------------------------------------------------------------------------------
     async def chunks(self) -> AsyncIterator[AudioChunk]:
+        held: list[AudioChunk] = []  # chunks made while the start hold keeps the audio back
         try:
             while True:
-                item = await self._queue.get()
-                if item is _END:
-                    return
-                if isinstance(item, StreamFailed):
+                if held:
+                    wait = (self.hold_until or 0.0) - time.monotonic()
+                    if wait <= 0:
+                        for chunk in self._release(held):
+                            yield chunk
+                        held = []
+                        continue
+                    try:
+                        async with asyncio.timeout(wait):
+                            item = await self._queue.get()
+                    except TimeoutError:
+                        continue
+                else:
+                    item = await self._queue.get()
+                if item is _END or isinstance(item, StreamFailed):
+                    for chunk in self._release(held):
+                        yield chunk
+                    held = []
+                    if item is _END:
+                        return
                     raise item
-                self.consumed += 1
-                if item.seq < 2 and item.made_at is not None:
-                    self._engine._stage(item.seq + 1, "delivery", time.monotonic() - item.made_at)
-                yield item
+                if not self.released:
+                    held.append(item)
+                    continue
+                yield self._consume(item, item.made_at)
         finally:
             self._engine._live.discard(self)
+
+    def _release(self, held: list[AudioChunk]) -> list[AudioChunk]:
+        """Asyncio side: the start hold is over; the chunks it held, consumed in order."""
+        self.released = True
+        now = time.monotonic()
+        for chunk in held:
+            if chunk.seq < 2 and chunk.made_at is not None:
+                self._engine._stage(chunk.seq + 1, "hold", now - chunk.made_at)
+        return [self._consume(chunk, now) for chunk in held]
+
+    def _consume(self, chunk: AudioChunk, since: float | None) -> AudioChunk:
+        """A chunk read: the first two chunks' delivery stage runs from ``since`` (made, or released)."""
+        self.consumed += 1
+        if chunk.seq < 2 and since is not None:
+            self._engine._stage(chunk.seq + 1, "delivery", time.monotonic() - since)
+        return chunk
 
     @property
     def outstanding(self) -> int:
@@ -286,6 +331,9 @@ class Engine(EngineAPI):
         self._draining = False
         self._last_tick = time.monotonic()
         self._steps = 0  # engine steps executed: the clock later chunks close on
+        self._hold = StartHold(chunk_tokens=config.chunk_tokens, align_chunks=config.align_chunks,
+                               urgent_chunks=config.urgent_chunks, max_hold_s=config.start_hold_max_s) \
+            if config.start_hold else None
         self._failure: BaseException | None = None
         metrics.state_slots_total.set(config.max_streams)
 
@@ -560,6 +608,8 @@ class Engine(EngineAPI):
                 phase.labels(phase="sync").observe(sync)
                 phase.labels(phase="update").observe(max(t2 - t1 - sync, 0.0))
                 phase.labels(phase="dispatch").observe(t_dispatch + t3 - t2)
+                if self._hold is not None:
+                    self._hold.stepped(t3 - t_plan)
         except BaseException as e:  # a fault of ours: fail every stream, turn unready, keep the process up
             log.exception("engine loop failed")
             self._failure = e
@@ -650,6 +700,8 @@ class Engine(EngineAPI):
                 self._stage(1, "tokens", now - handle.first_token_at)
         elif index == 2 and handle.first_chunk_at is not None:
             self._stage(2, "tokens", now - handle.first_chunk_at)
+        if not handle.released:
+            handle.submitted_at[index] = now
         return AudioJob(handle, tokens, flush, now, ended, urgent=index <= self.config.urgent_chunks, index=index)
 
     def _stage(self, chunk: int, stage: str, seconds: float) -> None:
@@ -701,6 +753,8 @@ class Engine(EngineAPI):
         if job.index in (1, 2):
             self._stage(job.index, "audio_wait", start - job.submitted)
             self._stage(job.index, "audio_decode", decoded - start)
+        if self._hold is not None:
+            self._hold.delivered(job.index, decoded - job.submitted)
         return True
 
     @staticmethod
@@ -873,7 +927,22 @@ class Engine(EngineAPI):
             handle._posted(len(pcm) / SAMPLE_RATE, now)
         chunk = AudioChunk(pcm=_to_int16(pcm), seq=handle.seq, words=words, made_at=now)
         handle.seq += 1
+        if not handle.released:
+            handle.hold_until = self._hold_until(handle, job, now)
         handle._post(chunk)
+
+    def _hold_until(self, handle: _Handle, job: AudioJob, now: float) -> float | None:
+        """Audio path, under the emit lock, while the start hold keeps a request's audio back: when to release it,
+        given the chunk just made (None: at once — the chunk ends the audio for now, or nothing is held)."""
+        if job.flush or self._hold is None:
+            return None
+        if handle.held_since is None:
+            handle.held_since = now
+        nxt = job.index + 1
+        arrival = self._hold.next_arrival(now=now, next_index=nxt, submitted_at=handle.submitted_at.get(nxt),
+                                          pending=len(handle.tokens), steps=self._steps)
+        return self._hold.release_at(now=now, held_since=handle.held_since, held_s=handle.posted_s,
+                                     next_arrival=arrival)
 
     def _advance_words(self, handle: _Handle, job: AudioJob) -> list[WordTiming]:
         """Audio thread: place the sentences this job ends in the stream's audio and return the words of those

@@ -141,7 +141,8 @@ def test_server_summary_from_prometheus_text():
     assert s["audio_wait_mean_s"] == pytest.approx(0.2) and s["memory"]["state_bytes"] == 1234
     stages = s["first_audio_stages_ms"]
     assert stages["1"]["tokens"] == pytest.approx(60.0) and stages["2"]["audio_wait"] == pytest.approx(300.0)
-    assert stages["1"]["queue"] is None and set(stages["2"]) == {"tokens", "audio_wait", "audio_decode", "delivery"}
+    assert stages["1"]["queue"] is None and set(stages["2"]) == {"tokens", "audio_wait", "audio_decode", "hold",
+                                                                 "delivery"}
     assert s["prefill_paths"] == {"beside": 3, "graph": 0, "eager": 1}
 
 

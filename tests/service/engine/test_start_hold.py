@@ -1,0 +1,136 @@
+"""The start hold (``MAMTRA_START_HOLD``): a request's first audio waits while its next chunk is predicted late."""
+
+import asyncio
+
+import pytest
+
+from service.engine.start_hold import Smoothed, StartHold
+from tests.service.engine.fakes import make_engine
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_smoothed_is_a_mean_plus_twice_its_deviation():
+    s = Smoothed()
+    assert s.value == 0.0  # nothing seen: no delay predicted
+    s.add(0.1)
+    assert s.value == pytest.approx(0.1 + 2 * 0.05)
+    for _ in range(200):
+        s.add(0.1)
+    assert s.value == pytest.approx(0.1, abs=1e-6)  # a steady delay: its deviation decays away
+    s.add(0.5)  # one late sample raises the estimate by more than its share of the mean
+    assert s.value > 0.1 + (0.5 - 0.1) / 8 + 0.15
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_steps_to_close_follows_the_engines_chunk_rule(align):
+    """The plan's count of steps until a later chunk closes is the step the engine's own rule would close it at."""
+    c = 16
+    hold = StartHold(chunk_tokens=c, align_chunks=align, urgent_chunks=2)
+    engine = make_engine(chunk_tokens=c, align_chunks=align)
+
+    class Handle:
+        chunks_submitted = 1
+        tokens: list = []
+
+    for steps in range(0, 40):
+        for pending in range(0, 2 * c):
+            engine._steps, d = steps, 0
+            Handle.tokens = [0] * pending
+            while True:  # one token a step, the engine's clock advancing with it
+                d += 1
+                engine._steps, Handle.tokens = steps + d, [0] * (pending + d)
+                if engine._chunk_ready(Handle):
+                    break
+            assert hold.steps_to_close(pending, steps) == d, (steps, pending)
+
+
+def test_the_plan_releases_at_once_when_the_next_chunk_is_due_in_time_and_holds_when_it_is_late():
+    hold = StartHold(chunk_tokens=16, align_chunks=False, urgent_chunks=2, max_hold_s=2.0)
+    for _ in range(50):
+        hold.stepped(0.004)  # 4 ms steps
+        hold.delivered(2, 0.05)  # chunk 2's audio stage 50 ms
+    # light load: 16 steps x 4 ms + 50 ms = 114 ms < the 240 ms held
+    arrival = hold.next_arrival(now=10.0, next_index=2, submitted_at=None, pending=0, steps=0)
+    assert arrival == pytest.approx(10.0 + 16 * 0.004 + 0.05, abs=1e-3)
+    hold.stepped(0.012)  # one slow step: 16 steps' deviation grows as 4 (√16) deviations of one, not 16
+    dev = hold.step.dev
+    arrival = hold.next_arrival(now=10.0, next_index=2, submitted_at=None, pending=0, steps=0)
+    assert arrival == pytest.approx(10.0 + 16 * hold.step.mean + 2 * 4 * dev + hold.urgent.value)
+    assert hold.release_at(now=10.0, held_since=10.0, held_s=0.24, next_arrival=arrival) <= 10.0
+    # loaded: 15 ms steps and a 500 ms audio stage: chunk 2 due at +0.74 s, the audio held until +0.5 s
+    for _ in range(200):
+        hold.stepped(0.015)
+        hold.delivered(2, 0.5)
+    arrival = hold.next_arrival(now=10.0, next_index=2, submitted_at=None, pending=0, steps=0)
+    assert hold.release_at(now=10.0, held_since=10.0, held_s=0.24, next_arrival=arrival) == pytest.approx(
+        10.0 + 16 * 0.015 + 0.5 - 0.24, abs=1e-3)
+    # a chunk already handed to audio is due its audio stage after that; one overdue is due now
+    assert hold.next_arrival(now=10.0, next_index=2, submitted_at=9.8, pending=0, steps=0) == pytest.approx(10.3)
+    assert hold.next_arrival(now=10.0, next_index=2, submitted_at=9.0, pending=0, steps=0) == 10.0
+    # never held longer than the cap
+    assert hold.release_at(now=10.0, held_since=9.0, held_s=0.24, next_arrival=20.0) == 11.0
+
+
+def _lateness(engine, n_requests):
+    """Play each request in turn (a client that plays from its first chunk's arrival): the worst lateness of a
+    chunk behind the audio before it, per request, and its time to first audio."""
+    async def main():
+        await engine.start()
+        loop = asyncio.get_running_loop()
+        results = []
+        try:
+            for i in range(n_requests):
+                start = loop.time()
+                handle = engine.synthesize("A long enough sentence.", voice="ava", request_id=f"r{i}")
+                first, audio, late = None, 0.0, 0.0
+                async for chunk in handle.chunks():
+                    now = loop.time()
+                    first = now if first is None else first
+                    late = max(late, now - first - audio)
+                    audio += chunk.duration
+                results.append((late, first - start))
+        finally:
+            await engine.stop()
+        return results
+
+    return run(main())
+
+
+# A slow audio stage: each push takes 0.3 s (serially, one audio thread); the first chunk is 2 tokens (80 ms of
+# audio), later chunks 12 (480 ms, 1.6x real time). A client playing on arrival runs dry after the first chunk.
+_SLOW = dict(cap_seconds=1.6, first_chunk_tokens=2, chunk_tokens=12, decode_delay_s=0.3, align_chunks=False,
+             client_queue_chunks=8)
+
+
+def test_without_the_hold_a_slow_audio_stage_leaves_the_player_dry_after_the_first_chunk():
+    results = _lateness(make_engine(**_SLOW), 3)
+    assert all(late > 0.15 for late, _ in results[1:]), results
+
+
+def test_the_hold_keeps_the_first_audio_until_the_next_chunk_is_due():
+    """After the first request (nothing measured yet: not held), the hold has the audio stage's delay and keeps
+    each request's first chunk back until the second is about due: no chunk comes late, the first audio later."""
+    engine = make_engine(start_hold=True, **_SLOW)
+    results = _lateness(engine, 3)
+    assert results[0][0] > 0.15  # the first: nothing measured, nothing held
+    for late, ttfa in results[1:]:
+        assert late < 0.06, results
+        assert ttfa > 0.45, results  # its first chunk (~0.3 s) waited for the second (~0.6 s) less 80 ms
+    value = engine.metrics.registry.get_sample_value
+    held = value("mamtra_first_audio_stage_seconds_sum", {"chunk": "1", "stage": "hold"})
+    assert value("mamtra_first_audio_stage_seconds_count", {"chunk": "1", "stage": "hold"}) == 3
+    assert held > 2 * 0.15
+
+
+def test_a_chunk_that_ends_the_audio_releases_it_and_a_fast_audio_stage_holds_nothing():
+    """One short sentence: its audio ends with a flush, which releases it at once; and with an audio stage that
+    keeps up, the plan releases each first chunk as it comes."""
+    engine = make_engine(start_hold=True, cap_seconds=0.4, first_chunk_tokens=2, chunk_tokens=4)
+    results = _lateness(engine, 4)
+    assert all(late < 0.05 for late, _ in results), results
+    value = engine.metrics.registry.get_sample_value
+    assert value("mamtra_first_audio_stage_seconds_count", {"chunk": "1", "stage": "hold"}) == 4
+    assert value("mamtra_first_audio_stage_seconds_sum", {"chunk": "1", "stage": "hold"}) < 4 * 0.05
