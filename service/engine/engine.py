@@ -231,8 +231,7 @@ class _Handle(StreamHandle):
                     try:
                         async with asyncio.timeout(wait):
                             item = await self._queue.get()
-                    except TimeoutError:  # the planned release: plan again from now (a late chunk moves it)
-                        self.hold_until = self._engine._replan_hold(self)
+                    except TimeoutError:
                         continue
                 else:
                     item = await self._queue.get()
@@ -939,17 +938,7 @@ class Engine(EngineAPI):
             return None
         if handle.held_since is None:
             handle.held_since = now
-        return self._plan_hold(handle, job.index + 1, now)
-
-    def _replan_hold(self, handle: _Handle) -> float | None:
-        """Asyncio side, when a planned release comes: plan it again from now, the next chunk being the one after
-        the last settled."""
-        with self._emit_lock:
-            if self._hold is None or handle.held_since is None:
-                return None
-            return self._plan_hold(handle, handle.settled + 1, time.monotonic())
-
-    def _plan_hold(self, handle: _Handle, nxt: int, now: float) -> float:
+        nxt = job.index + 1
         arrival = self._hold.next_arrival(now=now, next_index=nxt, submitted_at=handle.submitted_at.get(nxt),
                                           pending=len(handle.tokens), steps=self._steps)
         return self._hold.release_at(now=now, held_since=handle.held_since, held_s=handle.posted_s,

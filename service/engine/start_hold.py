@@ -9,22 +9,20 @@ time, turns that stall into a longer wait for the first sound; a player that buf
 request, loaded or not. The server knows its load, so it holds only when the next chunk is predicted late:
 
 - the next chunk's arrival = when its tokens close (its remaining steps × the engine's step period) + its audio
-  stage (submitted → posted), or, once submitted, its submission + that stage; a chunk already longer in the audio
-  stage than that is waited for (the estimate was low: releasing the audio now would leave the client dry);
+  stage (submitted → posted), or, once submitted, its submission + that stage;
 - each estimate is a smoothed mean plus twice its mean deviation (the way TCP sizes its retransmission timeout), of
   recent chunks' audio stage, the urgent chunks and the steady ones apart, and of the engine's recent step periods
   (for d steps: d means and √d deviations);
 - the audio is released at that arrival less the audio held (or at once, if that is past); each chunk made while
-  the audio is held plans again, and so does the release when it comes, so a chunk later than predicted moves the
-  release with it. A chunk that ends the request's audio for now (a flush: the text is spoken, or more is awaited)
-  releases it, and no hold lasts longer than ``max_hold_s``.
+  the audio is held plans again, so a chunk later than predicted moves the release with it. A chunk that ends the
+  request's audio for now (a flush: the text is spoken, or more is awaited) releases it, and no hold lasts longer
+  than ``max_hold_s``.
 
 Once released a stream is never held again: what the client then hears is the engine keeping up.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 
 
@@ -66,10 +64,7 @@ class StartHold:
         self.step.add(seconds)
 
     def delivered(self, index: int, seconds: float) -> None:
-        """An audio path: chunk ``index`` of a request was posted ``seconds`` after its tokens were handed over.
-        First chunks (their own lane, and never predicted: the hold starts with them) are not counted."""
-        if index < 2:
-            return
+        """An audio path: chunk ``index`` of a request was posted ``seconds`` after its tokens were handed over."""
         with self._lock:
             (self.urgent if index <= self.urgent_chunks else self.steady).add(seconds)
 
@@ -88,12 +83,11 @@ class StartHold:
 
     def next_arrival(self, *, now: float, next_index: int, submitted_at: float | None, pending: int,
                      steps: int) -> float:
-        """When chunk ``next_index`` should be posted: from its submission if it has been handed to audio (inf: it
-        is overdue, wait for it), else from the steps until its tokens close."""
+        """When chunk ``next_index`` should be posted: from its submission if it has been handed to audio, else
+        from the steps until its tokens close."""
         audio = (self.urgent if next_index <= self.urgent_chunks else self.steady).value
         if submitted_at is not None:
-            due = submitted_at + audio
-            return due if due > now else math.inf
+            return max(submitted_at + audio, now)
         # d steps: d times the mean period, and a deviation that grows as √d (steps' spreads partly cancel)
         d = self.steps_to_close(pending, steps)
         step = self.step.mean or 0.0
