@@ -14,9 +14,10 @@ collection then walks only what serving created (after the freeze the same colle
 is still freed by reference counting; only garbage cycles among it stay, and start-up collects those first.
 ``unfreeze()`` at shutdown gives them back (tests start and stop many apps in one process). The trade: Python runs
 a full collection only once the objects that reached the oldest generation since the last one are a quarter of those
-it already holds; with the start-up objects frozen that quarter is small, so full collections come more often, each
-walking only what serving keeps alive. Which pauses the first audio less is for the GPU server to tell
-(``MAMTRA_GC_FREEZE``, off until measured; the histogram below shows both).
+it already holds; with the start-up objects frozen that quarter is small, so full collections may come more often,
+each walking only what serving keeps alive. On an H100 at 256 clients (docs/BENCHMARKS.md §4 AJ) a full collection
+of the serving process took 329–337 ms unfrozen and 45 ms frozen, no more often (one a level or none):
+``MAMTRA_GC_FREEZE`` is on by default.
 
 ``GcPauses`` times every collection by generation through ``gc.callbacks`` and exports them as the histogram
 ``mamtra_gc_pause_seconds{generation}``. The callback only counts into plain lists: it may run inside any code that

@@ -116,11 +116,11 @@ class Settings(BaseSettings):
     gil_switch_interval_ms: float = Field(0.5, gt=0, description="Python's thread switch interval while serving "
                                           "(the event loop, engine and audio threads share the GIL; Python's "
                                           "default is 5 ms)")
-    gc_freeze: bool = Field(False, description="After start-up, move every object alive into Python's permanent "
+    gc_freeze: bool = Field(True, description="After start-up, move every object alive into Python's permanent "
                             "garbage-collector generation (gc.freeze), in the serving process and the audio "
-                            "processes: a full collection then walks only what serving created instead of the "
-                            "model's ~200,000 objects, a pause of every thread, but more often "
-                            "(mamtra_gc_pause_seconds)")
+                            "processes: a full collection, a pause of every thread, then walks only what serving "
+                            "created instead of the model's ~200,000 objects (mamtra_gc_pause_seconds; false: "
+                            "Python's default)")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM: time for in-flight streams to finish")
     stall_timeout_s: float = Field(10.0, gt=0, description="/readyz turns 503 if the engine loop has not ticked for "
                                                            "this long while it has work")

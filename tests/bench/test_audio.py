@@ -30,4 +30,7 @@ def test_profile_audio_lists_the_costliest_ops_with_their_shapes(tmp_path, monke
     assert row["channels_last"] and row["batch"] == 2 and len(row["top_ops"]) == 12
     assert [op["ms"] for op in row["top_ops"]] == sorted((op["ms"] for op in row["top_ops"]), reverse=True)
     convs = [op for op in row["top_ops"] if "convolution" in op["op"]]
-    assert convs and all(len(op["shapes"][0]) == 4 and op["shapes"][0][:1] == [2] for op in convs)
+    # the residual blocks' convs run channels-last (4-D); the upsampling transposed convs stay 3-D, and on a loaded
+    # CPU one of them may rank among the twelve
+    assert convs and all(op["shapes"][0][:1] == [2] for op in convs)
+    assert any(len(op["shapes"][0]) == 4 for op in convs)

@@ -144,7 +144,7 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
              (Settings(audio_process="off", vocoder_channels_last=False), {"vocoder_channels_last": False}),
              (Settings(audio_first_chunk_graphs=False, audio_gpu_percent=60), {"first_chunk_graphs": False}),
              (Settings(vocoder_fused=False), {"vocoder_fused": False}),
-             (Settings(gc_freeze=True), {}))
+             (Settings(gc_freeze=False), {}))
     monkeypatch.delenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", raising=False)
     for settings, options in cases:
         calls.clear()
@@ -164,4 +164,4 @@ def test_the_engine_starts_mps_before_any_cuda_call_and_passes_the_vocoder_layou
     calls.clear()
     with pytest.raises(Stop):
         build_engine(Settings(lm_gpu_percent=50, audio_gpu_percent=70), metrics)
-    assert calls[2][2:] == ({"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "70", "MAMTRA_GC_FREEZE": "0"}, "50")
+    assert calls[2][2:] == ({"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "70", "MAMTRA_GC_FREEZE": "1"}, "50")
