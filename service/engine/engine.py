@@ -941,8 +941,7 @@ class Engine(EngineAPI):
         nxt = job.index + 1
         arrival = self._hold.next_arrival(now=now, next_index=nxt, submitted_at=handle.submitted_at.get(nxt),
                                           pending=len(handle.tokens), steps=self._steps)
-        return self._hold.release_at(now=now, held_since=handle.held_since, held_s=handle.posted_s,
-                                     next_arrival=arrival)
+        return self._hold.release_at(held_since=handle.held_since, held_s=handle.posted_s, next_arrival=arrival)
 
     def _advance_words(self, handle: _Handle, job: AudioJob) -> list[WordTiming]:
         """Audio thread: place the sentences this job ends in the stream's audio and return the words of those

@@ -93,6 +93,6 @@ class StartHold:
         step = self.step.mean or 0.0
         return now + d * step + 2 * d ** 0.5 * self.step.dev + audio
 
-    def release_at(self, *, now: float, held_since: float, held_s: float, next_arrival: float) -> float:
-        """When to release ``held_s`` seconds of audio held since ``held_since`` (≤ now: at once)."""
+    def release_at(self, *, held_since: float, held_s: float, next_arrival: float) -> float:
+        """When to release ``held_s`` seconds of audio held since ``held_since`` (a time already past: at once)."""
         return min(next_arrival - held_s, held_since + self.max_hold_s)

@@ -59,19 +59,19 @@ def test_the_plan_releases_at_once_when_the_next_chunk_is_due_in_time_and_holds_
     dev = hold.step.dev
     arrival = hold.next_arrival(now=10.0, next_index=2, submitted_at=None, pending=0, steps=0)
     assert arrival == pytest.approx(10.0 + 16 * hold.step.mean + 2 * 4 * dev + hold.urgent.value)
-    assert hold.release_at(now=10.0, held_since=10.0, held_s=0.24, next_arrival=arrival) <= 10.0
+    assert hold.release_at(held_since=10.0, held_s=0.24, next_arrival=arrival) <= 10.0
     # loaded: 15 ms steps and a 500 ms audio stage: chunk 2 due at +0.74 s, the audio held until +0.5 s
     for _ in range(200):
         hold.stepped(0.015)
         hold.delivered(2, 0.5)
     arrival = hold.next_arrival(now=10.0, next_index=2, submitted_at=None, pending=0, steps=0)
-    assert hold.release_at(now=10.0, held_since=10.0, held_s=0.24, next_arrival=arrival) == pytest.approx(
+    assert hold.release_at(held_since=10.0, held_s=0.24, next_arrival=arrival) == pytest.approx(
         10.0 + 16 * 0.015 + 0.5 - 0.24, abs=1e-3)
     # a chunk already handed to audio is due its audio stage after that; one overdue is due now
     assert hold.next_arrival(now=10.0, next_index=2, submitted_at=9.8, pending=0, steps=0) == pytest.approx(10.3)
     assert hold.next_arrival(now=10.0, next_index=2, submitted_at=9.0, pending=0, steps=0) == 10.0
     # never held longer than the cap
-    assert hold.release_at(now=10.0, held_since=9.0, held_s=0.24, next_arrival=20.0) == 11.0
+    assert hold.release_at(held_since=9.0, held_s=0.24, next_arrival=20.0) == 11.0
 
 
 def _lateness(engine, n_requests):
