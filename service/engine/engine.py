@@ -9,7 +9,8 @@ Threads and why:
   keeping it off the LM loop means the LM's steps never wait for it (decoding only lags, it never stalls others).
 - **asyncio**: the API reads ``AudioChunk``s from each handle's queue. A handle whose reader is behind by
   ``client_queue_chunks`` chunks is paused in the scheduler (back-pressure): generation for it stops, nothing is
-  dropped and nothing buffers without bound.
+  dropped and nothing buffers without bound. With the start hold (``MAMTRA_START_HOLD``, ``start_hold``) a request's
+  first chunks wait in its reader until the audio path's plan releases them.
 
 Word timestamps (for streams that ask for them: the WebSocket's contexts): when a sentence's audio is done, the
 pipeline's ``WordAligner`` (``model.align``: a CTC phone aligner on the speech tokens) places its words on the tokens
