@@ -17,7 +17,7 @@ a full collection only once the objects that reached the oldest generation since
 it already holds; with the start-up objects frozen that quarter is small, so full collections may come more often,
 each walking only what serving keeps alive. On an H100 (docs/BENCHMARKS.md §4 AJ) the started server with the
 paper-scale model tracks 421,269 objects (a full collection 255 ms, 0.0015 ms frozen), and at 256 clients a full
-collection took 329–337 ms unfrozen and 45 ms frozen, no more often (one a level or none):
+collection took 258–337 ms unfrozen and 45 ms frozen, no more often (one a level or none):
 ``MAMTRA_GC_FREEZE`` is on by default.
 
 ``GcPauses`` times every collection by generation through ``gc.callbacks`` and exports them as the histogram
