@@ -634,7 +634,7 @@ def format_stages(level: dict) -> str:
     loop = level["server"].get("loop_phase_ms")
     if loop and any(v is not None for v in loop.values()):
         line += "\n    engine loop per step, mean ms: " + " ".join(
-            f"{ph} {'-' if ms is None else format(ms, '.2f')}" for ph, ms in loop.items())
+            f"{ph} {_num(ms, '.2f')}" for ph, ms in loop.items())
     if level["server"].get("audio_chunks_merged"):
         line += f"\n    audio chunks joined to their request's previous: {level['server']['audio_chunks_merged']:.0f}"
     cpu = level["server"].get("thread_cpu")

@@ -10,8 +10,8 @@ collections come back every so often, each a pause of that length for every requ
 middle of its first chunk's tokens included.
 
 ``freeze()`` after start-up moves everything alive into the permanent generation, which collections skip: a full
-collection then walks only what serving created (after the freeze the same collection takes under 0.001 ms). What is frozen
-is still freed by reference counting; only garbage cycles among it stay, and start-up collects those first.
+collection then walks only what serving created (after the freeze the same collection takes under 0.001 ms). What is
+frozen is still freed by reference counting; only garbage cycles among it stay, and start-up collects those first.
 ``unfreeze()`` at shutdown gives them back (tests start and stop many apps in one process). The trade: Python runs
 a full collection only once the objects that reached the oldest generation since the last one are a quarter of those
 it already holds; with the start-up objects frozen that quarter is small, so full collections may come more often,

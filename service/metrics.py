@@ -52,7 +52,8 @@ class Metrics:
             "first sentence handed to the engine: parsing, validation, text front-end), queue (the sentence waiting "
             "for a slot), prefill (to the first token), tokens (to the chunk's last token; chunk 2: from chunk 1's), "
             "audio_wait (queued for the audio stage), audio_decode (its decode batch), hold (kept back by the start "
-            "hold, MAMTRA_START_HOLD), delivery (to the response stream)", ["chunk", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+            "hold, MAMTRA_START_HOLD), delivery (to the response stream)", ["chunk", "stage"],
+            buckets=LATENCY_BUCKETS, registry=r)
         self.request_duration = Histogram(
             "mamtra_request_duration_seconds", "Request arrival to its last audio chunk", buckets=LATENCY_BUCKETS,
             registry=r)
