@@ -1,15 +1,20 @@
 """What one prefill step costs the engine loop, per number of sequences prefilled together (GPU profiling aid).
 
 python -m bench.profile_prefill [--preset mamtra-1:3] [--sizes 1 2 4 8] [--tokens 40] [--long] [--overlap]
+    [--streams 64]
 Eager vs CUDA-graph prefill (``model.cuda_graphs.GraphedPrefill``): first call per size (fla-core autotunes per
-batch size), the median of the next ones, continuations later in the context; GPU time of one; a decode step of 64
-streams with and without 1 or 8 prefills in it. ``--overlap`` adds those steps with the prefill beside the decode
-(``Runner(overlap_prefill=True)``).
+batch size), the median of the next ones, continuations later in the context; GPU time of one; a decode step of
+``--streams`` streams with and without 1 or 8 prefills in it, its host time (``Runner.launch``, what the engine
+loop's "host" phase times) apart from its wait for the sampled tokens. ``--overlap`` adds those steps with the
+prefill beside the decode (``Runner(overlap_prefill=True)``).
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import statistics
 import time
 
@@ -27,7 +32,8 @@ def main() -> None:
     ap.add_argument("--graphs-only", action="store_true", help="skip the eager runner (its first call autotunes)")
     ap.add_argument("--overlap", action="store_true", help="also the steps with the prefill beside the decode")
     ap.add_argument("--kernels", type=int, default=0, help="print the N costliest GPU kernels of the graph-mode "
-                    "steps (decode 64, decode 64 + prefill 1) and time the sampler alone")
+                    "steps (decode, decode + prefill 1) and the N costliest host ops, and time the sampler alone")
+    ap.add_argument("--streams", type=int, default=64, help="decoding streams in the decode steps")
     a = ap.parse_args()
     from bench.lm import Device, build_model
     from model.config import preset
@@ -42,14 +48,15 @@ def main() -> None:
     rows = []
     modes = (("graphs",) if a.graphs_only else ("eager", "graphs")) + (("overlap",) if a.overlap else ())
     for mode in modes:
-        runner = Runner(model, max_streams=64 + max(n, 8), max_context=8192 if a.long else 1024,
+        d = a.streams
+        runner = Runner(model, max_streams=d + max(n, 8), max_context=8192 if a.long else 1024,
                         allowed_ids=list(range(4377)), sampling=SamplingConfig(), dtype=torch.bfloat16,
                         cuda_graphs=True, prefill_graphs=mode != "eager", overlap_prefill=mode == "overlap")
         t0 = time.perf_counter()
         if runner.prefill_graphs is not None:
             runner.prefill_graphs.capture_all()
         capture_s = time.perf_counter() - t0
-        runner.graphs.capture_all(64)
+        runner.graphs.capture_all(d)
         g = torch.Generator().manual_seed(0)
         for b in a.sizes if mode != "overlap" else ():  # a prefill alone runs as in "graphs"
             for i in range(b):
@@ -57,8 +64,8 @@ def main() -> None:
 
             def plan(start=0):
                 ids = [tuple(torch.randint(0, 1000, (a.tokens,), generator=g).tolist()) for _ in range(b)]
-                return StepPlan(resets=tuple(range(64, 64 + b)) if start == 0 else (), prefills=tuple(
-                    PrefillChunk(f"r{i}", 64 + i, start, ids[i], True) for i in range(b)))
+                return StepPlan(resets=tuple(range(d, d + b)) if start == 0 else (), prefills=tuple(
+                    PrefillChunk(f"r{i}", d + i, start, ids[i], True) for i in range(b)))
 
             times = []
             for k in range(1 + a.reps):
@@ -86,21 +93,24 @@ def main() -> None:
                        gpu_ms=gpu, capture_all_s=capture_s)
             print(json.dumps(row), flush=True)
             rows.append(row)
-        # decode steps at 64 streams, graphs, with and without a prefill of 8 in the same step
-        for i in range(64):
+        # decode steps of d streams, graphs, with and without a prefill of 8 in the same step
+        for i in range(d):
             runner.open_request(f"d{i}", seed=i)
         for i in range(8):
             runner.open_request(f"r{i}", seed=i)
-        dec = tuple(DecodeItem(f"d{i}", i, 50, 5) for i in range(64))
-        for label, pre in (("decode 64", ()), *((f"decode 64 + prefill {k}", tuple(
-                PrefillChunk(f"r{i}", 64 + i, 0, tuple(range(a.tokens)), True) for i in range(k))) for k in (1, 8))):
-            ts = []
+        dec = tuple(DecodeItem(f"d{i}", i, 50, 5) for i in range(d))
+        for label, pre in ((f"decode {d}", ()), *((f"decode {d} + prefill {k}", tuple(
+                PrefillChunk(f"r{i}", d + i, 0, tuple(range(a.tokens)), True) for i in range(k))) for k in (1, 8))):
+            ts, hosts = [], []
             for _ in range(11):
                 torch.cuda.synchronize()
                 t = time.perf_counter()
-                runner.execute(StepPlan(prefills=pre, decodes=dec))
+                pending = runner.launch(StepPlan(prefills=pre, decodes=dec))
+                hosts.append(time.perf_counter() - t)
+                pending.result()
                 ts.append(time.perf_counter() - t)
-            row = dict(mode=mode, step=label, median_ms=statistics.median(ts[1:]) * 1e3)
+            row = dict(mode=mode, step=label, median_ms=statistics.median(ts[1:]) * 1e3,
+                       host_ms=statistics.median(hosts[1:]) * 1e3)
             print(json.dumps(row), flush=True)
             rows.append(row)
         if a.kernels and mode == "graphs":
@@ -113,15 +123,17 @@ def main() -> None:
 
 
 def _kernels(runner, dec, a) -> list[dict]:
-    """The costliest kernels of a graph-mode decode step of 64 (alone and with one prefill), and the sampler's time."""
+    """The costliest kernels and host ops of a graph-mode decode step (alone and with one prefill), and the sampler's
+    time."""
     from torch.profiler import ProfilerActivity, profile
 
     from model.sampling import sample
     from service.engine.scheduler import PrefillChunk, StepPlan
 
     rows = []
-    one = (PrefillChunk("r0", 64, 0, tuple(range(a.tokens)), True),)
-    for label, pre in (("decode 64", ()), ("decode 64 + prefill 1", one)):
+    d = len(dec)
+    one = (PrefillChunk("r0", d, 0, tuple(range(a.tokens)), True),)
+    for label, pre in ((f"decode {d}", ()), (f"decode {d} + prefill 1", one)):
         for _ in range(3):
             runner.execute(StepPlan(prefills=pre, decodes=dec))
         torch.cuda.synchronize()
@@ -132,19 +144,34 @@ def _kernels(runner, dec, a) -> list[dict]:
         gpu = sum(e.self_device_time_total for e in ka) / 1e3
         top = [dict(name=e.key[:90], calls=e.count, gpu_ms=e.self_device_time_total / 1e3)
                for e in ka[:a.kernels] if e.self_device_time_total > 0]
-        row = dict(step=label, gpu_ms=gpu, top=top, sync_ms=runner.last_sync_s * 1e3)
+        cpu = sorted(ka, key=lambda e: -e.self_cpu_time_total)
+        host = [dict(name=e.key[:90], calls=e.count, cpu_ms=e.self_cpu_time_total / 1e3)
+                for e in cpu[:a.kernels] if e.self_cpu_time_total > 0]
+        row = dict(step=label, gpu_ms=gpu, top=top, host_top=host, sync_ms=runner.last_sync_s * 1e3)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    logits = torch.randn(64, runner.model.config.vocab_size, device=runner.device, dtype=torch.bfloat16)
-    last = torch.zeros(64, dtype=torch.long, device=runner.device)
-    runs = torch.ones(64, dtype=torch.long, device=runner.device)
+    eight = tuple(PrefillChunk(f"r{i}", d + i, 0, tuple(range(a.tokens)), True) for i in range(8))
+    prof = cProfile.Profile()
+    for _ in range(10):  # the Python of the launch (the profiler above sees only the ops)
+        torch.cuda.synchronize()
+        prof.enable()
+        pending = runner.launch(StepPlan(prefills=eight, decodes=dec))
+        prof.disable()
+        pending.result()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(a.kernels)
+    print(buf.getvalue(), flush=True)
+    rows.append(dict(step=f"launch decode {d} + prefill 8, cProfile x10", text=buf.getvalue()))
+    logits = torch.randn(d, runner.model.config.vocab_size, device=runner.device, dtype=torch.bfloat16)
+    last = torch.zeros(d, dtype=torch.long, device=runner.device)
+    runs = torch.ones(d, dtype=torch.long, device=runner.device)
     ts = []
     for _ in range(12):
         torch.cuda.synchronize()
         t = time.perf_counter()
         sample(logits, runner.sampling, allowed=runner.allowed, last_token=last, run_length=runs).tolist()
         ts.append(time.perf_counter() - t)
-    row = dict(step="sample 64 rows", median_ms=statistics.median(ts[2:]) * 1e3)
+    row = dict(step=f"sample {d} rows", median_ms=statistics.median(ts[2:]) * 1e3)
     print(json.dumps(row), flush=True)
     rows.append(row)
     return rows
