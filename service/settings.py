@@ -40,6 +40,13 @@ class Settings(BaseSettings):
                              "the first sound instead of going silent after it; at light load nothing waits")
     start_hold_max_ms: float = Field(2000.0, gt=0, description="The longest the start hold keeps a request's first "
                                      "audio back")
+    start_hold_lookahead: int = Field(1, ge=1, le=4, description="Chunks the start hold plans ahead: the audio held "
+                                      "and the chunks due before each of the next this many must last until it "
+                                      "comes (each later chunk assumed MAMTRA_CHUNK_TOKENS long)")
+    start_hold_load: bool = Field(False, description="The start hold plans a burst from its load: a chunk's audio "
+                                  "stage is predicted to be at least the chunks of its index still owed to the "
+                                  "running streams times an audio round's recent cost per chunk (otherwise only from "
+                                  "the delays of chunks measured before, which a burst's first arrivals outrun)")
     max_starting: int = Field(0, ge=0, description="Requests starting at once: while this many have had their "
                               "first prefill but not yet their first MAMTRA_AUDIO_URGENT_CHUNKS audio chunks "
                               "delivered, a newly admitted request's first prefill waits (a burst of arrivals then "

@@ -99,6 +99,8 @@ class EngineConfig:
     # under load, a request's first audio waits until its next chunk is predicted in time (service.engine.start_hold)
     start_hold: bool = False
     start_hold_max_s: float = 2.0
+    start_hold_lookahead: int = 1  # chunks the hold plans ahead (StartHold)
+    start_hold_load: bool = False  # a chunk's audio stage predicted from the chunks owed to running streams too
     dtype: torch.dtype = torch.float32
     ssm_dtype: torch.dtype = torch.float32
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -123,6 +125,7 @@ class EngineConfig:
                    gil_switch_interval_s=settings.gil_switch_interval_ms / 1e3, step_overlap=settings.step_overlap,
                    pace_ahead_s=settings.pace_ahead_s,
                    start_hold=settings.start_hold, start_hold_max_s=settings.start_hold_max_ms / 1e3,
+                   start_hold_lookahead=settings.start_hold_lookahead, start_hold_load=settings.start_hold_load,
                    dtype=dtype,
                    ssm_dtype=dtypes[settings.ssm_dtype],
                    sampling=SamplingConfig(seed=settings.seed))
@@ -333,7 +336,8 @@ class Engine(EngineAPI):
         self._last_tick = time.monotonic()
         self._steps = 0  # engine steps executed: the clock later chunks close on
         self._hold = StartHold(chunk_tokens=config.chunk_tokens, align_chunks=config.align_chunks,
-                               urgent_chunks=config.urgent_chunks, max_hold_s=config.start_hold_max_s) \
+                               urgent_chunks=config.urgent_chunks, max_hold_s=config.start_hold_max_s,
+                               lookahead=config.start_hold_lookahead, load=config.start_hold_load) \
             if config.start_hold else None
         self._failure: BaseException | None = None
         metrics.state_slots_total.set(config.max_streams)
@@ -730,7 +734,10 @@ class Engine(EngineAPI):
         with _on(self._audio_stream):
             for job, pcm in self._decode_jobs(jobs, start):
                 self._deliver(job, pcm, start)
-        self.metrics.audio_decode_seconds.observe(time.monotonic() - start)
+        took = time.monotonic() - start
+        self.metrics.audio_decode_seconds.observe(took)
+        if self._hold is not None:  # the worker decodes every chunk: its rounds are the audio stage's throughput
+            self._hold.round(len(jobs), took)
 
     def _deliver(self, job: AudioJob, pcm: np.ndarray, start: float) -> bool:
         """Either audio path: emit a decoded chunk unless the other path has already (a request's first chunks are
@@ -940,9 +947,26 @@ class Engine(EngineAPI):
         if handle.held_since is None:
             handle.held_since = now
         nxt = job.index + 1
-        arrival = self._hold.next_arrival(now=now, next_index=nxt, submitted_at=handle.submitted_at.get(nxt),
-                                          pending=len(handle.tokens), steps=self._steps)
-        return self._hold.release_at(held_since=handle.held_since, held_s=handle.posted_s, next_arrival=arrival)
+        arrivals = self._hold.arrivals(now=now, first_index=nxt, submitted=handle.submitted_at,
+                                       pending=len(handle.tokens), steps=self._steps,
+                                       owed=self._owed(handle, nxt, self._hold.lookahead))
+        chunk_s = self.config.chunk_tokens / self.pipeline.tokens_per_second / handle.speed
+        return self._hold.release_at(held_since=handle.held_since, held_s=handle.posted_s, arrivals=arrivals,
+                                     chunk_s=chunk_s)
+
+    def _owed(self, handle: _Handle, first: int, n: int) -> list[int]:
+        """For chunks ``first`` … ``first + n - 1``: how many other admitted, open requests have not had that chunk
+        delivered (with the start hold's ``load``: the audio stage owes them that chunk too; else zeros)."""
+        owed = [0] * n
+        if not self._hold.load:
+            return owed
+        for h in list(self._handles.values()):
+            if h is handle or h.closed or h.admitted_at is None:
+                continue
+            for k in range(n):
+                if h.settled < first + k:
+                    owed[k] += 1
+        return owed
 
     def _advance_words(self, handle: _Handle, job: AudioJob) -> list[WordTiming]:
         """Audio thread: place the sentences this job ends in the stream's audio and return the words of those

@@ -13,8 +13,13 @@ request, loaded or not. The server knows its load, so it holds only when the nex
 - each estimate is a smoothed mean plus twice its mean deviation (the way TCP sizes its retransmission timeout), of
   recent chunks' audio stage, the urgent chunks and the steady ones apart, and of the engine's recent step periods
   (for d steps: d means and √d deviations);
-- the audio is released at that arrival less the audio held (or at once, if that is past); each chunk made while
-  the audio is held plans again, so a chunk later than predicted moves the release with it. A chunk that ends the
+- a burst is planned from the load it brings, not only from the chunks measured before it (which came before the
+  burst and were quick): a chunk's audio stage is at least the chunks of its index still owed to the streams now
+  running (each of which the audio stage must decode too) times an audio round's cost per chunk (``load=True``);
+- the plan looks ``lookahead`` chunks ahead: the audio held and the chunks due before each (a chunk's audio
+  assumed ``chunk_tokens`` long) must last until that one arrives;
+- the audio is released at the latest of those times (or at once, if that is past); each chunk made while the
+  audio is held plans again, so a chunk later than predicted moves the release with it. A chunk that ends the
   request's audio for now (a flush: the text is spoken, or more is awaited) releases it, and no hold lasts longer
   than ``max_hold_s``.
 
@@ -24,6 +29,10 @@ Once released a stream is never held again: what the client then hears is the en
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
+
+# audio rounds of fewer chunks than this tell little of the cost per chunk (a round's fixed cost dominates them)
+MIN_ROUND = 8
 
 
 class Smoothed:
@@ -49,14 +58,18 @@ class StartHold:
     """The estimates and the plan. Written by the engine thread (step periods) and the audio paths (their chunks'
     audio stage, under one lock); planned under the engine's emit lock."""
 
-    def __init__(self, *, chunk_tokens: int, align_chunks: bool, urgent_chunks: int, max_hold_s: float = 2.0) -> None:
+    def __init__(self, *, chunk_tokens: int, align_chunks: bool, urgent_chunks: int, max_hold_s: float = 2.0,
+                 lookahead: int = 1, load: bool = False) -> None:
         self.chunk_tokens = chunk_tokens
         self.align_chunks = align_chunks
         self.urgent_chunks = urgent_chunks
         self.max_hold_s = max_hold_s
+        self.lookahead = max(1, lookahead)
+        self.load = load
         self.step = Smoothed()
         self.urgent = Smoothed()  # a request's first ``urgent_chunks`` chunks
         self.steady = Smoothed()
+        self.per_chunk = Smoothed()  # an audio round's seconds per chunk (rounds of at least MIN_ROUND chunks)
         self._lock = threading.Lock()
 
     def stepped(self, seconds: float) -> None:
@@ -67,6 +80,20 @@ class StartHold:
         """An audio path: chunk ``index`` of a request was posted ``seconds`` after its tokens were handed over."""
         with self._lock:
             (self.urgent if index <= self.urgent_chunks else self.steady).add(seconds)
+
+    def round(self, chunks: int, seconds: float) -> None:
+        """An audio path: a round decoded ``chunks`` chunks in ``seconds``."""
+        if chunks >= MIN_ROUND:
+            with self._lock:
+                self.per_chunk.add(seconds / chunks)
+
+    def audio(self, index: int, owed: int = 0) -> float:
+        """The predicted audio stage of a request's chunk ``index``, ``owed`` chunks of that index being due to other
+        streams (counted with ``load``)."""
+        est = (self.urgent if index <= self.urgent_chunks else self.steady).value
+        if self.load and owed and self.per_chunk.mean is not None:
+            est = max(est, (owed + 1) * self.per_chunk.mean)
+        return est
 
     def steps_to_close(self, pending: int, steps: int) -> int:
         """Engine steps until a later chunk with ``pending`` tokens closes, the engine having run ``steps`` steps
@@ -81,18 +108,27 @@ class StartHold:
                 return d
         return 2 * c
 
-    def next_arrival(self, *, now: float, next_index: int, submitted_at: float | None, pending: int,
-                     steps: int) -> float:
-        """When chunk ``next_index`` should be posted: from its submission if it has been handed to audio, else
-        from the steps until its tokens close."""
-        audio = (self.urgent if next_index <= self.urgent_chunks else self.steady).value
-        if submitted_at is not None:
-            return max(submitted_at + audio, now)
-        # d steps: d times the mean period, and a deviation that grows as √d (steps' spreads partly cancel)
-        d = self.steps_to_close(pending, steps)
-        step = self.step.mean or 0.0
-        return now + d * step + 2 * d ** 0.5 * self.step.dev + audio
+    def arrivals(self, *, now: float, first_index: int, submitted: Mapping[int, float], pending: int, steps: int,
+                 owed: Sequence[int]) -> list[float]:
+        """When chunks ``first_index``, ``first_index + 1``, … (one per entry of ``owed``, the chunks of that index
+        due to other streams) should be posted. ``pending`` tokens are made towards the first not submitted; each
+        after it closes ``chunk_tokens`` steps later."""
+        out = []
+        d = 0  # steps from now until the chunk before closes (0: it has)
+        for k, n in enumerate(owed):
+            index = first_index + k
+            audio = self.audio(index, n)
+            if index in submitted:
+                out.append(max(submitted[index] + audio, now))
+                continue
+            d = self.steps_to_close(pending, steps) if d == 0 else d + self.chunk_tokens
+            # d steps: d times the mean period, and a deviation that grows as √d (steps' spreads partly cancel)
+            out.append(now + d * (self.step.mean or 0.0) + 2 * d ** 0.5 * self.step.dev + audio)
+        return out
 
-    def release_at(self, *, held_since: float, held_s: float, next_arrival: float) -> float:
-        """When to release ``held_s`` seconds of audio held since ``held_since`` (a time already past: at once)."""
-        return min(next_arrival - held_s, held_since + self.max_hold_s)
+    def release_at(self, *, held_since: float, held_s: float, arrivals: Sequence[float], chunk_s: float = 0.0
+                   ) -> float:
+        """When to release ``held_s`` seconds of audio held since ``held_since`` (a time already past: at once): when
+        it and the chunks due before each of ``arrivals`` (``chunk_s`` seconds each) last until that one comes."""
+        due = max(a - held_s - k * chunk_s for k, a in enumerate(arrivals))
+        return min(due, held_since + self.max_hold_s)

@@ -53,25 +53,77 @@ def test_the_plan_releases_at_once_when_the_next_chunk_is_due_in_time_and_holds_
         hold.stepped(0.004)  # 4 ms steps
         hold.delivered(2, 0.05)  # chunk 2's audio stage 50 ms
     # light load: 16 steps x 4 ms + 50 ms = 114 ms < the 240 ms held
-    arrival = hold.next_arrival(now=10.0, next_index=2, submitted_at=None, pending=0, steps=0)
+    arrival = hold.arrivals(now=10.0, first_index=2, submitted={}, pending=0, steps=0, owed=(0,))[0]
     assert arrival == pytest.approx(10.0 + 16 * 0.004 + 0.05, abs=1e-3)
     hold.stepped(0.012)  # one slow step: 16 steps' deviation grows as 4 (√16) deviations of one, not 16
     dev = hold.step.dev
-    arrival = hold.next_arrival(now=10.0, next_index=2, submitted_at=None, pending=0, steps=0)
+    arrival = hold.arrivals(now=10.0, first_index=2, submitted={}, pending=0, steps=0, owed=(0,))[0]
     assert arrival == pytest.approx(10.0 + 16 * hold.step.mean + 2 * 4 * dev + hold.urgent.value)
-    assert hold.release_at(held_since=10.0, held_s=0.24, next_arrival=arrival) <= 10.0
+    assert hold.release_at(held_since=10.0, held_s=0.24, arrivals=[arrival]) <= 10.0
     # loaded: 15 ms steps and a 500 ms audio stage: chunk 2 due at +0.74 s, the audio held until +0.5 s
     for _ in range(200):
         hold.stepped(0.015)
         hold.delivered(2, 0.5)
-    arrival = hold.next_arrival(now=10.0, next_index=2, submitted_at=None, pending=0, steps=0)
-    assert hold.release_at(held_since=10.0, held_s=0.24, next_arrival=arrival) == pytest.approx(
+    arrival = hold.arrivals(now=10.0, first_index=2, submitted={}, pending=0, steps=0, owed=(0,))[0]
+    assert hold.release_at(held_since=10.0, held_s=0.24, arrivals=[arrival]) == pytest.approx(
         10.0 + 16 * 0.015 + 0.5 - 0.24, abs=1e-3)
     # a chunk already handed to audio is due its audio stage after that; one overdue is due now
-    assert hold.next_arrival(now=10.0, next_index=2, submitted_at=9.8, pending=0, steps=0) == pytest.approx(10.3)
-    assert hold.next_arrival(now=10.0, next_index=2, submitted_at=9.0, pending=0, steps=0) == 10.0
+    due = hold.arrivals(now=10.0, first_index=2, submitted={2: 9.8}, pending=0, steps=0, owed=(0,))[0]
+    assert due == pytest.approx(10.3)
+    assert hold.arrivals(now=10.0, first_index=2, submitted={2: 9.0}, pending=0, steps=0, owed=(0,))[0] == 10.0
     # never held longer than the cap
-    assert hold.release_at(held_since=9.0, held_s=0.24, next_arrival=20.0) == 11.0
+    assert hold.release_at(held_since=9.0, held_s=0.24, arrivals=[20.0]) == 11.0
+
+
+def test_a_burst_is_planned_from_the_chunks_owed_to_running_streams():
+    """With ``load`` a chunk's audio stage is at least the chunks of its index owed to other streams (and its own)
+    times a round's cost per chunk; rounds of a few chunks (their fixed cost dominates) are not counted."""
+    hold = StartHold(chunk_tokens=16, align_chunks=False, urgent_chunks=2, load=True)
+    for _ in range(50):
+        hold.delivered(2, 0.05)  # before the burst: chunk 2's audio stage 50 ms
+        hold.round(4, 0.2)  # small rounds: not a cost per chunk
+    assert hold.per_chunk.mean is None and hold.audio(2, 200) == pytest.approx(0.05, abs=1e-3)
+    for _ in range(50):
+        hold.round(64, 0.064)  # 1 ms a chunk
+    assert hold.audio(2, 0) == pytest.approx(0.05, abs=1e-3)  # nothing owed: the measured delay
+    assert hold.audio(2, 10) == pytest.approx(0.05, abs=1e-3)  # 11 chunks' 11 ms: less than measured
+    assert hold.audio(2, 255) == pytest.approx(0.256, abs=1e-3)  # the burst: 256 chunks' 256 ms
+    hold.load = False
+    assert hold.audio(2, 255) == pytest.approx(0.05, abs=1e-3)
+
+
+def test_the_plan_looks_ahead_until_the_held_audio_and_the_chunks_before_run_out():
+    hold = StartHold(chunk_tokens=16, align_chunks=False, urgent_chunks=2, lookahead=2)
+    for _ in range(200):
+        hold.stepped(0.01)  # 10 ms steps
+        hold.delivered(2, 0.1)  # chunk 2's audio stage 100 ms
+        hold.delivered(3, 0.6)  # chunk 3's 600 ms (steady chunks wait behind a burst's urgent ones)
+    # chunk 2 closes in 16 steps (160 ms) and arrives at +0.26 s; chunk 3 closes 16 steps later, at +0.92 s
+    a2, a3 = hold.arrivals(now=10.0, first_index=2, submitted={}, pending=0, steps=0, owed=(0, 0))
+    assert a2 == pytest.approx(10.26, abs=1e-3) and a3 == pytest.approx(10.92, abs=1e-3)
+    # 0.24 s held: chunk 2 alone allows a release at +0.02 s, but chunk 3 comes after chunk 2's 0.64 s would
+    # have played too: released at +0.92 - 0.24 - 0.64 = +0.04 s
+    assert hold.release_at(held_since=10.0, held_s=0.24, arrivals=[a2], chunk_s=0.64) == pytest.approx(10.02, abs=1e-3)
+    assert hold.release_at(held_since=10.0, held_s=0.24, arrivals=[a2, a3], chunk_s=0.64) == pytest.approx(
+        10.04, abs=1e-3)
+    # chunk 2 handed to audio at 9.9: it is due at 10.0; chunk 3's pending tokens close in 16 - 5 steps
+    a2, a3 = hold.arrivals(now=10.0, first_index=2, submitted={2: 9.9}, pending=5, steps=0, owed=(0, 0))
+    assert a2 == pytest.approx(10.0, abs=1e-3) and a3 == pytest.approx(10.0 + 0.11 + 0.6, abs=1e-3)
+
+
+def test_the_engine_counts_the_chunks_owed_to_other_admitted_open_streams():
+    engine = make_engine(start_hold=True, start_hold_load=True, start_hold_lookahead=2)
+
+    class H:
+        def __init__(self, settled, admitted=1.0, closed=False):
+            self.settled, self.admitted_at, self.closed = settled, admitted, closed
+
+    me = H(1)
+    engine._handles = {i: h for i, h in enumerate([me, H(0), H(1), H(2), H(3), H(0, admitted=None), H(1, closed=True)])}
+    # the others admitted and open have settled chunks 0, 1, 2 and 3: chunk 2 is owed to two, chunk 3 to three
+    assert engine._owed(me, 2, 2) == [2, 3]
+    engine._hold.load = False
+    assert engine._owed(me, 2, 2) == [0, 0]
 
 
 def _lateness(engine, n_requests):
@@ -110,10 +162,11 @@ def test_without_the_hold_a_slow_audio_stage_leaves_the_player_dry_after_the_fir
     assert all(late > 0.15 for late, _ in results[1:]), results
 
 
-def test_the_hold_keeps_the_first_audio_until_the_next_chunk_is_due():
+@pytest.mark.parametrize("plan", [dict(), dict(start_hold_lookahead=2, start_hold_load=True)])
+def test_the_hold_keeps_the_first_audio_until_the_next_chunk_is_due(plan):
     """After the first request (nothing measured yet: not held), the hold has the audio stage's delay and keeps
     each request's first chunk back until the second is about due: no chunk comes late, the first audio later."""
-    engine = make_engine(start_hold=True, **_SLOW)
+    engine = make_engine(start_hold=True, **_SLOW, **plan)
     results = _lateness(engine, 3)
     assert results[0][0] > 0.15  # the first: nothing measured, nothing held
     for late, ttfa in results[1:]:
