@@ -44,7 +44,7 @@ class Settings(BaseSettings):
                                       "and the chunks due before each of the next this many must last until it "
                                       "comes (each later chunk assumed MAMTRA_CHUNK_TOKENS long)")
     start_hold_load: bool = Field(False, description="The start hold plans a burst from its load: a chunk's audio "
-                                  "stage is predicted to be at least the chunks of its index still owed to the "
+                                  "stage is predicted to be at least the chunks up to its index still owed to the "
                                   "running streams times an audio round's recent cost per chunk (otherwise only from "
                                   "the delays of chunks measured before, which a burst's first arrivals outrun)")
     max_starting: int = Field(0, ge=0, description="Requests starting at once: while this many have had their "

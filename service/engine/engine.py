@@ -955,8 +955,9 @@ class Engine(EngineAPI):
                                      chunk_s=chunk_s)
 
     def _owed(self, handle: _Handle, first: int, n: int) -> list[int]:
-        """For chunks ``first`` … ``first + n - 1``: how many other admitted, open requests have not had that chunk
-        delivered (with the start hold's ``load``: the audio stage owes them that chunk too; else zeros)."""
+        """For chunks ``first`` … ``first + n - 1``: the chunks up to that index not yet delivered to the other
+        admitted, open requests (with the start hold's ``load``: the audio worker, which decodes every chunk, owes
+        them those before it reaches this request's; else zeros)."""
         owed = [0] * n
         if not self._hold.load:
             return owed
@@ -964,8 +965,7 @@ class Engine(EngineAPI):
             if h is handle or h.closed or h.admitted_at is None:
                 continue
             for k in range(n):
-                if h.settled < first + k:
-                    owed[k] += 1
+                owed[k] += max(0, first + k - h.settled)
         return owed
 
     def _advance_words(self, handle: _Handle, job: AudioJob) -> list[WordTiming]:

@@ -14,8 +14,9 @@ request, loaded or not. The server knows its load, so it holds only when the nex
   recent chunks' audio stage, the urgent chunks and the steady ones apart, and of the engine's recent step periods
   (for d steps: d means and √d deviations);
 - a burst is planned from the load it brings, not only from the chunks measured before it (which came before the
-  burst and were quick): a chunk's audio stage is at least the chunks of its index still owed to the streams now
-  running (each of which the audio stage must decode too) times an audio round's cost per chunk (``load=True``);
+  burst and were quick): a chunk's audio stage is at least the chunks up to its index still owed to the other
+  streams now running (the audio worker decodes every chunk of every stream, a stream's in order) times an audio
+  round's cost per chunk (``load=True``);
 - the plan looks ``lookahead`` chunks ahead: the audio held and the chunks due before each (a chunk's audio
   assumed ``chunk_tokens`` long) must last until that one arrives;
 - the audio is released at the latest of those times (or at once, if that is past); each chunk made while the
@@ -88,8 +89,8 @@ class StartHold:
                 self.per_chunk.add(seconds / chunks)
 
     def audio(self, index: int, owed: int = 0) -> float:
-        """The predicted audio stage of a request's chunk ``index``, ``owed`` chunks of that index being due to other
-        streams (counted with ``load``)."""
+        """The predicted audio stage of a request's chunk ``index``, ``owed`` chunks up to that index being due to
+        other streams (counted with ``load``)."""
         est = (self.urgent if index <= self.urgent_chunks else self.steady).value
         if self.load and owed and self.per_chunk.mean is not None:
             est = max(est, (owed + 1) * self.per_chunk.mean)
@@ -110,7 +111,7 @@ class StartHold:
 
     def arrivals(self, *, now: float, first_index: int, submitted: Mapping[int, float], pending: int, steps: int,
                  owed: Sequence[int]) -> list[float]:
-        """When chunks ``first_index``, ``first_index + 1``, … (one per entry of ``owed``, the chunks of that index
+        """When chunks ``first_index``, ``first_index + 1``, … (one per entry of ``owed``, the chunks up to that index
         due to other streams) should be posted. ``pending`` tokens are made towards the first not submitted; each
         after it closes ``chunk_tokens`` steps later."""
         out = []

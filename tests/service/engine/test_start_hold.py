@@ -76,7 +76,7 @@ def test_the_plan_releases_at_once_when_the_next_chunk_is_due_in_time_and_holds_
 
 
 def test_a_burst_is_planned_from_the_chunks_owed_to_running_streams():
-    """With ``load`` a chunk's audio stage is at least the chunks of its index owed to other streams (and its own)
+    """With ``load`` a chunk's audio stage is at least the chunks up to its index owed to other streams (and its own)
     times a round's cost per chunk; rounds of a few chunks (their fixed cost dominates) are not counted."""
     hold = StartHold(chunk_tokens=16, align_chunks=False, urgent_chunks=2, load=True)
     for _ in range(50):
@@ -120,8 +120,9 @@ def test_the_engine_counts_the_chunks_owed_to_other_admitted_open_streams():
 
     me = H(1)
     engine._handles = {i: h for i, h in enumerate([me, H(0), H(1), H(2), H(3), H(0, admitted=None), H(1, closed=True)])}
-    # the others admitted and open have settled chunks 0, 1, 2 and 3: chunk 2 is owed to two, chunk 3 to three
-    assert engine._owed(me, 2, 2) == [2, 3]
+    # the others admitted and open have had 0, 1, 2 and 3 chunks delivered: up to chunk 2 they are owed 2 + 1
+    # chunks, up to chunk 3 3 + 2 + 1
+    assert engine._owed(me, 2, 2) == [3, 6]
     engine._hold.load = False
     assert engine._owed(me, 2, 2) == [0, 0]
 
