@@ -40,10 +40,10 @@ class Settings(BaseSettings):
                              "the first sound instead of going silent after it; at light load nothing waits")
     start_hold_max_ms: float = Field(2000.0, gt=0, description="The longest the start hold keeps a request's first "
                                      "audio back")
-    start_hold_lookahead: int = Field(1, ge=1, le=4, description="Chunks the start hold plans ahead: the audio held "
+    start_hold_lookahead: int = Field(2, ge=1, le=4, description="Chunks the start hold plans ahead: the audio held "
                                       "and the chunks due before each of the next this many must last until it "
                                       "comes (each later chunk assumed MAMTRA_CHUNK_TOKENS long)")
-    start_hold_load: bool = Field(False, description="The start hold plans a burst from its load: a chunk's audio "
+    start_hold_load: bool = Field(True, description="The start hold plans a burst from its load: a chunk's audio "
                                   "stage is predicted to be at least the chunks up to its index still owed to the "
                                   "running streams times an audio round's recent cost per chunk (otherwise only from "
                                   "the delays of chunks measured before, which a burst's first arrivals outrun)")

@@ -99,8 +99,8 @@ class EngineConfig:
     # under load, a request's first audio waits until its next chunk is predicted in time (service.engine.start_hold)
     start_hold: bool = False
     start_hold_max_s: float = 2.0
-    start_hold_lookahead: int = 1  # chunks the hold plans ahead (StartHold)
-    start_hold_load: bool = False  # a chunk's audio stage predicted from the chunks owed to running streams too
+    start_hold_lookahead: int = 2  # chunks the hold plans ahead (StartHold)
+    start_hold_load: bool = True  # a chunk's audio stage predicted from the chunks owed to running streams too
     dtype: torch.dtype = torch.float32
     ssm_dtype: torch.dtype = torch.float32
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

@@ -60,7 +60,7 @@ class StartHold:
     audio stage, under one lock); planned under the engine's emit lock."""
 
     def __init__(self, *, chunk_tokens: int, align_chunks: bool, urgent_chunks: int, max_hold_s: float = 2.0,
-                 lookahead: int = 1, load: bool = False) -> None:
+                 lookahead: int = 2, load: bool = True) -> None:
         self.chunk_tokens = chunk_tokens
         self.align_chunks = align_chunks
         self.urgent_chunks = urgent_chunks
