@@ -34,12 +34,11 @@ class Settings(BaseSettings):
                                 "audio, would have more than this many seconds buffered skips LM steps until it has "
                                 "less: the device's time goes to streams that need it (0: every stream runs as fast "
                                 "as the device goes; a client downloading a file then waits longer)")
-    start_hold: bool = Field(True, description="Under load, a request's first audio waits until its next chunks are "
+    start_hold: bool = Field(False, description="Under load, a request's first audio waits until its next chunks are "
                              "predicted to arrive before the audio before them has played out (from the engine's step "
                              "period, the audio stage's recent delay and the chunks it owes the running streams): a "
                              "client that plays on arrival then waits longer for the first sound instead of going "
-                             "silent after it; at light load nothing waits. Off (false): first audio as soon as it is "
-                             "made, for clients that buffer")
+                             "silent after it; when they are due in time nothing waits. Off: first audio as soon as it is made")
     start_hold_max_ms: float = Field(2000.0, gt=0, description="The longest the start hold keeps a request's first "
                                      "audio back")
     start_hold_lookahead: int = Field(2, ge=1, le=4, description="Chunks the start hold plans ahead: the audio held "

@@ -96,8 +96,7 @@ class EngineConfig:
     # > 0: a request whose client would have more than this many seconds of audio buffered (a player started at its
     # first chunk, in real time) skips decode steps until it has less (0: streams run as fast as the device goes)
     pace_ahead_s: float = 0.0
-    # under load, a request's first audio waits until its next chunks are predicted in time (service.engine.start_hold;
-    # the server's setting is on by default, MAMTRA_START_HOLD)
+    # under load, a request's first audio waits until its next chunks are predicted in time (service.engine.start_hold)
     start_hold: bool = False
     start_hold_max_s: float = 2.0
     start_hold_lookahead: int = 2  # chunks the hold plans ahead (StartHold)

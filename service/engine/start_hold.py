@@ -16,7 +16,8 @@ request, loaded or not. The server knows its load, so it holds only when the nex
 - a burst is planned from the load it brings, not only from the chunks measured before it (which came before the
   burst and were quick): a chunk's audio stage is at least the chunks up to its index still owed to the other
   streams now running (the audio worker decodes every chunk of every stream, a stream's in order) times an audio
-  round's cost per chunk (``load=True``);
+  round's cost per chunk (``load=True``). A round is mostly fixed cost, so this overstates a burst's audio stage: a
+  margin the burst's tail needs (docs/BENCHMARKS.md §4 AL);
 - the plan looks ``lookahead`` chunks ahead: the audio held and the chunks due before each (a chunk's audio
   assumed ``chunk_tokens`` long) must last until that one arrives;
 - the audio is released at the latest of those times (or at once, if that is past); each chunk made while the
