@@ -38,7 +38,8 @@ class Settings(BaseSettings):
                              "predicted to arrive before the audio before them has played out (from the engine's step "
                              "period, the audio stage's recent delay and the chunks it owes the running streams): a "
                              "client that plays on arrival then waits longer for the first sound instead of going "
-                             "silent after it; when they are due in time nothing waits. Off: first audio as soon as it is made")
+                             "silent after it; when they are due in time nothing waits. Off: first audio as soon as "
+                             "it is made")
     start_hold_max_ms: float = Field(2000.0, gt=0, description="The longest the start hold keeps a request's first "
                                      "audio back")
     start_hold_lookahead: int = Field(2, ge=1, le=4, description="Chunks the start hold plans ahead: the audio held "
