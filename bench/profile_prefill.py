@@ -47,8 +47,8 @@ def main() -> None:
     n = max(a.sizes)
     rows = []
     modes = (("graphs",) if a.graphs_only else ("eager", "graphs")) + (("overlap",) if a.overlap else ())
+    d = a.streams
     for mode in modes:
-        d = a.streams
         runner = Runner(model, max_streams=d + max(n, 8), max_context=8192 if a.long else 1024,
                         allowed_ids=list(range(4377)), sampling=SamplingConfig(), dtype=torch.bfloat16,
                         cuda_graphs=True, prefill_graphs=mode != "eager", overlap_prefill=mode == "overlap")

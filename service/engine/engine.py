@@ -242,7 +242,6 @@ class _Handle(StreamHandle):
                 if item is _END or isinstance(item, StreamFailed):
                     for chunk in self._release(held):
                         yield chunk
-                    held = []
                     if item is _END:
                         return
                     raise item
